@@ -1,0 +1,30 @@
+# Each target sets up .venv itself on a fresh clone: `make demo` and `make test` are one command each.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+BUNDLE_DIR ?= .cache/bundles/efficientnet-lite0
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/splitrt demo --bundle $(BUNDLE_DIR)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/splitrt partition export --model efficientnet-lite0 --out $(BUNDLE_DIR)
+	$(BIN)/splitrt bench codecs --bundle $(BUNDLE_DIR) --images $(SHARED)/data/imagenet-sample \
+		--codecs fp32,fp16 --json bench-results/codecs.json
+
+clean:
+	rm -rf $(VENV) .cache bench-results

@@ -1,0 +1,3 @@
+from splitrt.cli import main
+
+raise SystemExit(main())

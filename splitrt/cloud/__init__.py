@@ -1,0 +1,1 @@
+"""The cloud tail service: a ZeroMQ ROUTER gateway in front of ONNX Runtime tails."""

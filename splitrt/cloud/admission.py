@@ -1,0 +1,139 @@
+"""Pure request handling: which requests the service takes, and how a taken one becomes a Result.
+
+No sockets and no clock reads here: the gateway passes `now_ms` in, so every rule is testable directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from splitrt.bundle import INPUT_POINT, Bundle, UnknownSplit
+from splitrt.cloud.tails import TailExecutor
+from splitrt.codecs import CodecError, UnknownCodec, get_codec
+from splitrt.protocol import (
+    Envelope,
+    Heartbeat,
+    Hello,
+    Infer,
+    Message,
+    Reject,
+    RejectReason,
+    Result,
+    Welcome,
+    tensor_payload,
+)
+
+SUPPORTED_CODECS = ("fp32", "fp16", "jpeg-qN", "webp-qN")
+MAX_DETAIL_CHARS = 200
+
+
+def reject(frame_id: int, reason: RejectReason, detail: str) -> Reject:
+    """A Reject whose detail always fits the wire limit (details may quote client-supplied strings)."""
+    return Reject(frame_id, reason, detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 3] + "...")
+
+
+@dataclass(frozen=True)
+class Work:
+    """An admitted request, waiting for a worker."""
+
+    client: bytes
+    infer: Infer
+    payload: memoryview
+    received_ms: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    message: Message
+    payloads: tuple[memoryview, ...] = ()
+
+
+def handshake(message: Hello, bundles: dict[str, Bundle], server_id: str) -> Reply:
+    bundle = bundles.get(message.bundle_hash)
+    if bundle is None:
+        return Reply(reject(-1, RejectReason.UNKNOWN_BUNDLE, f"no bundle {message.bundle_hash[:24]} here"))
+    welcome = Welcome(
+        server_id=server_id,
+        bundle_hash=bundle.content_hash,
+        splits=tuple(bundle.manifest.split_names),
+        codecs=SUPPORTED_CODECS,
+    )
+    return Reply(welcome)
+
+
+def heartbeat_reply(message: Heartbeat) -> Reply:
+    return Reply(Heartbeat(message.seq, message.sent_ms))
+
+
+def admit(
+    envelope: Envelope,
+    client: bytes,
+    bundles: dict[str, Bundle],
+    now_ms: float,
+    queue_depth: int,
+    max_queue_depth: int,
+    max_batch: int = 64,
+) -> Work | Reject:
+    """Check an Infer against what the service holds; a request is never guessed at, it is rejected with a reason."""
+    infer = envelope.message
+    assert isinstance(infer, Infer)
+    frame_id = infer.frame_id
+    bundle = bundles.get(infer.bundle_hash)
+    if bundle is None:
+        return reject(frame_id, RejectReason.UNKNOWN_BUNDLE, f"no bundle {infer.bundle_hash[:24]} here")
+    try:
+        point = bundle.manifest.split(infer.split)
+    except UnknownSplit:
+        return reject(frame_id, RejectReason.UNKNOWN_SPLIT, f"{bundle.model_id} has no split {infer.split!r}")
+    try:
+        codec = get_codec(infer.codec)
+    except UnknownCodec:
+        return reject(frame_id, RejectReason.UNKNOWN_CODEC, f"unknown codec {infer.codec!r}")
+    wants_image = point.name == INPUT_POINT
+    if (codec.kind == "image") != wants_image:
+        return reject(
+            frame_id,
+            RejectReason.UNKNOWN_CODEC,
+            f"codec {infer.codec} ({codec.kind}) cannot carry split {point.name}",
+        )
+    shape = infer.tensor.shape
+    if infer.tensor.dtype != point.activation.dtype or tuple(shape[1:]) != point.activation.shape:
+        return reject(
+            frame_id,
+            RejectReason.BAD_PAYLOAD,
+            f"split {point.name} takes {point.activation.dtype}(N,{','.join(map(str, point.activation.shape))}), "
+            f"got {infer.tensor.dtype}{tuple(shape)}",
+        )
+    if not shape or not 1 <= shape[0] <= max_batch or (wants_image and shape[0] != 1):
+        return reject(frame_id, RejectReason.BAD_PAYLOAD, f"batch size {shape[:1]} is not allowed")
+    if now_ms >= infer.deadline_ms:
+        return reject(frame_id, RejectReason.EXPIRED, f"arrived {now_ms - infer.deadline_ms:.1f} ms after its deadline")
+    if queue_depth >= max_queue_depth:
+        return reject(frame_id, RejectReason.OVERLOADED, f"queue is full ({queue_depth} requests)")
+    return Work(client=client, infer=infer, payload=envelope.payloads[0], received_ms=now_ms)
+
+
+def execute(work: Work, tails: TailExecutor, clock_ms: Callable[[], float], queue_depth: int) -> Reply:
+    """Decode the payload and run the tail; a request past its deadline is answered `expired`, never run."""
+    infer = work.infer
+    started_ms = clock_ms()
+    if started_ms >= infer.deadline_ms:
+        return Reply(
+            reject(infer.frame_id, RejectReason.EXPIRED, f"waited {started_ms - work.received_ms:.1f} ms, deadline passed")
+        )
+    try:
+        activation = get_codec(infer.codec).decode(work.payload, infer.tensor)
+        if infer.split == INPUT_POINT and activation.ndim == 3:
+            activation = activation[None]
+    except CodecError as exc:
+        return Reply(reject(infer.frame_id, RejectReason.BAD_PAYLOAD, str(exc)))
+    output = tails.run(infer.bundle_hash, infer.split, activation)
+    spec, payload = tensor_payload(output)
+    result = Result(
+        frame_id=infer.frame_id,
+        outputs=(spec,),
+        queue_ms=max(0.0, started_ms - work.received_ms),
+        compute_ms=max(0.0, clock_ms() - started_ms),  # payload decode + tail
+        queue_depth=queue_depth,
+    )
+    return Reply(result, (payload,))

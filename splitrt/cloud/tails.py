@@ -1,0 +1,50 @@
+"""Bundles the service holds, and the ONNX Runtime sessions that run their tails."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnxruntime as ort
+
+from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle, SplitPoint
+from splitrt.devices.ort import create_session
+
+
+class TailExecutor:
+    """Runs tails by (bundle hash, split point). Sessions are created on first use and shared across threads."""
+
+    def __init__(self, bundles: Iterable[Bundle], intra_op_threads: int = 1) -> None:
+        self.bundles: dict[str, Bundle] = {b.content_hash: b for b in bundles}
+        self.intra_op_threads = intra_op_threads
+        self._sessions: dict[tuple[str, str], ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+
+    def _session(self, bundle: Bundle, point: SplitPoint) -> ort.InferenceSession:
+        key = (bundle.content_hash, point.name)
+        session = self._sessions.get(key)
+        if session is None:
+            with self._lock:
+                session = self._sessions.get(key)
+                if session is None:
+                    session = create_session(bundle.path(point.tail_file), self.intra_op_threads)
+                    self._sessions[key] = session
+        return session
+
+    def warm_up(self) -> None:
+        """Create every session now, so that the first request does not pay for it."""
+        for bundle in self.bundles.values():
+            for point in bundle.manifest.splits:
+                self._session(bundle, point)
+
+    def run(self, bundle_hash: str, split: str, activation: np.ndarray) -> np.ndarray:
+        """Run the tail of `split` on a batch (N, ...) and return its output (N, ...)."""
+        bundle = self.bundles[bundle_hash]
+        point = bundle.manifest.split(split)
+        input_name = HEAD_INPUT_NAME if point.head_file is None else TAIL_INPUT_NAME
+        return self._session(bundle, point).run(None, {input_name: activation})[0]
+
+
+def load_bundles(paths: Iterable[str | Path]) -> list[Bundle]:
+    return [Bundle.load(p) for p in paths]

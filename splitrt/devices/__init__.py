@@ -1,0 +1,1 @@
+"""Device support: ONNX Runtime sessions per device."""

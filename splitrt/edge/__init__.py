@@ -1,0 +1,1 @@
+"""The edge agent: sources, the frame pipeline, and the link to the cloud."""

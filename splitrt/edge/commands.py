@@ -1,0 +1,48 @@
+"""`splitrt edge ...`."""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_BUNDLE = ".cache/bundles/efficientnet-lite0"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from splitrt.actions import parse_action
+    from splitrt.bundle import Bundle
+    from splitrt.edge.agent import run_agent
+    from splitrt.frame import Status
+
+    bundle = Bundle.load(args.bundle)
+    actions = [parse_action(text, args.codec) for text in args.split.split(",") if text]
+    outcomes = run_agent(
+        bundle,
+        args.source,
+        actions,
+        args.connect,
+        budget_ms=args.budget_ms,
+        intra_op_threads=args.threads,
+        json_out=args.json,
+        handshake_timeout_ms=args.connect_timeout_ms,
+    )
+    failed = [o for o in outcomes if o.status is Status.FAILED]
+    return 1 if failed and len(failed) == len(outcomes) else 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    edge = commands.add_parser("edge", help="the edge agent")
+    sub = edge.add_subparsers(dest="edge_command", required=True)
+    run = sub.add_parser("run", help="classify images: locally, split, or offloaded")
+    run.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory")
+    run.add_argument("--connect", help="tail service endpoint, e.g. tcp://127.0.0.1:5555")
+    run.add_argument("--source", required=True, help="an image file or a folder of images")
+    run.add_argument(
+        "--split",
+        default="local",
+        help="comma-separated actions: local, offload[/jpeg-q90], or a split point[/codec] such as b4/fp16",
+    )
+    run.add_argument("--codec", default=None, help="default codec for split points (fp32, fp16)")
+    run.add_argument("--budget-ms", type=float, default=1000.0, help="deadline of each frame after its capture")
+    run.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    run.add_argument("--json", help="write one JSON line per frame here")
+    run.add_argument("--connect-timeout-ms", type=float, default=10000.0, help="how long to wait for the handshake")
+    run.set_defaults(func=_run)

@@ -1,0 +1,75 @@
+"""A frame in, a frame outcome out: the types that flow through the edge pipeline."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Pixels (HWC, RGB, uint8), an id, the capture time and an absolute deadline (unix epoch ms)."""
+
+    frame_id: int
+    pixels: np.ndarray
+    capture_ms: float
+    deadline_ms: float
+    source: str = ""
+
+
+class Status(str, enum.Enum):
+    """How a frame ended. Every frame ends with exactly one of these."""
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_index: int
+    label: str
+    confidence: float
+
+
+@dataclass
+class FrameOutcome:
+    """The result of one frame, or the reason it has none, with its per-stage trace in milliseconds."""
+
+    frame_id: int
+    action: str
+    status: Status
+    reason: str = ""
+    top: list[Prediction] = field(default_factory=list)
+    logits: np.ndarray | None = None
+    trace_ms: dict[str, float] = field(default_factory=dict)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    latency_ms: float = 0.0
+    source: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict (logits left out)."""
+        return {
+            "frame_id": self.frame_id,
+            "source": self.source,
+            "action": self.action,
+            "status": self.status.value,
+            "reason": self.reason,
+            "top": [
+                {"class_index": p.class_index, "label": p.label, "confidence": round(p.confidence, 5)}
+                for p in self.top
+            ],
+            "latency_ms": round(self.latency_ms, 3),
+            "trace_ms": {k: round(v, 3) for k, v in self.trace_ms.items()},
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+        }

