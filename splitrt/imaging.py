@@ -59,7 +59,7 @@ def crop_for_model(pixels: np.ndarray, prep: Preprocess) -> np.ndarray:
     image = image.resize((max(prep.crop, round(width * scale)), max(prep.crop, round(height * scale))), Image.BILINEAR)
     width, height = image.size
     left, top = (width - prep.crop) // 2, (height - prep.crop) // 2
-    return np.asarray(image.crop((left, top, left + prep.crop, top + prep.crop)), dtype=np.uint8)
+    return np.array(image.crop((left, top, left + prep.crop, top + prep.crop)), dtype=np.uint8)
 
 
 def list_images(folder: str | Path) -> list[Path]:
