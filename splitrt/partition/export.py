@@ -138,6 +138,7 @@ def export_bundle(
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if verify:
             verify_bundle(Bundle.load(staging), image.numpy())
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (a service account)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
