@@ -1,0 +1,71 @@
+"""Calibrate emulated device profiles: EfficientNet-Lite0 under each profile's quota vs the published figure."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from splitrt.devices.profiles import DeviceProfile, cpu_limit
+from splitrt.devices.timing import Timing, time_calls_ms
+
+
+@dataclass(frozen=True)
+class Calibration:
+    profile: DeviceProfile
+    measured: Timing
+
+    @property
+    def ratio(self) -> float | None:
+        """measured / published: 1.0 is a perfect calibration."""
+        if self.profile.published_ms is None:
+            return None
+        return self.measured.p50_ms / self.profile.published_ms
+
+    @property
+    def suggested_share(self) -> float | None:
+        return suggest_share(self.profile.cpu_share, self.measured.p50_ms, self.profile.published_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "cpu_share": self.profile.cpu_share,
+            "threads": self.profile.threads,
+            "published_ms": self.profile.published_ms,
+            "basis": self.profile.basis,
+            "source": self.profile.source,
+            "measured_ms_p50": round(self.measured.p50_ms, 3),
+            "measured_ms_p95": round(self.measured.p95_ms, 3),
+            "ratio": None if self.ratio is None else round(self.ratio, 3),
+            "suggested_share": None if self.suggested_share is None else round(self.suggested_share, 3),
+        }
+
+
+def suggest_share(share: float, measured_ms: float, target_ms: float | None) -> float | None:
+    """Under a CPU quota the latency of CPU-bound work scales as 1/share: the share that hits the target."""
+    if target_ms is None:
+        return None
+    if measured_ms <= 0 or target_ms <= 0:
+        raise ValueError("latencies must be positive")
+    return share * measured_ms / target_ms
+
+
+def calibrate(
+    profile: DeviceProfile,
+    model_path: str | Path,
+    input_shape: tuple[int, ...] = (1, 224, 224, 3),
+    repeats: int = 30,
+    warmup: int = 5,
+    fallback: str = "error",
+    session_factory: Callable[..., Any] | None = None,
+) -> Calibration:
+    """Median latency of the full model (uint8 NHWC input named `image`) under the profile."""
+    from splitrt.devices.ort import create_session
+
+    factory = session_factory or create_session
+    image = np.random.default_rng(0).integers(0, 256, size=input_shape, dtype=np.uint8)
+    with cpu_limit(profile, fallback=fallback):
+        session = factory(model_path, profile.threads)
+        timing = time_calls_ms(lambda: session.run(None, {"image": image}), repeats, warmup)
+    return Calibration(profile, timing)
