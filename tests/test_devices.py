@@ -169,3 +169,9 @@ def test_a_subprocess_runs_inside_the_quota() -> None:
     result = run_under_profile(get_profile("jetson-nano"), [sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("1 jetson-nano") and "splitrt-jetson-nano-" in result.stdout
+
+
+def test_a_sample_can_average_calls_over_a_minimum_time() -> None:
+    ticks = iter(range(0, 10_000, 3))
+    timing = time_calls_ms(lambda: None, repeats=2, warmup=0, clock_ms=lambda: float(next(ticks)), min_sample_ms=10.0)
+    assert timing.p50_ms == 3.0  # each sample: four calls of 3 ms (12 ms >= 10 ms), averaged

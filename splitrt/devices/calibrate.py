@@ -67,5 +67,7 @@ def calibrate(
     image = np.random.default_rng(0).integers(0, 256, size=input_shape, dtype=np.uint8)
     with cpu_limit(profile, fallback=fallback):
         session = factory(model_path, profile.threads)
-        timing = time_calls_ms(lambda: session.run(None, {"image": image}), repeats, warmup)
+        timing = time_calls_ms(
+            lambda: session.run(None, {"image": image}), repeats, warmup, min_sample_ms=profile.sample_ms
+        )
     return Calibration(profile, timing)

@@ -45,6 +45,11 @@ class DeviceProfile:
     def quota_us(self) -> int:
         return max(MIN_QUOTA_US, round(self.cpu_share * PERIOD_US))
 
+    @property
+    def sample_ms(self) -> float:
+        """Shortest timing sample under this profile's quota: four periods (see `time_calls_ms`)."""
+        return 4 * PERIOD_US / 1000.0
+
 
 # Calibrated on this project's reference machine (x86-64, 2 cores, onnxruntime 1.31, one thread):
 # `splitrt devices calibrate --bundle DIR` prints measured vs published and the share that would match.

@@ -27,9 +27,20 @@ def summarize_ms(samples_ms: list[float]) -> Timing:
 
 
 def time_calls_ms(
-    fn: Callable[[], object], repeats: int, warmup: int = 3, clock_ms: Callable[[], float] = perf_ms
+    fn: Callable[[], object],
+    repeats: int,
+    warmup: int = 3,
+    clock_ms: Callable[[], float] = perf_ms,
+    min_sample_ms: float = 0.0,
 ) -> Timing:
-    """Run fn `warmup` times untimed, then `repeats` times timed."""
+    """Run fn `warmup` times untimed, then take `repeats` samples.
+
+    A sample is one call, or with `min_sample_ms` as many back-to-back calls as fill that much wall time,
+    averaged. Under a CPU quota this matters: a call shorter than the quota's budget per period would
+    otherwise finish at full speed most of the time and wait out the throttle only now and then, so its
+    median would say the device is as fast as this machine. Averaging over several periods gives the
+    sustained latency, which is what a device that is slow all the time shows.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     for _ in range(warmup):
@@ -37,6 +48,12 @@ def time_calls_ms(
     samples: list[float] = []
     for _ in range(repeats):
         start = clock_ms()
-        fn()
-        samples.append(clock_ms() - start)
+        calls = 0
+        while True:
+            fn()
+            calls += 1
+            elapsed = clock_ms() - start
+            if elapsed >= min_sample_ms:
+                break
+        samples.append(elapsed / calls)
     return summarize_ms(samples)
