@@ -5,11 +5,10 @@ import argparse
 import functools
 import json
 import sys
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from splitrt.devices.profiles import CgroupUnavailable
-
 
 
 def _clear_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -24,6 +23,7 @@ def _clear_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
             return 2
 
     return run
+
 
 def _detect(args: argparse.Namespace) -> int:
     from splitrt.devices.detect import detect_board

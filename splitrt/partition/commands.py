@@ -5,15 +5,14 @@ import argparse
 import functools
 import json
 import sys
-from typing import Callable
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from splitrt.devices.profiles import CgroupUnavailable
-from splitrt.partition.graph import TraceError
+from splitrt.partition.errors import TraceError
 
 DEFAULT_WEIGHTS_DIR = "../shared/models/cifar10-resnet"
-
 
 
 def _clear_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -28,6 +27,7 @@ def _clear_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
             return 2
 
     return run
+
 
 def _models(args: argparse.Namespace) -> int:
     from splitrt.partition.models import available_models

@@ -19,9 +19,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from splitrt.partition.errors import TraceError
 
-class TraceError(RuntimeError):
-    """A module whose forward torch.fx cannot follow (data-dependent control flow, unsupported calls)."""
+__all__ = ["Cut", "TraceError", "find_cuts", "head_module", "tail_module", "trace"]
 
 
 @dataclass(frozen=True)
