@@ -12,18 +12,25 @@ def perf_ms() -> float:
     return time.perf_counter() * 1000.0
 
 
+def thread_cpu_ms() -> float:
+    """CPU time of the calling thread: what a call cost, whatever the quota or other processes did."""
+    return time.thread_time() * 1000.0
+
+
 @dataclass(frozen=True)
 class Timing:
     p50_ms: float
     p95_ms: float
     samples_ms: tuple[float, ...]
+    cpu_p50_ms: float | None = None  # median CPU time of the calling thread per call
 
 
-def summarize_ms(samples_ms: list[float]) -> Timing:
+def summarize_ms(samples_ms: list[float], cpu_samples_ms: list[float] | None = None) -> Timing:
     if not samples_ms:
         raise ValueError("no samples to summarize")
     array = np.asarray(samples_ms, dtype=np.float64)
-    return Timing(float(np.percentile(array, 50)), float(np.percentile(array, 95)), tuple(float(s) for s in array))
+    cpu = None if not cpu_samples_ms else float(np.median(cpu_samples_ms))
+    return Timing(float(np.percentile(array, 50)), float(np.percentile(array, 95)), tuple(float(s) for s in array), cpu)
 
 
 def time_calls_ms(
@@ -32,6 +39,7 @@ def time_calls_ms(
     warmup: int = 3,
     clock_ms: Callable[[], float] = perf_ms,
     min_sample_ms: float = 0.0,
+    cpu_clock_ms: Callable[[], float] = thread_cpu_ms,
 ) -> Timing:
     """Run fn `warmup` times untimed, then take `repeats` samples.
 
@@ -46,8 +54,9 @@ def time_calls_ms(
     for _ in range(warmup):
         fn()
     samples: list[float] = []
+    cpu_samples: list[float] = []
     for _ in range(repeats):
-        start = clock_ms()
+        start, cpu_start = clock_ms(), cpu_clock_ms()
         calls = 0
         while True:
             fn()
@@ -56,4 +65,5 @@ def time_calls_ms(
             if elapsed >= min_sample_ms:
                 break
         samples.append(elapsed / calls)
-    return summarize_ms(samples)
+        cpu_samples.append((cpu_clock_ms() - cpu_start) / calls)
+    return summarize_ms(samples, cpu_samples)

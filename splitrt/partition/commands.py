@@ -96,6 +96,27 @@ def _profile(args: argparse.Namespace) -> int:
     result = profile_bundle(bundle, device, repeats=args.repeats, warmup=args.warmup,
                             cloud_threads=args.cloud_threads, fallback=_fallback(args))
     print(format_profile(result))
+    if args.compare:
+        previous = json.loads(Path(args.compare).read_text())
+        rows = compare_profiles(previous, result)
+        edge = [r["edge_diff_pct"] for r in rows if r["edge_diff_pct"] is not None]
+        cloud = [r["cloud_diff_pct"] for r in rows if r["cloud_diff_pct"] is not None]
+        cpu = [r["edge_cpu_diff_pct"] for r in rows if r["edge_cpu_diff_pct"] is not None]
+        worst = max(rows, key=lambda r: max(r["edge_diff_pct"] or 0, r["cloud_diff_pct"] or 0))
+        within = max(edge + cloud) <= 15.0
+        print(f"vs {args.compare}: per-split median difference, edge max {max(edge):.1f}% "
+              f"(median {sorted(edge)[len(edge) // 2]:.1f}%), cloud max {max(cloud):.1f}% "
+              f"(median {sorted(cloud)[len(cloud) // 2]:.1f}%); worst: {worst['name']}; "
+              f"{'within' if within else 'NOT within'} 15%"
+              + (f"; edge CPU time max {max(cpu):.1f}%" if cpu else ""))
+        result["reproducibility"] = {
+            "compared_with": str(args.compare),
+            "edge_max_diff_pct": max(edge),
+            "cloud_max_diff_pct": max(cloud),
+            "edge_cpu_max_diff_pct": max(cpu) if cpu else None,
+            "within_15_pct": within,
+            "per_split": rows,
+        }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -106,15 +127,6 @@ def _profile(args: argparse.Namespace) -> int:
     if not args.no_save:
         save_profile(bundle.root, result)
         print(f"saved into {bundle.root}/manifest.json under profiles[{device.name!r}] (content hash unchanged)")
-    if args.compare:
-        previous = json.loads(Path(args.compare).read_text())
-        rows = compare_profiles(previous, result)
-        edge = [r["edge_diff_pct"] for r in rows if r["edge_diff_pct"] is not None]
-        cloud = [r["cloud_diff_pct"] for r in rows if r["cloud_diff_pct"] is not None]
-        worst = max(rows, key=lambda r: max(r["edge_diff_pct"] or 0, r["cloud_diff_pct"] or 0))
-        print(f"vs {args.compare}: per-split median difference, edge max {max(edge):.1f}% (median {sorted(edge)[len(edge) // 2]:.1f}%), "
-              f"cloud max {max(cloud):.1f}% (median {sorted(cloud)[len(cloud) // 2]:.1f}%); worst: {worst['name']}; "
-              f"{'within' if max(edge + cloud) <= 15 else 'NOT within'} 15%")
     return 0
 
 

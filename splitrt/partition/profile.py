@@ -2,7 +2,8 @@
 
 For every split point of a bundle: `edge_ms_p50` / `edge_ms_p95` (the head, in ONNX Runtime on this
 machine under the device profile's CPU quota), `cloud_ms_p50` / `cloud_ms_p95` (the tail, no quota),
-`activation_bytes` (raw) and the activation's shape. Plus the two ends: `local` (the full model on the
+`activation_bytes` (raw) and the activation's shape. `edge_cpu_ms_p50` is the head's CPU time per run on
+this machine: the work itself, unaffected by the quota or by other processes competing for the CPU. Plus the two ends: `local` (the full model on the
 edge) and the `input` point (offload: nothing on the edge, the full model in the cloud). Each figure is
 the median (p50) of `repeats` timed samples after `warmup` untimed runs; on the edge a sample averages
 back-to-back runs over at least four quota periods (`time_calls_ms`), so a short head is charged its
@@ -86,6 +87,7 @@ def profile_bundle(
                 "name": point.name,
                 "edge_ms_p50": 0.0 if is_input else round(edge[point.name].p50_ms, 4),
                 "edge_ms_p95": 0.0 if is_input else round(edge[point.name].p95_ms, 4),
+                "edge_cpu_ms_p50": 0.0 if is_input else round(edge[point.name].cpu_p50_ms or 0.0, 4),
                 "cloud_ms_p50": round(cloud[point.name].p50_ms, 4),
                 "cloud_ms_p95": round(cloud[point.name].p95_ms, 4),
                 "activation_bytes": point.raw_bytes,
@@ -116,6 +118,7 @@ def profile_bundle(
         "local": {
             "edge_ms_p50": round(edge[INPUT_POINT].p50_ms, 4),
             "edge_ms_p95": round(edge[INPUT_POINT].p95_ms, 4),
+            "edge_cpu_ms_p50": round(edge[INPUT_POINT].cpu_p50_ms or 0.0, 4),
         },
         "splits": splits,
     }
@@ -159,12 +162,19 @@ def compare_profiles(first: dict[str, Any], second: dict[str, Any]) -> list[dict
         if other is None:
             continue
         row: dict[str, Any] = {"name": split["name"]}
-        for key in ("edge_ms_p50", "cloud_ms_p50"):
-            a, b = float(split[key]), float(other[key])
+        for key in ("edge_ms_p50", "cloud_ms_p50", "edge_cpu_ms_p50"):
+            a, b = float(split.get(key, 0.0)), float(other.get(key, 0.0))
             row[key.replace("_ms_p50", "_diff_pct")] = None if a == 0 else round(100.0 * abs(b - a) / a, 2)
         rows.append(row)
     local_a, local_b = first["local"]["edge_ms_p50"], second["local"]["edge_ms_p50"]
-    rows.append({"name": "local", "edge_diff_pct": round(100.0 * abs(local_b - local_a) / local_a, 2), "cloud_diff_pct": None})
+    rows.append(
+        {
+            "name": "local",
+            "edge_diff_pct": round(100.0 * abs(local_b - local_a) / local_a, 2),
+            "cloud_diff_pct": None,
+            "edge_cpu_diff_pct": None,
+        }
+    )
     return rows
 
 
