@@ -175,3 +175,16 @@ def test_a_sample_can_average_calls_over_a_minimum_time() -> None:
     ticks = iter(range(0, 10_000, 3))
     timing = time_calls_ms(lambda: None, repeats=2, warmup=0, clock_ms=lambda: float(next(ticks)), min_sample_ms=10.0)
     assert timing.p50_ms == 3.0  # each sample: four calls of 3 ms (12 ms >= 10 ms), averaged
+
+
+def test_interleaved_samples_go_round_robin() -> None:
+    from splitrt.devices.timing import time_interleaved_ms
+
+    order: list[str] = []
+    ticks = iter(range(0, 10_000))
+    timings = time_interleaved_ms(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1,
+        clock_ms=lambda: float(next(ticks)), cpu_clock_ms=lambda: 0.0,
+    )
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert timings["a"].p50_ms == 1.0 and timings["b"].cpu_p50_ms == 0.0

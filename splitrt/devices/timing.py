@@ -67,3 +67,39 @@ def time_calls_ms(
         samples.append(elapsed / calls)
         cpu_samples.append((cpu_clock_ms() - cpu_start) / calls)
     return summarize_ms(samples, cpu_samples)
+
+
+def time_interleaved_ms(
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 3,
+    clock_ms: Callable[[], float] = perf_ms,
+    min_sample_ms: float = 0.0,
+    cpu_clock_ms: Callable[[], float] = thread_cpu_ms,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[str, Timing]:
+    """Like `time_calls_ms` for several calls, taking their samples round-robin: a burst of load from
+    other processes then lands on a few samples of every call instead of on all samples of one call, so
+    each median stays put and the calls stay comparable with each other."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(repeats):
+        for name, fn in calls.items():
+            start, cpu_start = clock_ms(), cpu_clock_ms()
+            count = 0
+            while True:
+                fn()
+                count += 1
+                elapsed = clock_ms() - start
+                if elapsed >= min_sample_ms:
+                    break
+            samples[name].append(elapsed / count)
+            cpu_samples[name].append((cpu_clock_ms() - cpu_start) / count)
+        if on_round is not None:
+            on_round(round_index)
+    return {name: summarize_ms(samples[name], cpu_samples[name]) for name in calls}

@@ -5,7 +5,8 @@ machine under the device profile's CPU quota), `cloud_ms_p50` / `cloud_ms_p95` (
 `activation_bytes` (raw) and the activation's shape. `edge_cpu_ms_p50` is the head's CPU time per run on
 this machine: the work itself, unaffected by the quota or by other processes competing for the CPU. Plus the two ends: `local` (the full model on the
 edge) and the `input` point (offload: nothing on the edge, the full model in the cloud). Each figure is
-the median (p50) of `repeats` timed samples after `warmup` untimed runs; on the edge a sample averages
+the median (p50) of `repeats` timed samples after `warmup` untimed runs, taken round-robin over all
+split points so that other processes' bursts of load do not skew one point; on the edge a sample averages
 back-to-back runs over at least four quota periods (`time_calls_ms`), so a short head is charged its
 sustained speed under the quota, not a burst. Only ONNX Runtime and numpy are
 needed: profiling runs on the device itself, without torch.
@@ -25,9 +26,13 @@ from tqdm import tqdm
 from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, MANIFEST_NAME, TAIL_INPUT_NAME, Bundle
 from splitrt.devices.ort import create_session
 from splitrt.devices.profiles import DeviceProfile, cpu_limit
-from splitrt.devices.timing import time_calls_ms
+from splitrt.devices.timing import time_interleaved_ms
 
 PROFILE_VERSION = 1
+
+
+def _runner(session: Any, input_name: str, feed: np.ndarray) -> Callable[[], object]:
+    return lambda: session.run(None, {input_name: feed})
 
 
 def profile_bundle(
@@ -45,38 +50,36 @@ def profile_bundle(
     crop = manifest.preprocess.crop
     image = np.random.default_rng(0).integers(0, 256, size=(1, crop, crop, 3), dtype=np.uint8)
     points = [p for p in manifest.splits if p.head_file is not None]
-    total = 2 * len(points) + 2
-    bar = tqdm(total=total, desc=f"profile {manifest.model_id} on {device.name}", unit="model", disable=not progress)
+    bar = tqdm(total=2 * repeats, desc=f"profile {manifest.model_id} on {device.name}", unit="round", disable=not progress)
 
-    edge: dict[str, Any] = {}
-    activations: dict[str, np.ndarray] = {}
+    def advance(_: int) -> None:
+        bar.update()
+
+    # All sessions stay open and are sampled round-robin (`time_interleaved_ms`). With more than one
+    # thread, the edge sessions are created under the quota, so that their thread pools share it (a
+    # single-threaded session runs on the calling thread and is created outside, at full speed).
+    def open_heads() -> dict[str, Any]:
+        heads = {INPUT_POINT: session_factory(bundle.path(manifest.full_file), device.threads)}
+        heads.update({p.name: session_factory(bundle.path(p.head_file), device.threads) for p in points})
+        return heads
+
+    heads = open_heads() if device.threads == 1 else {}
     with cpu_limit(device, fallback=fallback):
-        full = session_factory(bundle.path(manifest.full_file), device.threads)
-        edge[INPUT_POINT] = time_calls_ms(
-            lambda: full.run(None, {HEAD_INPUT_NAME: image}), repeats, warmup, min_sample_ms=device.sample_ms
+        heads = heads or open_heads()
+        edge = time_interleaved_ms(
+            {name: _runner(session, HEAD_INPUT_NAME, image) for name, session in heads.items()},
+            repeats, warmup, min_sample_ms=device.sample_ms, on_round=advance,
         )
-        bar.update()
-        del full
-        for point in points:
-            head = session_factory(bundle.path(point.head_file), device.threads)
-            activations[point.name] = head.run(None, {HEAD_INPUT_NAME: image})[0]
-            edge[point.name] = time_calls_ms(
-                lambda: head.run(None, {HEAD_INPUT_NAME: image}), repeats, warmup, min_sample_ms=device.sample_ms
-            )
-            bar.update()
-            del head
-
-    cloud: dict[str, Any] = {}
-    full = session_factory(bundle.path(manifest.full_file), cloud_threads)
-    cloud[INPUT_POINT] = time_calls_ms(lambda: full.run(None, {HEAD_INPUT_NAME: image}), repeats, warmup)
-    bar.update()
-    del full
-    for point in points:
-        tail = session_factory(bundle.path(point.tail_file), cloud_threads)
-        feed = {TAIL_INPUT_NAME: activations[point.name]}
-        cloud[point.name] = time_calls_ms(lambda: tail.run(None, feed), repeats, warmup)
-        bar.update()
-        del tail
+    activations = {p.name: heads[p.name].run(None, {HEAD_INPUT_NAME: image})[0] for p in points}
+    del heads
+    tails = {INPUT_POINT: (session_factory(bundle.path(manifest.full_file), cloud_threads), HEAD_INPUT_NAME, image)}
+    tails.update(
+        {p.name: (session_factory(bundle.path(p.tail_file), cloud_threads), TAIL_INPUT_NAME, activations[p.name]) for p in points}
+    )
+    cloud = time_interleaved_ms(
+        {name: _runner(*entry) for name, entry in tails.items()}, repeats, warmup, on_round=advance
+    )
+    del tails
     bar.close()
 
     splits = []
