@@ -222,7 +222,9 @@ def plot_profile(profile: dict[str, Any], out_path: str | Path) -> None:
     twin.set_ylabel("activation size (kB, log)")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
-    ax.legend(handles, labels, loc="upper center", fontsize=8)
+    ax.set_ylim(0, 1.3 * max(e + c for e, c in zip(edge, cloud)))  # headroom for the legend
+    twin.set_ylim(min(s for s in size_kb[1:]) / 2, max(s for s in size_kb[1:]) * 8)
+    ax.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
     ax.set_title(
         f"{profile['model_id']}: per-split latency and activation size "
         f"({profile['device_profile']}, cpu share {profile['cpu_share']})",
