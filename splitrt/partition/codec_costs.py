@@ -54,7 +54,9 @@ def measure_codec_costs(
                 continue
             activation = rng.standard_normal((1, *point.activation.shape)).astype(point.activation.dtype)
             split_bytes[point.name] = _payload_bytes(codec.encode(activation))
-            encode_ms[point.name] = time_calls_ms(lambda: codec.encode(activation), repeats, warmup=2).p50_ms
+            encode_ms[point.name] = time_calls_ms(
+                lambda: codec.encode(activation), repeats, warmup=2, min_sample_ms=device.sample_ms
+            ).p50_ms
         if offload_codec_id is not None:
             image_codec = get_codec(offload_codec_id)
             if image_codec.kind != "image":
@@ -63,6 +65,9 @@ def measure_codec_costs(
                 raise ValueError("measuring the offload codec needs images: pass --images DIR or --offload-bytes N")
             sizes = [_payload_bytes(image_codec.encode(crop)) for crop in crops]
             offload_bytes = int(np.median(sizes))
-            times = [time_calls_ms(lambda: image_codec.encode(crop), 3, warmup=1).p50_ms for crop in crops]
+            times = [
+                time_calls_ms(lambda: image_codec.encode(crop), 3, warmup=1, min_sample_ms=device.sample_ms).p50_ms
+                for crop in crops
+            ]
             encode_ms[INPUT_POINT] = float(np.median(times))
     return CodecCosts(codec_id, offload_codec_id, split_bytes, offload_bytes, encode_ms)
