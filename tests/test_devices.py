@@ -188,3 +188,23 @@ def test_interleaved_samples_go_round_robin() -> None:
     )
     assert order == ["a", "b"] + ["a", "b"] * 3
     assert timings["a"].p50_ms == 1.0 and timings["b"].cpu_p50_ms == 0.0
+
+
+def test_a_v2_layout_uses_the_parent_of_this_process_cgroup(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "user.slice" / "session-1.scope").mkdir(parents=True)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/user.slice/session-1.scope\n")
+    assert find_cgroup_layout(tmp_path, proc) == CgroupLayout(2, tmp_path / "user.slice")
+    (tmp_path / "cgroup.controllers").write_text("memory pids\n")
+    with pytest.raises(CgroupUnavailable, match="no cpu controller"):
+        find_cgroup_layout(tmp_path, proc)
+
+
+def test_devices_commands_print_their_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    from splitrt.cli import main
+
+    assert main(["devices", "profiles"]) == 0
+    assert "pi4" in capsys.readouterr().out
+    assert main(["devices", "detect"]) == 0
+    assert "CPUExecutionProvider" in capsys.readouterr().out

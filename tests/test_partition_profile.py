@@ -63,3 +63,21 @@ def test_plot_and_plan_from_a_measured_profile(tiny_profile: dict, tmp_path: Pat
     result = plan(tiny_profile, LinkState(10.0, 40.0), split_bytes, offload_bytes=1_500)
     assert len(result.estimates) == len(tiny_profile["splits"]) + 1
     assert result.best.total_ms == min(e.total_ms for e in result.estimates)
+
+
+def test_plan_command_on_a_stored_profile(tiny_bundle: Bundle, tiny_profile: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from splitrt.cli import main
+
+    root = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.root, root)
+    save_profile(root, tiny_profile)
+    out = tmp_path / "plan.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["partition", "plan", "--bundle", str(root), "--device-profile", "x86", "--bandwidth-mbps", "0.5,50",
+                     "--rtt-ms", "40", "--offload-bytes", "1500", "--allow-thread-fallback", "--json", str(out)])
+    assert code == 0
+    assert "choice:" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [p["bandwidth_mbps"] for p in report["plans"]] == [0.5, 50.0]
+    assert report["plans"][0]["estimates"][0]["action"] == "local"
