@@ -208,3 +208,16 @@ def test_devices_commands_print_their_tables(capsys: pytest.CaptureFixture[str])
     assert "pi4" in capsys.readouterr().out
     assert main(["devices", "detect"]) == 0
     assert "CPUExecutionProvider" in capsys.readouterr().out
+
+
+@cgroups
+def test_calibrate_all_round_robin_orders_profiles_by_share(tiny_bundle) -> None:  # type: ignore[no-untyped-def]
+    from splitrt.devices.calibrate import calibrate_all
+
+    before = set(os.listdir("/sys/fs/cgroup/cpu")) if os.path.isdir("/sys/fs/cgroup/cpu") else set()
+    slow, fast = get_profile("jetson-nano"), get_profile("x86")  # shares 0.15 and 1.0
+    results = calibrate_all([slow, fast], tiny_bundle.path("full.onnx"), (1, 32, 32, 3), repeats=3, warmup=1)
+    assert [r.profile.name for r in results] == ["jetson-nano", "x86"]
+    assert results[0].measured.p50_ms > results[1].measured.p50_ms
+    after = set(os.listdir("/sys/fs/cgroup/cpu")) if os.path.isdir("/sys/fs/cgroup/cpu") else set()
+    assert not {name for name in after - before if name.startswith("splitrt-")}

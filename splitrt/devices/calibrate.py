@@ -1,14 +1,17 @@
 """Calibrate emulated device profiles: EfficientNet-Lite0 under each profile's quota vs the published figure."""
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from splitrt.devices.profiles import DeviceProfile, cpu_limit
-from splitrt.devices.timing import Timing, time_calls_ms
+from splitrt.devices.profiles import CgroupLayout, CpuQuota, DeviceProfile, cpu_limit, find_cgroup_layout
+from splitrt.devices.timing import Timing, summarize_ms, time_calls_ms
 
 
 @dataclass(frozen=True)
@@ -71,3 +74,39 @@ def calibrate(
             lambda: session.run(None, {"image": image}), repeats, warmup, min_sample_ms=profile.sample_ms
         )
     return Calibration(profile, timing)
+
+
+def calibrate_all(
+    profiles: list[DeviceProfile],
+    model_path: str | Path,
+    input_shape: tuple[int, ...] = (1, 224, 224, 3),
+    repeats: int = 30,
+    warmup: int = 5,
+    layout: CgroupLayout | None = None,
+) -> list[Calibration]:
+    """`calibrate` for several single-threaded profiles at once, round-robin: the calling thread moves
+    from one profile's cgroup to the next for every sample, so a change in the machine's load during the
+    run shifts every profile alike instead of one of them."""
+    from splitrt.devices.ort import create_session
+
+    if any(p.threads != 1 for p in profiles):
+        raise ValueError("calibrate_all moves one thread between cgroups: give single-threaded profiles")
+    layout = layout or find_cgroup_layout()
+    image = np.random.default_rng(0).integers(0, 256, size=input_shape, dtype=np.uint8)
+    session = create_session(model_path, 1)
+    run = lambda: session.run(None, {"image": image})  # noqa: E731
+    thread_id = threading.get_native_id()
+    parent_tasks = layout.parent / ("tasks" if layout.version == 1 else "cgroup.procs")
+    samples: dict[str, list[float]] = {p.name: [] for p in profiles}
+    with contextlib.ExitStack() as stack:
+        quotas = {p.name: stack.enter_context(CpuQuota(p.cpu_share, layout, label=p.name)) for p in profiles}
+        try:
+            for _ in range(warmup):
+                run()
+            for _ in range(repeats):
+                for profile in profiles:
+                    quotas[profile.name].add_thread(thread_id)
+                    samples[profile.name].extend(time_calls_ms(run, 1, warmup=0, min_sample_ms=profile.sample_ms).samples_ms)
+        finally:
+            parent_tasks.write_text(str(thread_id if layout.version == 1 else os.getpid()))
+    return [Calibration(p, summarize_ms(samples[p.name])) for p in profiles]

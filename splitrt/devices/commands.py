@@ -58,7 +58,7 @@ def _profiles(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from splitrt.bundle import Bundle
-    from splitrt.devices.calibrate import calibrate
+    from splitrt.devices.calibrate import calibrate, calibrate_all
     from splitrt.devices.profiles import PROFILES, get_profile
 
     bundle = Bundle.load(args.bundle)
@@ -68,9 +68,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     results = []
     print(f"{bundle.model_id}, full model, {args.repeats} runs after {args.warmup} warm-up runs per profile")
     print(f"{'profile':<18} {'share':>6} {'thr':>3} {'published ms':>12} {'measured p50':>12} {'p95':>8} {'ratio':>6} {'suggested':>9}  basis")
-    for name in names:
-        result = calibrate(get_profile(name), bundle.path(bundle.manifest.full_file), (1, crop, crop, 3),
-                           repeats=args.repeats, warmup=args.warmup, fallback=fallback)
+    model_path = bundle.path(bundle.manifest.full_file)
+    shape = (1, crop, crop, 3)
+    if args.sequential or args.allow_thread_fallback:
+        measured = [calibrate(get_profile(n), model_path, shape, args.repeats, args.warmup, fallback) for n in names]
+    else:
+        measured = calibrate_all([get_profile(n) for n in names], model_path, shape, args.repeats, args.warmup)
+    for name, result in zip(names, measured):
         row = result.to_json()
         results.append(row)
         published = "-" if row["published_ms"] is None else f"{row['published_ms']:.1f}"
@@ -106,6 +110,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--repeats", type=int, default=40)
     calibrate.add_argument("--warmup", type=int, default=5)
     calibrate.add_argument("--allow-thread-fallback", action="store_true", help="no cgroup: warn, limit threads only")
+    calibrate.add_argument("--sequential", action="store_true",
+                           help="one profile after the other (default: round-robin, one sample of each in turn)")
     calibrate.add_argument("--json", help="write the table as JSON here")
     calibrate.set_defaults(func=_clear_errors(_calibrate))
     run = sub.add_parser("run", help="run a command under a profile's CPU quota: devices run --profile pi4 -- CMD")
