@@ -30,6 +30,21 @@ class Calibration:
     def suggested_share(self) -> float | None:
         return suggest_share(self.profile.cpu_share, self.measured.p50_ms, self.profile.published_ms)
 
+    @property
+    def quota_bound_ms(self) -> float | None:
+        """CPU time per run / share: the latency the quota alone imposes, on a machine with a core to spare.
+        Above it, the measured figure says other processes took CPU from this one."""
+        if self.measured.cpu_p50_ms is None:
+            return None
+        return self.measured.cpu_p50_ms / min(self.profile.cpu_share, 1.0)
+
+    @property
+    def share_from_cpu_time(self) -> float | None:
+        """The share at which the quota alone would give the published latency (robust to other load)."""
+        if self.measured.cpu_p50_ms is None or self.profile.published_ms is None:
+            return None
+        return self.measured.cpu_p50_ms / self.profile.published_ms
+
     def to_json(self) -> dict[str, Any]:
         return {
             "profile": self.profile.name,
@@ -42,6 +57,9 @@ class Calibration:
             "measured_ms_p95": round(self.measured.p95_ms, 3),
             "ratio": None if self.ratio is None else round(self.ratio, 3),
             "suggested_share": None if self.suggested_share is None else round(self.suggested_share, 3),
+            "cpu_ms_p50": None if self.measured.cpu_p50_ms is None else round(self.measured.cpu_p50_ms, 3),
+            "quota_bound_ms": None if self.quota_bound_ms is None else round(self.quota_bound_ms, 3),
+            "share_from_cpu_time": None if self.share_from_cpu_time is None else round(self.share_from_cpu_time, 3),
         }
 
 
@@ -98,6 +116,7 @@ def calibrate_all(
     thread_id = threading.get_native_id()
     parent_tasks = layout.parent / ("tasks" if layout.version == 1 else "cgroup.procs")
     samples: dict[str, list[float]] = {p.name: [] for p in profiles}
+    cpu_samples: dict[str, list[float]] = {p.name: [] for p in profiles}
     with contextlib.ExitStack() as stack:
         quotas = {p.name: stack.enter_context(CpuQuota(p.cpu_share, layout, label=p.name)) for p in profiles}
         try:
@@ -106,7 +125,9 @@ def calibrate_all(
             for _ in range(repeats):
                 for profile in profiles:
                     quotas[profile.name].add_thread(thread_id)
-                    samples[profile.name].extend(time_calls_ms(run, 1, warmup=0, min_sample_ms=profile.sample_ms).samples_ms)
+                    timing = time_calls_ms(run, 1, warmup=0, min_sample_ms=profile.sample_ms)
+                    samples[profile.name].extend(timing.samples_ms)
+                    cpu_samples[profile.name].append(timing.cpu_p50_ms or 0.0)
         finally:
             parent_tasks.write_text(str(thread_id if layout.version == 1 else os.getpid()))
-    return [Calibration(p, summarize_ms(samples[p.name])) for p in profiles]
+    return [Calibration(p, summarize_ms(samples[p.name], cpu_samples[p.name])) for p in profiles]

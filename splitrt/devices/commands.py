@@ -67,7 +67,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     fallback = "threads" if args.allow_thread_fallback else "error"
     results = []
     print(f"{bundle.model_id}, full model, {args.repeats} runs after {args.warmup} warm-up runs per profile")
-    print(f"{'profile':<18} {'share':>6} {'thr':>3} {'published ms':>12} {'measured p50':>12} {'p95':>8} {'ratio':>6} {'suggested':>9}  basis")
+    print(f"{'profile':<18} {'share':>6} {'thr':>3} {'published ms':>12} {'measured p50':>12} {'p95':>8} {'ratio':>6} "
+          f"{'cpu ms':>7} {'quota-bound ms':>14} {'share for published':>19}  basis")
     model_path = bundle.path(bundle.manifest.full_file)
     shape = (1, crop, crop, 3)
     if args.sequential or args.allow_thread_fallback:
@@ -79,12 +80,19 @@ def _calibrate(args: argparse.Namespace) -> int:
         results.append(row)
         published = "-" if row["published_ms"] is None else f"{row['published_ms']:.1f}"
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        suggested = "-" if row["suggested_share"] is None else f"{row['suggested_share']:.2f}"
+        share = "-" if row["share_from_cpu_time"] is None else f"{row['share_from_cpu_time']:.3f}"
+        cpu = "-" if row["cpu_ms_p50"] is None else f"{row['cpu_ms_p50']:.2f}"
+        bound = "-" if row["quota_bound_ms"] is None else f"{row['quota_bound_ms']:.1f}"
         print(f"{name:<18} {row['cpu_share']:>6.2f} {row['threads']:>3} {published:>12} {row['measured_ms_p50']:>12.2f} "
-              f"{row['measured_ms_p95']:>8.2f} {ratio:>6} {suggested:>9}  {row['basis']}")
+              f"{row['measured_ms_p95']:>8.2f} {ratio:>6} {cpu:>7} {bound:>14} {share:>19}  {row['basis']}")
+    print("measured p50: wall clock under the quota (other processes' load adds to it); cpu ms: this machine's CPU "
+          "time per run; quota-bound ms = cpu ms / share; share for published = cpu ms / published ms")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"model_id": bundle.model_id, "profiles": results}, indent=2) + "\n")
+        import os
+
+        document = {"model_id": bundle.model_id, "load_average_1m": round(os.getloadavg()[0], 2), "profiles": results}
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
