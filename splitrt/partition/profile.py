@@ -29,6 +29,9 @@ from splitrt.devices.profiles import DeviceProfile, cpu_limit
 from splitrt.devices.timing import time_interleaved_ms
 
 PROFILE_VERSION = 1
+# A cloud sample averages back-to-back runs over at least this long: a tail of a fraction of a
+# millisecond is otherwise at the mercy of one scheduling delay.
+CLOUD_SAMPLE_MS = 10.0
 
 
 def _runner(session: Any, input_name: str, feed: np.ndarray) -> Callable[[], object]:
@@ -77,7 +80,8 @@ def profile_bundle(
         {p.name: (session_factory(bundle.path(p.tail_file), cloud_threads), TAIL_INPUT_NAME, activations[p.name]) for p in points}
     )
     cloud = time_interleaved_ms(
-        {name: _runner(*entry) for name, entry in tails.items()}, repeats, warmup, on_round=advance
+        {name: _runner(*entry) for name, entry in tails.items()}, repeats, warmup, min_sample_ms=CLOUD_SAMPLE_MS,
+        on_round=advance,
     )
     del tails
     bar.close()
