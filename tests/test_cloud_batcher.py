@@ -154,3 +154,9 @@ def test_every_request_ends_once_and_nothing_runs_after_its_deadline(
             seen += [p.item for p in batch.requests]
         seen += [p.item for p in decision.expired]
     assert sorted(seen) == list(range(len(arrivals)))
+
+
+def test_expected_finish_counts_the_requests_ahead() -> None:
+    b = batcher(max_batch=4, fixed_ms=0.0, item_ms=1.0)
+    assert b.expected_finish_ms(KEY, now_ms=100.0, ahead=0, workers=2) == 101.0
+    assert b.expected_finish_ms(KEY, now_ms=100.0, ahead=8, workers=2) == 105.0  # 8 * 1 ms / 2 workers + 1 ms

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import random
@@ -96,7 +97,8 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
                 next_send += rng.expovariate(rate_rps)
                 continue
             wait_s = (next_send if now < end else end + budget_ms / 1e3 + 1.0) - now
-            if socket.poll(max(0, min(int(wait_s * 1000), 50))):
+            # Round up: a 0 ms poll would spin, and 16 spinning clients would starve the service of CPU.
+            if socket.poll(max(1, min(math.ceil(wait_s * 1000), 50))):
                 while True:
                     try:
                         frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)

@@ -148,6 +148,17 @@ class Batcher(Generic[T]):
         queue.oldest_arrival_ms[seq] = now_ms
         self._size += 1
 
+    def expected_finish_ms(self, key: Hashable, now_ms: float, ahead: int, workers: int) -> float:
+        """When a request for `key` arriving now should finish, with `ahead` requests queued or running.
+
+        Those ahead are served `workers` at a time at the per-request cost of a full batch; then this one
+        runs on its own. Admission compares this with the request's deadline (and rejects it as overloaded
+        at once, instead of letting it wait only to expire).
+        """
+        size = self.policy.max_batch_size
+        per_request_ms = self.cost.expected_ms(key, size) / size
+        return now_ms + ahead * per_request_ms / max(1, workers) + self.cost.expected_ms(key, 1)
+
     def _pop(self, queue: _Queue[T]) -> Pending[T]:
         _, seq, pending = heapq.heappop(queue.heap)
         del queue.oldest_arrival_ms[seq]

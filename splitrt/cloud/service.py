@@ -279,11 +279,16 @@ class TailService:
                          max_inflight_per_client=self.config.max_inflight_per_client)
         if isinstance(decision, Work):
             with self._cond:  # checked under the lock, so the dispatcher never exits with this request queued
+                key = (infer.bundle_hash, infer.split, infer.codec)
+                finish_ms = self._batcher.expected_finish_ms(key, now_ms, self.queue_depth, self.config.worker_count)
                 if self._stop.is_set():
                     decision = reject(infer.frame_id, RejectReason.OVERLOADED,
                                       "the service is shutting down; try another replica")
+                elif finish_ms > infer.deadline_ms:
+                    decision = reject(infer.frame_id, RejectReason.OVERLOADED,
+                                      f"{self.queue_depth} requests ahead: expected to finish "
+                                      f"{finish_ms - infer.deadline_ms:.1f} ms after the deadline")
                 else:
-                    key = (infer.bundle_hash, infer.split, infer.codec)
                     self._batcher.add(key, decision, infer.deadline_ms, now_ms)
                     self.metrics.queue_depth.set(self.queue_depth)
                     self._cond.notify()
