@@ -160,3 +160,24 @@ def test_expected_finish_counts_the_requests_ahead() -> None:
     b = batcher(max_batch=4, fixed_ms=0.0, item_ms=1.0)
     assert b.expected_finish_ms(KEY, now_ms=100.0, ahead=0, workers=2) == 101.0
     assert b.expected_finish_ms(KEY, now_ms=100.0, ahead=8, workers=2) == 105.0  # 8 * 1 ms / 2 workers + 1 ms
+
+
+def test_an_inflated_estimate_recovers_instead_of_refusing_forever() -> None:
+    b = batcher(max_batch=4, delay_ms=0.0)
+    b.cost.observe(KEY, 1, 500.0)  # one slow spell: now nothing with a 100 ms budget looks feasible
+    refused = 0
+    for i in range(100):
+        b.add(KEY, i, deadline_ms=i * 10.0 + 100.0, now_ms=i * 10.0)
+        decision = b.poll(now_ms=i * 10.0, free_slots=1)
+        refused += len(decision.expired)
+        if decision.batches:
+            break
+    assert decision.batches, "requests must get through again once the estimate has relaxed"
+    assert 0 < refused < 100
+
+
+def test_one_outlier_moves_the_estimate_only_so_far() -> None:
+    cost = CostModel(alpha=0.5)
+    cost.observe(KEY, 1, 1.0)
+    cost.observe(KEY, 1, 1000.0)
+    assert cost.expected_ms(KEY, 1) == pytest.approx(2.5)  # clipped to 4 ms, then averaged

@@ -37,7 +37,7 @@ import numpy as np
 from splitrt.bench.common import format_table, percentile, write_json
 
 COLUMNS = ("backend", "batching", "clients", "offered_rps", "throughput_rps", "latency_p50_ms", "latency_p99_ms",
-           "expired_executed", "rejected", "timeouts", "mean_batch")
+           "expired_executed", "rejected", "late", "timeouts", "mean_batch")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SNDHWM, 100000)
+    socket.setsockopt(zmq.SNDHWM, 4)
+    socket.setsockopt(zmq.SNDBUF, 256 * 1024)
     socket.setsockopt(zmq.RCVHWM, 100000)
     socket.connect(workload.endpoint)
     frame_id = index * 10**9
@@ -92,8 +93,12 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
                 frame_id += 1
                 deadline_ms = time.time() * 1000.0 + budget_ms
                 infer = Infer(frame_id, workload.bundle_hash, workload.split, workload.codec, spec, deadline_ms)
-                socket.send_multipart(encode(infer, [payload]), copy=False)
-                sent[frame_id] = (now, now + budget_ms / 1e3)
+                try:
+                    socket.send_multipart(encode(infer, [payload]), zmq.NOBLOCK, copy=False)
+                    sent[frame_id] = (now, now + budget_ms / 1e3)
+                except zmq.Again:  # the service's inbound buffer for us is full: backpressure, counted as rejected
+                    rejected += 1
+                    reasons["backpressure"] = reasons.get("backpressure", 0) + 1
                 next_send += rng.expovariate(rate_rps)
                 continue
             wait_s = (next_send if now < end else end + budget_ms / 1e3 + 1.0) - now
@@ -143,7 +148,7 @@ class ServiceProcess:
         command = [sys.executable, "-m", "splitrt", "cloud", "serve", "--bundle", bundle_dir,
                    "--bind", "tcp://127.0.0.1:*", "--backend", backend, "--workers", str(workers),
                    "--batching" if batching else "--no-batching", "--max-batch", str(max_batch),
-                   "--max-delay-ms", str(max_delay_ms), "--max-queue", "512", "--max-inflight", "256",
+                   "--max-delay-ms", str(max_delay_ms), "--max-queue", "512", "--max-inflight", "32",
                    "--metrics-port", str(self.metrics_port), "--ready-json", "--warm-up",
                    "--stats-json", str(stats_json), *extra]
         if backend == "ray":

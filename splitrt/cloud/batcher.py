@@ -71,9 +71,22 @@ class CostModel:
         self._ms: dict[Hashable, dict[int, float]] = {}
 
     def observe(self, key: Hashable, batch_size: int, compute_ms: float) -> None:
+        """Fold in a measured batch; one outlier (a descheduled thread) moves the estimate at most 4x its weight."""
         sizes = self._ms.setdefault(key, {})
         old = sizes.get(batch_size)
-        sizes[batch_size] = compute_ms if old is None else old + self.alpha * (compute_ms - old)
+        if old is None:
+            sizes[batch_size] = compute_ms
+        else:
+            sizes[batch_size] = old + self.alpha * (min(compute_ms, 4.0 * old) - old)
+
+    def relax(self, key: Hashable, factor: float = 0.9) -> None:
+        """Lower the estimates of `key` after a request was refused on the estimate alone.
+
+        Without this, an estimate inflated by a slow spell would refuse every request, so nothing would run
+        and no measurement would ever correct it; relaxing lets requests through until measurements take over.
+        """
+        for size, ms in self._ms.get(key, {}).items():
+            self._ms[key][size] = ms * factor
 
     def expected_ms(self, key: Hashable, batch_size: int) -> float:
         sizes = self._ms.get(key)
@@ -170,6 +183,8 @@ class Batcher(Generic[T]):
         single_ms = self.cost.expected_ms(key, 1)
         expired = []
         while queue.heap and queue.heap[0][0] <= now_ms + single_ms:
+            if queue.heap[0][0] > now_ms:  # refused on the estimate, not on the clock
+                self.cost.relax(key)
             expired.append(self._pop(queue))
         return expired
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import signal
+import sys
 import threading
 
 log = logging.getLogger("splitrt.cloud")
@@ -51,6 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     configure_logging(config.log_format, config.log_level)
+    # The gateway thread must not wait the default 5 ms for the GIL behind a worker's Python code.
+    sys.setswitchinterval(0.0005)
     bundles = [Bundle.load(path) for path in config.bundles]
     runner = None
     if config.backend == "ray":

@@ -50,6 +50,9 @@ __all__ = ["ServiceConfig", "TailService", "wall_clock_ms"]
 
 log = logging.getLogger("splitrt.cloud")
 
+UNREAD_MESSAGES_PER_CLIENT = 16
+RECEIVE_BUFFER_BYTES = 256 * 1024
+
 
 def wall_clock_ms() -> float:
     return time.time() * 1000.0
@@ -141,6 +144,11 @@ class TailService:
         router.setsockopt(zmq.LINGER, 1000)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes)
+        # Bounded inbound buffering per client: past this, libzmq stops reading that client's connection (TCP
+        # backpressure reaches its send queue) instead of holding requests that would go stale in memory.
+        # Kernel buffers are kept small too: a request never waits long unread in them, it waits at the client.
+        router.setsockopt(zmq.RCVHWM, UNREAD_MESSAGES_PER_CLIENT)
+        router.setsockopt(zmq.RCVBUF, RECEIVE_BUFFER_BYTES)
         replies = self.context.socket(zmq.PULL)
         replies.bind(self._reply_endpoint)
         threads: list[threading.Thread] = []
@@ -285,6 +293,8 @@ class TailService:
                     decision = reject(infer.frame_id, RejectReason.OVERLOADED,
                                       "the service is shutting down; try another replica")
                 elif finish_ms > infer.deadline_ms:
+                    if self.queue_depth == 0:  # refused on the estimate alone: let it relax (see CostModel.relax)
+                        self._batcher.cost.relax(key)
                     decision = reject(infer.frame_id, RejectReason.OVERLOADED,
                                       f"{self.queue_depth} requests ahead: expected to finish "
                                       f"{finish_ms - infer.deadline_ms:.1f} ms after the deadline")
