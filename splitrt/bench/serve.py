@@ -36,8 +36,11 @@ import numpy as np
 
 from splitrt.bench.common import format_table, percentile, write_json
 
-COLUMNS = ("backend", "batching", "clients", "offered_rps", "throughput_rps", "latency_p50_ms", "latency_p99_ms",
+COLUMNS = ("backend", "batching", "clients", "offered_rps", "sent_rps", "throughput_rps", "latency_p50_ms", "latency_p99_ms",
            "expired_executed", "rejected", "late", "timeouts", "mean_batch")
+
+
+CLIENT_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
 
     from splitrt.protocol import Infer, Reject, Result, TensorSpec, decode, encode
 
+    # Below the service's CPU priority: on a small machine the load generator must not starve what it measures.
+    os.nice(CLIENT_NICENESS)
     payload = Path(workload.payload_file).read_bytes()
     spec = TensorSpec(workload.dtype, workload.shape)
     context = zmq.Context()
@@ -78,7 +83,7 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
         rate_rps, duration_s, budget_ms, start_at = command
         sent: dict[int, tuple[float, float]] = {}  # frame id -> (sent perf s, deadline perf s)
         latencies_ms: list[float] = []
-        late = rejected = 0
+        late = rejected = attempted = 0
         reasons: dict[str, int] = {}
         while time.time() < start_at:
             time.sleep(0.001)
@@ -91,6 +96,7 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
                 break
             if now >= next_send and now < end:
                 frame_id += 1
+                attempted += 1
                 deadline_ms = time.time() * 1000.0 + budget_ms
                 infer = Infer(frame_id, workload.bundle_hash, workload.split, workload.codec, spec, deadline_ms)
                 try:
@@ -122,7 +128,7 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
                     elif isinstance(message, Reject):
                         rejected += 1
                         reasons[message.reason.value] = reasons.get(message.reason.value, 0) + 1
-        commands.send({"latencies_ms": latencies_ms, "late": late, "rejected": rejected, "reasons": reasons,
+        commands.send({"attempted": attempted, "latencies_ms": latencies_ms, "late": late, "rejected": rejected, "reasons": reasons,
                        "timeouts": len(sent)})
         # Replies that come after the timeout belong to this round; drop them.
         while socket.poll(0):
@@ -232,6 +238,7 @@ class ClientPool:
             for reason, count in report["reasons"].items():
                 reasons[reason] = reasons.get(reason, 0) + count
         return {
+            "sent_rps": sum(int(r["attempted"]) for r in reports) / duration_s,
             "results": len(latencies),
             "throughput_rps": len(latencies) / duration_s,
             "latency_p50_ms": percentile(latencies, 50),
@@ -264,7 +271,7 @@ def _run_mode(label: str, service: ServiceProcess, workload: Workload, clients: 
             batches = after["splitrt_batch_size_count"] - before["splitrt_batch_size_count"]
             row = {
                 "backend": backend, "batching": batching, "clients": clients, "offered_rps": float(rate),
-                "throughput_rps": measured["throughput_rps"], "latency_p50_ms": measured["latency_p50_ms"],
+                "sent_rps": measured["sent_rps"], "throughput_rps": measured["throughput_rps"], "latency_p50_ms": measured["latency_p50_ms"],
                 "latency_p99_ms": measured["latency_p99_ms"],
                 "expired_executed": int(after["splitrt_expired_executed_total"]
                                         - before["splitrt_expired_executed_total"]),

@@ -68,7 +68,11 @@ class ServiceConfig:
 
     @property
     def worker_count(self) -> int:
-        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+        if self.workers > 0:
+            return self.workers
+        cores = max(1, os.cpu_count() or 1)
+        # Local workers compute, so one per core; Ray workers mostly wait on replicas, so more batches in flight.
+        return 4 * cores if self.backend == "ray" else cores
 
     @property
     def max_message_bytes(self) -> int:
