@@ -339,22 +339,24 @@ def measure_gateway_cost(bundle_dir: str, folder: Path, rate_rps: float, duratio
 
 
 def plot(rows: list[dict[str, object]], path: Path, title: str) -> None:
+    """Throughput and latency against offered load, one colour per (backend, batching)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (backend, batching), marker in zip(sorted({(str(r["backend"]), bool(r["batching"])) for r in rows}),
-                                           "osv^"):
+    series_keys = sorted({(str(r["backend"]), bool(r["batching"])) for r in rows})
+    for (backend, batching), marker, colour in zip(series_keys, "osv^", ("C0", "C1", "C2", "C3")):
         series = sorted((r for r in rows if r["backend"] == backend and r["batching"] == batching),
                         key=lambda r: float(r["offered_rps"]))
         label = f"{backend}, {'batching' if batching else 'batch size 1'}"
         offered = [float(r["offered_rps"]) for r in series]
-        left.plot(offered, [float(r["throughput_rps"]) for r in series], marker=marker, label=label)
-        right.plot(offered, [float(r["latency_p99_ms"]) for r in series], marker=marker, label=f"{label} p99")
-        right.plot(offered, [float(r["latency_p50_ms"]) for r in series], marker=marker, linestyle=":",
-                   alpha=0.6, label=f"{label} p50")
+        left.plot(offered, [float(r["throughput_rps"]) for r in series], marker=marker, color=colour, label=label)
+        right.plot(offered, [float(r["latency_p99_ms"]) for r in series], marker=marker, color=colour,
+                   label=f"{label} p99")
+        right.plot(offered, [float(r["latency_p50_ms"]) for r in series], marker=marker, color=colour,
+                   linestyle=":", alpha=0.6, label=f"{label} p50")
     top = max(float(r["offered_rps"]) for r in rows)
     left.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle="--", label="offered")
     left.set(xlabel="offered load (requests/s)", ylabel="throughput (Results in time /s)", title="throughput")

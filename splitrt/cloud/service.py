@@ -214,18 +214,22 @@ class TailService:
 
     # -- gateway ---------------------------------------------------------------------------------------------
     def _forward_replies(self, replies: zmq.Socket, router: zmq.Socket) -> None:
-        for _ in range(1024):
+        """Pass on packed replies (see `_push_replies`): one inproc message per batch, one ROUTER send per reply."""
+        for _ in range(256):
             try:
                 frames = replies.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            client = frames[0].bytes
-            left = self.inflight.get(client, 0) - 1
-            if left > 0:
-                self.inflight[client] = left
-            else:
-                self.inflight.pop(client, None)  # a client that is gone leaves nothing behind
-            router.send_multipart(frames, copy=False)
+            index = 1
+            for count in frames[0].bytes:
+                client = frames[index].bytes
+                router.send_multipart(frames[index : index + 1 + count], copy=False)
+                index += 1 + count
+                left = self.inflight.get(client, 0) - 1
+                if left > 0:
+                    self.inflight[client] = left
+                else:
+                    self.inflight.pop(client, None)  # a client that is gone leaves nothing behind
 
     def _send(self, router: zmq.Socket, client: bytes, reply: Reply) -> None:
         self._count(reply)
@@ -329,23 +333,39 @@ class TailService:
                     if not decision.batches and not decision.expired:
                         timeout_s = None if decision.wake_at_ms is None else max(0.0, decision.wake_at_ms - now_ms) / 1e3
                         self._cond.wait(0.05 if draining else timeout_s)
-                for pending in decision.expired:
-                    work = pending.item
-                    waited_ms = now_ms - work.received_ms
-                    self._reply(push, work, Reply(reject(work.infer.frame_id, RejectReason.EXPIRED,
-                                                         f"cannot finish before its deadline (waited {waited_ms:.1f} ms)")))
+                self._push_replies(push, [
+                    (p.item, Reply(reject(p.item.infer.frame_id, RejectReason.EXPIRED,
+                                          f"cannot finish before its deadline (waited {now_ms - p.item.received_ms:.1f} ms)")))
+                    for p in decision.expired
+                ])
                 self.cpu_s["dispatcher"] = time.thread_time()
         finally:
             for _ in range(self.config.worker_count):
                 self._batches.put(None)
             push.close(linger=1000)
 
-    def _reply(self, push: zmq.Socket, work: Work, reply: Reply) -> None:
-        self._count(reply)
-        if not isinstance(reply.message, Result):
-            log.debug("frame %d: %s (%s)", work.infer.frame_id, reply.message.reason.value, reply.message.detail)
-        self.metrics.service_ms.observe(max(0.0, self.clock_ms() - work.received_ms))
-        push.send_multipart([work.client, *encode(reply.message, reply.payloads)], copy=False)
+    def _push_replies(self, push: zmq.Socket, replies: list[tuple[Work, Reply]]) -> None:
+        """Send the replies of a batch to the gateway as one message: [counts, client, *frames, client, ...].
+
+        `counts` holds one byte per reply: how many frames its encoded message has (at most 17).
+        """
+        if not replies:
+            return
+        now_ms = self.clock_ms()
+        counts = bytearray()
+        packed: list[object] = [b""]
+        for work, reply in replies:
+            self._count(reply)
+            if not isinstance(reply.message, Result):
+                log.debug("frame %d: %s (%s)", work.infer.frame_id, reply.message.reason.value,
+                          reply.message.detail)
+            self.metrics.service_ms.observe(max(0.0, now_ms - work.received_ms))
+            frames = encode(reply.message, reply.payloads)
+            counts.append(len(frames))
+            packed.append(work.client)
+            packed.extend(frames)
+        packed[0] = bytes(counts)
+        push.send_multipart(packed, copy=False)
 
     # -- workers ---------------------------------------------------------------------------------------------
     def _worker(self) -> None:
@@ -381,8 +401,7 @@ class TailService:
                     self._running_requests -= len(batch)
                     self._free_workers += 1
                     self._cond.notify()
-                for work, reply in replies:
-                    self._reply(push, work, reply)
+                self._push_replies(push, replies)
                 with self._counters_lock:
                     self.cpu_s["worker_compute"] += compute_cpu_s
                     self.cpu_s[f"worker:{name}"] = time.thread_time()
