@@ -88,9 +88,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_row(tiny_bundle: 
     socket = dealer(running.endpoint)
     try:
         images = [rng.integers(0, 256, size=(1, 32, 32, 3), dtype=np.uint8) for _ in range(9)]
-        for frame_id, image in enumerate(images):
-            socket.send_multipart(infer_frames(tiny_bundle, "res", head_output(tiny_bundle, "res", image),
-                                               frame_id=frame_id), copy=False)
+        requests = [infer_frames(tiny_bundle, "res", head_output(tiny_bundle, "res", image), frame_id=frame_id)
+                    for frame_id, image in enumerate(images)]
+        for frames in requests:
+            socket.send_multipart(frames, copy=False)
         replies = collect(socket, len(images))
         assert sorted(replies) == list(range(len(images)))
         for frame_id, envelope in replies.items():
@@ -113,7 +114,9 @@ def test_an_expired_request_is_answered_expired_and_never_executed(tiny_bundle: 
     socket = dealer(running.endpoint)
     try:
         socket.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=1, deadline_ms=now_ms() + 5000))
-        time.sleep(0.03)  # frame 1 is running now, for 150 ms
+        started = time.monotonic()
+        while not tails.batch_rows and time.monotonic() - started < 5:
+            time.sleep(0.005)  # until frame 1 runs (for 150 ms)
         socket.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=2, deadline_ms=now_ms() + 60))
         replies = collect(socket, 2)
         assert isinstance(replies[1].message, Result)
@@ -296,17 +299,18 @@ def test_sigterm_drains_in_flight_requests_before_exit(tiny_bundle: Bundle, acti
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "splitrt", "cloud", "serve", "--bundle", str(tiny_bundle.root),
-         "--bind", "tcp://127.0.0.1:*", "--workers", "1", "--ready-json", "--stats-json", str(stats)],
+         "--bind", "tcp://127.0.0.1:*", "--workers", "1", "--no-batching", "--ready-json", "--stats-json", str(stats)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
     )
     try:
         ready = json.loads(process.stdout.readline())
         socket = dealer(ready["endpoint"])
-        count = 150
-        for frame_id in range(count):
-            socket.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=frame_id))
-        time.sleep(0.05)
+        count = 400
+        requests = [infer_frames(tiny_bundle, "res", activation, frame_id=frame_id) for frame_id in range(count)]
+        for frames in requests:
+            socket.send_multipart(frames)
+        time.sleep(0.02)
         process.send_signal(signal.SIGTERM)
         replies = collect(socket, count, timeout_s=10)
         socket.close()
@@ -316,8 +320,9 @@ def test_sigterm_drains_in_flight_requests_before_exit(tiny_bundle: Bundle, acti
         assert "Result" in kinds
         assert all(isinstance(r.message, Result) or r.message.reason is RejectReason.OVERLOADED
                    for r in replies.values())
-        counters = json.loads(stats.read_text())["counters"]
-        assert counters["result"] == kinds.count("Result")
+        final = json.loads(stats.read_text())
+        assert final["counters"]["result"] == kinds.count("Result")
+        assert final["in_flight_at_stop"] > 0, "the stop came while requests were in flight"
     finally:
         if process.poll() is None:
             process.kill()

@@ -79,7 +79,8 @@ def _serve(args: argparse.Namespace) -> int:
         service.tails.close()
     if args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as handle:
-            json.dump({"counters": dict(service.counters), "cpu": service.cpu_totals()}, handle, indent=2)
+            json.dump({"counters": dict(service.counters), "cpu": service.cpu_totals(),
+                       "in_flight_at_stop": service.in_flight_at_stop}, handle, indent=2)
     return 0
 
 

@@ -51,6 +51,7 @@ __all__ = ["ServiceConfig", "TailService", "wall_clock_ms"]
 log = logging.getLogger("splitrt.cloud")
 
 UNREAD_MESSAGES_PER_CLIENT = 16
+QUIET_BEFORE_EXIT_S = 0.1
 RECEIVE_BUFFER_BYTES = 256 * 1024
 
 
@@ -93,6 +94,7 @@ class TailService:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._draining = False  # gateway-only: the stop has been seen
+        self.in_flight_at_stop = 0  # admitted, unanswered requests when the stop was seen (all answered after)
         self._reply_endpoint = f"inproc://splitrt-replies-{uuid.uuid4().hex}"
         self.endpoint = ""
         self.ops: OpsServer | None = None
@@ -191,17 +193,23 @@ class TailService:
         poller.register(router, zmq.POLLIN)
         poller.register(replies, zmq.POLLIN)
         drain_until = float("inf")
+        quiet_since: float | None = None
         cpu_start_s = time.thread_time()
         while True:
             if self._stop.is_set() and not self._draining:
                 self._draining = True
                 drain_until = time.monotonic() + self.config.drain_timeout_s
+                self.in_flight_at_stop = sum(self.inflight.values())
                 log.info("stopping: draining %d queued or running requests", self.queue_depth,
                          extra={"event": "draining", "queue_depth": self.queue_depth})
             if self._draining:
                 with self._cond:
                     idle = self.queue_depth == 0
-                if (idle and not self.inflight and not replies.poll(0)) or time.monotonic() > drain_until:
+                idle = idle and not self.inflight and not replies.poll(0) and not router.poll(0)
+                # Requests still on their way in get their Reject too: exit only after a quiet spell.
+                quiet_since = (quiet_since or time.monotonic()) if idle else None
+                if (quiet_since and time.monotonic() - quiet_since >= QUIET_BEFORE_EXIT_S) or \
+                        time.monotonic() > drain_until:
                     break
             events = dict(poller.poll(20 if self._draining else 100))
             if replies in events:
