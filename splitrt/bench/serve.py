@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from splitrt.bench.common import format_table, percentile, write_json
+from splitrt.cloud.config import ServiceConfig
 
 COLUMNS = ("backend", "batching", "clients", "offered_rps", "sent_rps", "throughput_rps", "latency_p50_ms", "latency_p99_ms",
            "expired_executed", "rejected", "late", "timeouts", "mean_batch")
@@ -396,7 +397,7 @@ def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: 
     summary = summarise(rows)
     params = {"split": split, "codec": codec, "payload_bytes": payload_bytes,
               "budget_ms": budget_ms, "duration_s": duration_s, "max_batch": max_batch, "max_delay_ms": max_delay_ms,
-              "workers": workers or os.cpu_count(), "rates": list(rates)}
+              "workers": ServiceConfig(backend=backend, workers=workers).worker_count, "rates": list(rates)}
     write_json(json_out, "serve", rows, params=params, summary=summary, gateway_cost=gateway)
     png = Path(json_out).with_suffix(".png")
     plot(rows, png, f"{clients} client processes, split {split}/{codec}, deadline {budget_ms:.0f} ms, "
