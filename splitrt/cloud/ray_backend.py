@@ -87,7 +87,7 @@ class RayTailRunner:
     """A TailRunner whose tails run as Ray Serve deployments (one application per bundle)."""
 
     def __init__(self, bundles: Iterable[Bundle], address: str = "", intra_op_threads: int = 1,
-                 max_batch_size: int = 16, max_replicas: int | None = None, replica_cpus: float = 0.5) -> None:
+                 max_batch_size: int = 16, max_replicas: int | None = None, replica_cpus: float = 1.0) -> None:
         _require_ray()
         import ray
 
