@@ -1,15 +1,12 @@
-"""Pure request handling: which requests the service takes, and how a taken one becomes a Result.
+"""Pure request handling: which requests the service takes, and which it rejects with what reason.
 
 No sockets and no clock reads here: the gateway passes `now_ms` in, so every rule is testable directly.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 from splitrt.bundle import INPUT_POINT, Bundle, UnknownSplit
-from splitrt.cloud.tails import TailExecutor
-from splitrt.codecs import CodecError, UnknownCodec, get_codec
+from splitrt.codecs import UnknownCodec, get_codec
 from splitrt.protocol import (
     Envelope,
     Heartbeat,
@@ -18,9 +15,7 @@ from splitrt.protocol import (
     Message,
     Reject,
     RejectReason,
-    Result,
     Welcome,
-    tensor_payload,
 )
 
 SUPPORTED_CODECS = ("fp32", "fp16", "jpeg-qN", "webp-qN")
@@ -73,6 +68,8 @@ def admit(
     queue_depth: int,
     max_queue_depth: int,
     max_batch: int = 64,
+    client_inflight: int = 0,
+    max_inflight_per_client: int | None = None,
 ) -> Work | Reject:
     """Check an Infer against what the service holds; a request is never guessed at, it is rejected with a reason."""
     infer = envelope.message
@@ -110,30 +107,10 @@ def admit(
         return reject(frame_id, RejectReason.EXPIRED, f"arrived {now_ms - infer.deadline_ms:.1f} ms after its deadline")
     if queue_depth >= max_queue_depth:
         return reject(frame_id, RejectReason.OVERLOADED, f"queue is full ({queue_depth} requests)")
-    return Work(client=client, infer=infer, payload=envelope.payloads[0], received_ms=now_ms)
-
-
-def execute(work: Work, tails: TailExecutor, clock_ms: Callable[[], float], queue_depth: int) -> Reply:
-    """Decode the payload and run the tail; a request past its deadline is answered `expired`, never run."""
-    infer = work.infer
-    started_ms = clock_ms()
-    if started_ms >= infer.deadline_ms:
-        return Reply(
-            reject(infer.frame_id, RejectReason.EXPIRED, f"waited {started_ms - work.received_ms:.1f} ms, deadline passed")
+    if max_inflight_per_client is not None and client_inflight >= max_inflight_per_client:
+        return reject(
+            frame_id,
+            RejectReason.OVERLOADED,
+            f"this client has {client_inflight} requests in flight (limit {max_inflight_per_client}); wait for replies",
         )
-    try:
-        activation = get_codec(infer.codec).decode(work.payload, infer.tensor)
-        if infer.split == INPUT_POINT and activation.ndim == 3:
-            activation = activation[None]
-    except CodecError as exc:
-        return Reply(reject(infer.frame_id, RejectReason.BAD_PAYLOAD, str(exc)))
-    output = tails.run(infer.bundle_hash, infer.split, activation)
-    spec, payload = tensor_payload(output)
-    result = Result(
-        frame_id=infer.frame_id,
-        outputs=(spec,),
-        queue_ms=max(0.0, started_ms - work.received_ms),
-        compute_ms=max(0.0, clock_ms() - started_ms),  # payload decode + tail
-        queue_depth=queue_depth,
-    )
-    return Reply(result, (payload,))
+    return Work(client=client, infer=infer, payload=envelope.payloads[0], received_ms=now_ms)

@@ -1,8 +1,18 @@
-"""The tail service's I/O: a ROUTER socket for any number of edge clients, worker threads for the tails.
+"""The tail service: a ZeroMQ ROUTER gateway, a deadline-aware batcher, and an executor pool.
 
-The main thread owns the ROUTER socket: it decodes each request, answers handshakes and heartbeats at once,
-rejects what it cannot take, and queues the rest. Workers run tails and hand replies back over an inproc
-PUSH/PULL pair (ZeroMQ sockets never cross threads). Every request is answered: a Result or a Reject.
+Threads and what each owns:
+
+* the gateway (the thread that calls `serve`) owns the ROUTER socket: it validates each message (header,
+  metadata, checksum; no payload decoding), answers Hello and Heartbeat at once, rejects what it cannot take
+  (bounded queue, per-client in-flight limit) and hands the rest to the batcher; it forwards every reply the
+  workers produce, and keeps the per-client in-flight counts (so they need no lock);
+* the dispatcher owns the batcher's timing: it cuts batches when the pure `Batcher` says so, answers expired
+  requests with `Reject(expired)`, and hands batches to free workers;
+* workers decode payloads, run the tail (in-process ONNX Runtime, or Ray Serve) and encode the replies, which
+  go back to the gateway over an inproc PUSH/PULL pair (ZeroMQ sockets never cross threads).
+
+Every request is answered: a Result or a Reject. `stop()` (SIGTERM in the CLI) stops taking requests,
+answers everything queued or running, then returns.
 """
 from __future__ import annotations
 
@@ -12,43 +22,41 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import zmq
 
 from splitrt.bundle import Bundle
-from splitrt.cloud.admission import Reply, Work, admit, execute, handshake, heartbeat_reply, reject
-from splitrt.cloud.tails import TailExecutor
+from splitrt.cloud.admission import Reply, Work, admit, handshake, heartbeat_reply, reject
+from splitrt.cloud.batcher import Batch, Batcher, CostModel
+from splitrt.cloud.config import ConfigError, ServiceConfig
+from splitrt.cloud.executor import run_batch
+from splitrt.cloud.metrics import OpsServer, ServiceMetrics
+from splitrt.cloud.tails import TailExecutor, TailRunner
 from splitrt.protocol import (
-    DEFAULT_LIMITS,
     Heartbeat,
     Hello,
     Infer,
-    Limits,
     ProtocolError,
     Reject,
     RejectReason,
+    Result,
     decode,
     encode,
     peek_frame_id,
 )
 
+__all__ = ["ServiceConfig", "TailService", "wall_clock_ms"]
+
 log = logging.getLogger("splitrt.cloud")
+
+UNREAD_MESSAGES_PER_CLIENT = 16
+QUIET_BEFORE_EXIT_S = 0.1
+RECEIVE_BUFFER_BYTES = 256 * 1024
 
 
 def wall_clock_ms() -> float:
     return time.time() * 1000.0
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    bind: str = "tcp://127.0.0.1:5555"
-    workers: int = 1
-    intra_op_threads: int = 1
-    max_queue_depth: int = 64
-    limits: Limits = DEFAULT_LIMITS
-    server_id: str = ""
 
 
 class TailService:
@@ -60,87 +68,175 @@ class TailService:
         config: ServiceConfig = ServiceConfig(),
         clock_ms: Callable[[], float] = wall_clock_ms,
         context: zmq.Context | None = None,
+        runner: TailRunner | None = None,
     ) -> None:
         self.config = config
         self.bundles = {b.content_hash: b for b in bundles}
         if not self.bundles:
             raise ValueError("the tail service needs at least one bundle")
         self.server_id = config.server_id or f"tail-{uuid.uuid4().hex[:8]}"
-        self.tails = TailExecutor(self.bundles.values(), config.intra_op_threads)
+        self.tails: TailRunner = runner or TailExecutor(self.bundles.values(), config.intra_op_threads)
         self.clock_ms = clock_ms
-        self.context = context or zmq.Context.instance()
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.metrics = ServiceMetrics()
         self.counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
-        self._work: queue.Queue[Work | None] = queue.Queue()
-        self._busy = 0
-        self._busy_lock = threading.Lock()
+        # Batcher state, shared by the gateway (adds) and the dispatcher (polls), under one condition.
+        self._cond = threading.Condition()
+        self._batcher: Batcher[Work] = Batcher(config.batch_policy(), CostModel(default_fixed_ms=0.5,
+                                                                                 default_item_ms=0.5))
+        self._running_requests = 0
+        self._free_workers = config.worker_count
+        self._batches: queue.SimpleQueue[Batch[Work] | None] = queue.SimpleQueue()
+        # Gateway-only state.
+        self.inflight: dict[bytes, int] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._draining = False  # gateway-only: the stop has been seen
+        self.in_flight_at_stop = 0  # admitted, unanswered requests when the stop was seen (all answered after)
         self._reply_endpoint = f"inproc://splitrt-replies-{uuid.uuid4().hex}"
         self.endpoint = ""
+        self.ops: OpsServer | None = None
+        self.authenticator = None
+        # CPU time of each thread role, for the gateway-cost measurement (seconds).
+        self.cpu_s: Counter[str] = Counter()
         # Hard cap enforced by libzmq itself (the peer is dropped): far above the limit that earns a Reject.
-        self._max_message_bytes = 4 * (config.limits.max_payload_bytes + config.limits.max_meta_bytes) + 4096
+        self._max_frame_bytes = 4 * config.max_message_bytes
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop taking requests; requests already queued are still answered before `serve` returns."""
+        """Stop taking requests; requests already queued or running are still answered before `serve` returns."""
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
 
     def wait_ready(self, timeout_s: float = 10.0) -> bool:
         return self._ready.wait(timeout_s)
 
     @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self._stop.is_set()
+
+    @property
     def queue_depth(self) -> int:
-        return self._work.qsize() + self._busy
+        """Requests queued in the batcher or running on a worker."""
+        return len(self._batcher) + self._running_requests
+
+    def _bind(self, router: zmq.Socket) -> None:
+        if self.config.curve_enabled():
+            from splitrt.cloud.security import ZapAuthenticator, configure_server_socket, load_secret_keys
+
+            curve = self.config.curve
+            if not curve.server_secret_key or not curve.allowed_clients_dir:
+                raise ConfigError(
+                    f"CURVE is {'on' if curve.mode == 'on' else 'required'} for {self.config.bind} (not loopback), "
+                    "but [security].server_secret_key or [security].allowed_clients_dir is not set: create keys with "
+                    "`splitrt cloud keygen --out keys --name server` and set both, or set [security].curve = \"off\""
+                )
+            public, secret = load_secret_keys(curve.server_secret_key)
+            self.authenticator = ZapAuthenticator(self.context, curve.allowed_clients_dir, curve.reload_interval_s,
+                                                  on_denied=lambda _why: self.metrics.auth_denied.inc())
+            self.authenticator.start()
+            configure_server_socket(router, public, secret)
+        router.bind(self.config.bind)
 
     def serve(self) -> None:
         router = self.context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 1000)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        router.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
-        router.bind(self.config.bind)
-        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes)
+        # Bounded inbound buffering per client: past this, libzmq stops reading that client's connection (TCP
+        # backpressure reaches its send queue) instead of holding requests that would go stale in memory.
+        # Kernel buffers are kept small too: a request never waits long unread in them, it waits at the client.
+        router.setsockopt(zmq.RCVHWM, UNREAD_MESSAGES_PER_CLIENT)
+        router.setsockopt(zmq.RCVBUF, RECEIVE_BUFFER_BYTES)
         replies = self.context.socket(zmq.PULL)
         replies.bind(self._reply_endpoint)
-        workers = [
-            threading.Thread(target=self._worker, name=f"tail-worker-{i}", daemon=True)
-            for i in range(self.config.workers)
-        ]
-        for worker in workers:
-            worker.start()
+        threads: list[threading.Thread] = []
+        try:
+            self._bind(router)
+            self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            threads = [threading.Thread(target=self._dispatcher, name="dispatcher", daemon=True)]
+            threads += [threading.Thread(target=self._worker, name=f"tail-worker-{i}", daemon=True)
+                        for i in range(self.config.worker_count)]
+            for thread in threads:
+                thread.start()
+            if self.config.metrics_port:
+                self.ops = OpsServer(self.metrics, lambda: self.ready, self.config.metrics_bind,
+                                     self.config.metrics_port)
+                self.ops.start()
+            log.info("serving %s on %s (%d workers, batching %s, CURVE %s)",
+                     ", ".join(b.model_id for b in self.bundles.values()), self.endpoint, self.config.worker_count,
+                     "on" if self.config.batching else "off", "on" if self.authenticator else "off",
+                     extra={"event": "serving", "endpoint": self.endpoint})
+            self._ready.set()
+            self._loop(router, replies)
+        finally:
+            self._stop.set()
+            with self._cond:
+                self._cond.notify_all()
+            for thread in threads:
+                thread.join(5)
+            replies.close(linger=0)
+            router.close(linger=1000)
+            if self.ops:
+                self.ops.stop()
+            if self.authenticator:
+                self.authenticator.stop()
+            if self._own_context:
+                self.context.term()
+            log.info("stopped; counters: %s", dict(self.counters), extra={"event": "stopped"})
+
+    def _loop(self, router: zmq.Socket, replies: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(replies, zmq.POLLIN)
-        log.info("serving %s on %s (%d workers)", ", ".join(b.model_id for b in self.bundles.values()), self.endpoint, len(workers))
-        self._ready.set()
-        try:
-            while not self._stop.is_set():
-                events = dict(poller.poll(100))
-                if replies in events:
-                    self._forward_replies(replies, router)
-                if router in events:
-                    self._receive(router)
-            log.info("stopping: draining %d queued or running requests", self.queue_depth)
-            for _ in workers:
-                self._work.put(None)
-            while any(w.is_alive() for w in workers) or replies.poll(0):
-                if replies.poll(50):
-                    self._forward_replies(replies, router)
-            for worker in workers:
-                worker.join()
-        finally:
-            replies.close(linger=0)
-            router.close()
-            log.info("stopped; counters: %s", dict(self.counters))
-
-    # -- main thread -----------------------------------------------------------------------------------------
-    def _forward_replies(self, replies: zmq.Socket, router: zmq.Socket) -> None:
+        drain_until = float("inf")
+        quiet_since: float | None = None
+        cpu_start_s = time.thread_time()
         while True:
-            try:
-                frames = replies.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if self._stop.is_set() and not self._draining:
+                self._draining = True
+                drain_until = time.monotonic() + self.config.drain_timeout_s
+                self.in_flight_at_stop = sum(self.inflight.values())
+                log.info("stopping: draining %d queued or running requests", self.queue_depth,
+                         extra={"event": "draining", "queue_depth": self.queue_depth})
+            if self._draining:
+                with self._cond:
+                    idle = self.queue_depth == 0
+                idle = idle and not self.inflight and not replies.poll(0) and not router.poll(0)
+                # Requests still on their way in get their Reject too: exit only after a quiet spell.
+                quiet_since = (quiet_since or time.monotonic()) if idle else None
+                if (quiet_since and time.monotonic() - quiet_since >= QUIET_BEFORE_EXIT_S) or \
+                        time.monotonic() > drain_until:
+                    break
+            events = dict(poller.poll(20 if self._draining else 100))
+            if replies in events:
+                self._forward_replies(replies, router)
+            if router in events:
+                self._receive(router)
+            self.cpu_s["gateway"] = time.thread_time() - cpu_start_s
+        if self.inflight:
+            log.warning("drain timeout: %d client(s) still had requests in flight", len(self.inflight))
+
+    # -- gateway ---------------------------------------------------------------------------------------------
+    def _forward_replies(self, replies: zmq.Socket, router: zmq.Socket) -> None:
+        """Pass on packed replies (see `_push_replies`): one inproc message per batch, one ROUTER send per reply."""
+        for _ in range(256):
+            if not replies.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a failing recv and its exception
                 return
-            router.send_multipart(frames, copy=False)
+            frames = replies.recv_multipart(copy=False)
+            index = 1
+            for count in frames[0].bytes:
+                client = frames[index].bytes
+                router.send_multipart(frames[index : index + 1 + count], copy=False)
+                index += 1 + count
+                left = self.inflight.get(client, 0) - 1
+                if left > 0:
+                    self.inflight[client] = left
+                else:
+                    self.inflight.pop(client, None)  # a client that is gone leaves nothing behind
 
     def _send(self, router: zmq.Socket, client: bytes, reply: Reply) -> None:
         self._count(reply)
@@ -148,16 +244,21 @@ class TailService:
 
     def _count(self, reply: Reply) -> None:
         message = reply.message
-        key = f"reject_{message.reason.value}" if isinstance(message, Reject) else type(message).__name__.lower()
+        if isinstance(message, Reject):
+            key = f"reject_{message.reason.value}"
+            self.metrics.rejects.labels(message.reason.value).inc()
+        else:
+            key = type(message).__name__.lower()
+            if isinstance(message, Result):
+                self.metrics.results.inc()
         with self._counters_lock:
             self.counters[key] += 1
 
     def _receive(self, router: zmq.Socket) -> None:
-        for _ in range(256):  # bounded batch per poll, so replies keep flowing under load
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+        for _ in range(256):  # bounded per poll, so replies keep flowing under load
+            if not router.get(zmq.EVENTS) & zmq.POLLIN:
                 return
+            frames = router.recv_multipart(copy=False)
             client, body = frames[0].bytes, frames[1:]
             with self._counters_lock:
                 self.counters["requests"] += 1
@@ -168,51 +269,165 @@ class TailService:
             envelope = decode(body, self.config.limits)
         except ProtocolError as exc:
             frame_id = peek_frame_id(body)
-            log.warning("client %s: rejected frame %d: %s", client.hex(), frame_id, exc)
+            self.metrics.messages.labels("invalid").inc()
+            log.warning("client %s: rejected frame %d: %s", client.hex(), frame_id, exc,
+                        extra={"event": "reject", "client": client.hex(), "reason": exc.reason.value})
             self._send(router, client, Reply(reject(frame_id, exc.reason, exc.detail)))
             return
         message = envelope.message
+        self.metrics.messages.labels(type(message).__name__.lower()).inc()
         if isinstance(message, Hello):
             reply = handshake(message, self.bundles, self.server_id)
-            log.info("client %s (%s): hello -> %s", client.hex(), message.client_id, type(reply.message).__name__)
+            log.info("client %s (%s): hello -> %s", client.hex(), message.client_id, type(reply.message).__name__,
+                     extra={"event": "hello", "client": client.hex(), "client_id": message.client_id})
             self._send(router, client, reply)
         elif isinstance(message, Heartbeat):
             self._send(router, client, heartbeat_reply(message))
         elif isinstance(message, Infer):
-            decision = admit(
-                envelope, client, self.bundles, self.clock_ms(), self.queue_depth, self.config.max_queue_depth
-            )
-            if isinstance(decision, Reject):
-                log.warning("client %s: rejected frame %d: %s (%s)", client.hex(), decision.frame_id, decision.reason.value, decision.detail)
-                self._send(router, client, Reply(decision))
-            else:
-                self._work.put(decision)
+            self._admit(router, client, envelope)
         else:
             detail = f"{type(message).__name__} is not a request"
             self._send(router, client, Reply(reject(peek_frame_id(body), RejectReason.MALFORMED, detail)))
+
+    def _admit(self, router: zmq.Socket, client: bytes, envelope) -> None:  # type: ignore[no-untyped-def]
+        infer = envelope.message
+        now_ms = self.clock_ms()
+        decision = admit(envelope, client, self.bundles, now_ms, self.queue_depth, self.config.max_queue_depth,
+                         client_inflight=self.inflight.get(client, 0),
+                         max_inflight_per_client=self.config.max_inflight_per_client)
+        if isinstance(decision, Work):
+            with self._cond:  # checked under the lock, so the dispatcher never exits with this request queued
+                key = (infer.bundle_hash, infer.split, infer.codec)
+                finish_ms = self._batcher.expected_finish_ms(key, now_ms, self.queue_depth, self.config.worker_count)
+                if self._stop.is_set():
+                    decision = reject(infer.frame_id, RejectReason.OVERLOADED,
+                                      "the service is shutting down; try another replica")
+                elif finish_ms > infer.deadline_ms:
+                    if self.queue_depth == 0:  # refused on the estimate alone: let it relax (see CostModel.relax)
+                        self._batcher.cost.relax(key)
+                    decision = reject(infer.frame_id, RejectReason.OVERLOADED,
+                                      f"{self.queue_depth} requests ahead: expected to finish "
+                                      f"{finish_ms - infer.deadline_ms:.1f} ms after the deadline")
+                else:
+                    self._batcher.add(key, decision, infer.deadline_ms, now_ms)
+                    self.metrics.queue_depth.set(self.queue_depth)
+                    self._cond.notify()
+        if isinstance(decision, Reject):
+            log.debug("client %s: rejected frame %d: %s (%s)", client.hex(), decision.frame_id,
+                      decision.reason.value, decision.detail)
+            self._send(router, client, Reply(decision))
+            return
+        self.inflight[client] = self.inflight.get(client, 0) + 1
+
+    # -- dispatcher ------------------------------------------------------------------------------------------
+    def _dispatcher(self) -> None:
+        push = self.context.socket(zmq.PUSH)
+        push.connect(self._reply_endpoint)
+        try:
+            while True:
+                with self._cond:
+                    draining = self._stop.is_set()
+                    now_ms = self.clock_ms()
+                    decision = self._batcher.poll(now_ms, self._free_workers, flush=draining)
+                    for batch in decision.batches:
+                        self._free_workers -= 1
+                        self._running_requests += len(batch)
+                        self._batches.put(batch)
+                    self.metrics.queue_depth.set(self.queue_depth)
+                    if draining and len(self._batcher) == 0 and self._running_requests == 0 and not decision.expired:
+                        break
+                    if not decision.batches and not decision.expired:
+                        timeout_s = None if decision.wake_at_ms is None else max(0.0, decision.wake_at_ms - now_ms) / 1e3
+                        self._cond.wait(0.05 if draining else timeout_s)
+                self._push_replies(push, [
+                    (p.item, Reply(reject(p.item.infer.frame_id, RejectReason.EXPIRED,
+                                          f"cannot finish before its deadline (waited {now_ms - p.item.received_ms:.1f} ms)")))
+                    for p in decision.expired
+                ])
+                self.cpu_s["dispatcher"] = time.thread_time()
+        finally:
+            for _ in range(self.config.worker_count):
+                self._batches.put(None)
+            push.close(linger=1000)
+
+    def _push_replies(self, push: zmq.Socket, replies: list[tuple[Work, Reply]]) -> None:
+        """Send the replies of a batch to the gateway as one message: [counts, client, *frames, client, ...].
+
+        `counts` holds one byte per reply: how many frames its encoded message has (at most 17).
+        """
+        if not replies:
+            return
+        now_ms = self.clock_ms()
+        counts = bytearray()
+        packed: list[object] = [b""]
+        for work, reply in replies:
+            self._count(reply)
+            if not isinstance(reply.message, Result):
+                log.debug("frame %d: %s (%s)", work.infer.frame_id, reply.message.reason.value,
+                          reply.message.detail)
+            self.metrics.service_ms.observe(max(0.0, now_ms - work.received_ms))
+            frames = encode(reply.message, reply.payloads)
+            counts.append(len(frames))
+            packed.append(work.client)
+            packed.extend(frames)
+        packed[0] = bytes(counts)
+        push.send_multipart(packed, copy=False)
 
     # -- workers ---------------------------------------------------------------------------------------------
     def _worker(self) -> None:
         push = self.context.socket(zmq.PUSH)
         push.connect(self._reply_endpoint)
+        name = threading.current_thread().name
         try:
             while True:
-                work = self._work.get()
-                if work is None:
+                batch = self._batches.get()
+                if batch is None:
                     return
-                with self._busy_lock:
-                    self._busy += 1
+                cpu_start_s = time.thread_time()
                 try:
-                    reply = execute(work, self.tails, self.clock_ms, self.queue_depth)
+                    outcome = run_batch(batch, self.tails, self.clock_ms, lambda: self.queue_depth)
+                    replies = outcome.replies
                 except Exception as exc:  # a tail that fails must not take the service down
-                    log.exception("frame %d: tail failed", work.infer.frame_id)
-                    reply = Reply(reject(work.infer.frame_id, RejectReason.INTERNAL, f"tail failed: {exc}"))
-                finally:
-                    with self._busy_lock:
-                        self._busy -= 1
-                if isinstance(reply.message, Reject):
-                    log.warning("frame %d: %s (%s)", work.infer.frame_id, reply.message.reason.value, reply.message.detail)
-                self._count(reply)
-                push.send_multipart([work.client, *encode(reply.message, reply.payloads)], copy=False)
+                    log.exception("batch of %d for %s failed", len(batch), batch.key[1])
+                    replies = [(p.item, Reply(reject(p.item.infer.frame_id, RejectReason.INTERNAL,
+                                                     f"tail failed: {type(exc).__name__}: {exc}")))
+                               for p in batch.requests]
+                    outcome = None
+                compute_cpu_s = time.thread_time() - cpu_start_s
+                if outcome is not None and outcome.executed:
+                    self.metrics.batch_size.observe(outcome.executed)
+                    self.metrics.compute_ms.observe(outcome.compute_ms)
+                    if outcome.expired_executed:
+                        self.metrics.expired_executed.inc(outcome.expired_executed)
+                    for pending in batch.requests:
+                        self.metrics.queue_ms.observe(max(0.0, outcome.started_ms - pending.arrival_ms))
+                with self._cond:
+                    if outcome is not None and outcome.executed:
+                        self._batcher.cost.observe(batch.key, len(batch), outcome.compute_ms)
+                    self._running_requests -= len(batch)
+                    self._free_workers += 1
+                    self._cond.notify()
+                self._push_replies(push, replies)
+                with self._counters_lock:
+                    self.cpu_s["worker_compute"] += compute_cpu_s
+                    self.cpu_s[f"worker:{name}"] = time.thread_time()
+                    self.counters["batches"] += 1
+                    self.counters["executed"] += outcome.executed if outcome else 0
+                    self.counters["expired_executed"] += outcome.expired_executed if outcome else 0
         finally:
             push.close(linger=1000)
+
+    def cpu_totals(self) -> dict[str, float]:
+        """Cumulative CPU seconds by role, and the number of answered requests; diff two for a window.
+
+        `gateway_s` is everything but payload decode and tail compute: the I/O thread (receive, validate,
+        admit, forward), the dispatcher (batching decisions), and the workers' reply encoding and sending.
+        """
+        with self._counters_lock:
+            answered = self.counters["result"] + sum(v for k, v in self.counters.items() if k.startswith("reject_"))
+            workers = sum(v for k, v in self.cpu_s.items() if k.startswith("worker:"))
+            compute = self.cpu_s["worker_compute"]
+            io, dispatch = self.cpu_s["gateway"], self.cpu_s["dispatcher"]
+        return {"answered": float(answered), "io_s": io, "dispatcher_s": dispatch,
+                "worker_other_s": max(0.0, workers - compute), "decode_and_tail_s": compute,
+                "gateway_s": io + dispatch + max(0.0, workers - compute)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -38,6 +38,9 @@ class TailExecutor:
             for point in bundle.manifest.splits:
                 self._session(bundle, point)
 
+    def close(self) -> None:
+        self._sessions.clear()
+
     def run(self, bundle_hash: str, split: str, activation: np.ndarray) -> np.ndarray:
         """Run the tail of `split` on a batch (N, ...) and return its output (N, ...)."""
         bundle = self.bundles[bundle_hash]
@@ -48,3 +51,13 @@ class TailExecutor:
 
 def load_bundles(paths: Iterable[str | Path]) -> list[Bundle]:
     return [Bundle.load(p) for p in paths]
+
+
+class TailRunner(Protocol):
+    """What the gateway needs from an executor backend: run a batch through a tail, and load tails early."""
+
+    def run(self, bundle_hash: str, split: str, activation: np.ndarray) -> np.ndarray: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...

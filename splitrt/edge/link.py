@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import zmq
@@ -33,6 +35,29 @@ class LinkError(Exception):
     """The cloud cannot be reached or refused the handshake."""
 
 
+@dataclass(frozen=True)
+class CurveClientKeys:
+    """CURVE keys (Z85) for a link to a service that requires them: the server's public key and our pair."""
+
+    server_public_key: bytes
+    public_key: bytes
+    secret_key: bytes
+
+    @classmethod
+    def load(cls, server_public_file: str | Path, client_secret_file: str | Path) -> "CurveClientKeys":
+        """From `splitrt cloud keygen` files: the server's `.key` and this client's `.key_secret`."""
+        import zmq.auth
+
+        for path in (server_public_file, client_secret_file):
+            if not Path(path).is_file():
+                raise LinkError(f"CURVE key file {path} not found; create keys with `splitrt cloud keygen`")
+        server_public, _ = zmq.auth.load_certificate(str(server_public_file))
+        public, secret = zmq.auth.load_certificate(str(client_secret_file))
+        if not secret:
+            raise LinkError(f"{client_secret_file} holds no secret key (use the .key_secret file)")
+        return cls(server_public, public, secret)
+
+
 class CloudLink:
     def __init__(
         self,
@@ -41,6 +66,7 @@ class CloudLink:
         client_id: str | None = None,
         context: zmq.Context | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.bundle_hash = bundle_hash
@@ -53,6 +79,10 @@ class CloudLink:
         self._socket.setsockopt(zmq.LINGER, 0)
         # Do not queue requests for a peer that is not connected: a send fails at once instead.
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        if curve is not None:  # encrypted and authenticated: the service refuses keys it does not list
+            self._socket.setsockopt(zmq.CURVE_SERVERKEY, curve.server_public_key)
+            self._socket.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
+            self._socket.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
         self._socket.connect(endpoint)
 
     def close(self) -> None:

@@ -1,0 +1,70 @@
+"""Running a batch, with the clock passed in: nothing past its deadline reaches the tail."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from splitrt.bundle import Bundle
+from splitrt.cloud.admission import Work
+from splitrt.cloud.batcher import Batch, Pending
+from splitrt.cloud.executor import run_batch
+from splitrt.cloud.metrics import JsonFormatter
+from splitrt.cloud.tails import TailExecutor
+from splitrt.codecs import get_codec
+from splitrt.protocol import Infer, Reject, RejectReason, Result, TensorSpec
+
+
+class CountingTails(TailExecutor):
+    def __init__(self, bundles: list[Bundle]) -> None:
+        super().__init__(bundles)
+        self.rows: list[int] = []
+
+    def run(self, bundle_hash: str, split: str, activation: np.ndarray) -> np.ndarray:
+        self.rows.append(int(activation.shape[0]))
+        return super().run(bundle_hash, split, activation)
+
+
+def _work(bundle: Bundle, frame_id: int, deadline_ms: float, payload: bytes | None = None) -> Pending[Work]:
+    activation = np.full((1, 16, 8, 8), frame_id, np.float32)
+    infer = Infer(frame_id, bundle.content_hash, "res", "fp32", TensorSpec("float32", (1, 16, 8, 8)), deadline_ms)
+    data = memoryview(payload if payload is not None else bytes(get_codec("fp32").encode(activation)))
+    work = Work(client=b"c", infer=infer, payload=data, received_ms=0.0)
+    return Pending(("k",), work, deadline_ms, 0.0)
+
+
+def test_requests_past_their_deadline_at_the_tail_are_rejected_not_run(tiny_bundle: Bundle) -> None:
+    ticks = iter([10.0, 50.0, 60.0, 60.0])  # batch start, tail start, finish, ...
+    tails = CountingTails([tiny_bundle])
+    batch = Batch(("k",), (_work(tiny_bundle, 1, 40.0), _work(tiny_bundle, 2, 100.0),
+                           _work(tiny_bundle, 3, 100.0, payload=b"short")), 10.0, 1.0)
+    outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 7)
+    replies = {work.infer.frame_id: reply.message for work, reply in outcome.replies}
+    assert isinstance(replies[1], Reject) and replies[1].reason is RejectReason.EXPIRED
+    assert isinstance(replies[3], Reject) and replies[3].reason is RejectReason.BAD_PAYLOAD
+    result = replies[2]
+    assert isinstance(result, Result) and result.queue_depth == 7
+    assert result.queue_ms == 10.0 and result.compute_ms == 50.0
+    assert tails.rows == [1] and outcome.executed == 1 and outcome.expired_executed == 0
+
+
+def test_a_batch_gives_each_request_its_own_rows(tiny_bundle: Bundle) -> None:
+    ticks = iter([0.0, 1.0, 2.0])
+    tails = CountingTails([tiny_bundle])
+    batch = Batch(("k",), tuple(_work(tiny_bundle, i, 100.0) for i in range(4)), 0.0, 1.0)
+    outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
+    assert tails.rows == [4]
+    alone = TailExecutor([tiny_bundle])
+    for work, reply in outcome.replies:
+        expected = alone.run(tiny_bundle.content_hash, "res", np.full((1, 16, 8, 8), work.infer.frame_id, np.float32))
+        got = np.frombuffer(reply.payloads[0], np.float32).reshape(expected.shape)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_json_logs_carry_the_extra_fields() -> None:
+    record = logging.makeLogRecord({"name": "splitrt.cloud", "levelname": "WARNING", "msg": "refused %s",
+                                    "args": ("peer",), "event": "auth_denied", "peer": "10.0.0.2"})
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "refused peer" and entry["event"] == "auth_denied" and entry["peer"] == "10.0.0.2"
+    assert entry["level"] == "warning"
