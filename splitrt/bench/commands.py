@@ -8,6 +8,7 @@ import importlib
 SCENARIOS = (
     "splitrt.bench.codecs_command",
     "splitrt.bench.prefilter",
+    "splitrt.bench.policy",
 )
 
 
