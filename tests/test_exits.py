@@ -30,7 +30,7 @@ def bundle_with_exit(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFacto
     rng = np.random.default_rng(0)
     crops = list(rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8))
     acts, features, logits = teacher_pass(model, crops, ["down"], desc="tiny teacher")
-    head = train_exit(acts["down"], features, logits, model.stages[-1][1], epochs=2, desc="tiny exit")
+    head = train_exit(acts["down"], features, logits, model.stages[-1][1], epochs=2, side=8, desc="tiny exit")
     export_exit(model, "down", head, 1.5, root / "exit_down.onnx")
     return add_exits_to_bundle(root, [{"name": "down", "point": "down", "file": "exit_down.onnx",
                                        "temperature": 1.5, "accuracy": 0.0}])

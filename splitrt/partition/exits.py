@@ -34,11 +34,22 @@ EXIT_OUTPUT_NAME = "exit_logits"
 DEFAULT_EXIT_POINTS = {"efficientnet-lite0": ("b4", "b7", "b10", "b14")}
 
 
-class ExitHead(nn.Module):
-    """activation (N, C, H, W) -> predicted pooled feature -> the model's own classifier (frozen)."""
+POOLED_SIDE = 7  # exit heads first average-pool their input to 7x7: cheap on the device and to train
 
-    def __init__(self, in_channels: int, feature_dim: int, classifier: nn.Module, hidden: int = 256) -> None:
+
+def pooled_side(side: int) -> int:
+    """7 where the activation's side is a multiple of 7 (exportable as a plain average pool), else unpooled."""
+    return POOLED_SIDE if side % POOLED_SIDE == 0 else side
+
+
+class ExitHead(nn.Module):
+    """activation (N, C, H, W) -> 7x7 average pool -> predicted pooled feature -> the model's classifier (frozen)."""
+
+    def __init__(
+        self, in_channels: int, side: int, feature_dim: int, classifier: nn.Module, hidden: int = 256
+    ) -> None:
         super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(pooled_side(side))
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden),
@@ -55,7 +66,11 @@ class ExitHead(nn.Module):
             parameter.requires_grad_(False)
 
     def forward(self, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature = self.body(activation)
+        return self.from_pooled(self.pool(activation))
+
+    def from_pooled(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head after its pooling (training runs on pooled activations cached once)."""
+        feature = self.body(pooled)
         return feature, self.classifier(feature)
 
 
@@ -112,7 +127,7 @@ def _prep(resize: int, crop: int):  # type: ignore[no-untyped-def]
 @torch.no_grad()
 def teacher_pass(model: StagedModel, crops: Sequence[np.ndarray], points: Sequence[str], batch: int = 32,
                  desc: str = "teacher") -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Activations at `points` (fp16, to save memory), pooled features and logits of the full model."""
+    """Activations at `points` pooled to 7x7 (fp16, to save memory), pooled features and logits of the full model."""
     normalize = model.normalizer()
     stored: dict[str, list[torch.Tensor]] = {p: [] for p in points}
     features, logits = [], []
@@ -121,16 +136,17 @@ def teacher_pass(model: StagedModel, crops: Sequence[np.ndarray], points: Sequen
         for name, stage in model.stages[:-1]:
             x = stage(x)
             if name in stored:
-                stored[name].append(x.half())
+                stored[name].append(F.adaptive_avg_pool2d(x, pooled_side(x.shape[-1])).half())
         features.append(x)
         logits.append(model.stages[-1][1](x))
     return {p: torch.cat(v) for p, v in stored.items()}, torch.cat(features), torch.cat(logits)
 
 
 def train_exit(activations: torch.Tensor, features: torch.Tensor, logits: torch.Tensor, classifier: nn.Module,
-               epochs: int, temperature: float = 2.0, seed: int = 0, desc: str = "exit") -> ExitHead:
+               epochs: int, side: int, temperature: float = 2.0, seed: int = 0, desc: str = "exit") -> ExitHead:
+    """Train on pooled activations (from `teacher_pass`) of a point whose activation side is `side`."""
     torch.manual_seed(seed)
-    head = ExitHead(activations.shape[1], features.shape[1], classifier)
+    head = ExitHead(activations.shape[1], side, features.shape[1], classifier)
     optimizer = torch.optim.AdamW([p for p in head.body.parameters()], lr=2e-3, weight_decay=1e-4)
     steps = epochs * math.ceil(len(activations) / 64)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
@@ -140,7 +156,7 @@ def train_exit(activations: torch.Tensor, features: torch.Tensor, logits: torch.
         order = torch.randperm(len(activations))
         for start in range(0, len(order), 64):
             index = order[start : start + 64]
-            predicted_feature, predicted_logits = head(activations[index].float())
+            predicted_feature, predicted_logits = head.from_pooled(activations[index].float())
             loss = F.mse_loss(predicted_feature, features[index]) / feature_scale + temperature**2 * F.kl_div(
                 F.log_softmax(predicted_logits / temperature, 1), F.softmax(logits[index] / temperature, 1),
                 reduction="batchmean",
@@ -210,6 +226,17 @@ def add_exits_to_bundle(bundle_dir: Path, entries: list[dict[str, object]]) -> B
     return Bundle.load(bundle_dir)
 
 
+def _activation_sides(model: StagedModel) -> list[int]:
+    crop = model.preprocess.crop
+    sides = []
+    with torch.no_grad():
+        x = model.normalizer()(torch.zeros((1, crop, crop, 3), dtype=torch.uint8))
+        for _, stage in model.stages[:-1]:
+            x = stage(x)
+            sides.append(int(x.shape[-1]) if x.ndim == 4 else 1)
+    return sides
+
+
 def _split_labelled(images_dir: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[tuple[Path, int]]]:
     """Even class_index: training (4 of 5) and calibration (1 of 5) images; odd class_index: evaluation."""
     from splitrt.bench.common import read_labelled_images
@@ -255,8 +282,14 @@ def train_exits(
     torch.set_num_threads(max(1, torch.get_num_threads()))
     prep = model.preprocess
     train, calibration, evaluation = _split_labelled(Path(images_dir))
-    crops = augmented_crops([p for p, _ in train], copies, prep.crop, prep.resize_short_side, seed=0)
-    acts, features, logits = teacher_pass(model, crops, points, desc="teacher (training crops)")
+    cache = bundle_dir.parent / f".{bundle_dir.name}-exit-teacher-{copies}-{'-'.join(points)}.pt"
+    if cache.is_file():  # our own file of plain tensors: loaded without unpickling arbitrary objects
+        saved = torch.load(cache, weights_only=True)
+        acts, features, logits = saved["acts"], saved["features"], saved["logits"]
+    else:
+        crops = augmented_crops([p for p, _ in train], copies, prep.crop, prep.resize_short_side, seed=0)
+        acts, features, logits = teacher_pass(model, crops, points, desc="teacher (training crops)")
+        torch.save({"acts": acts, "features": features, "logits": logits}, cache)
     calib_crops = [crop_for_model(load_rgb(p), prep) for p, _ in calibration]
     calib_acts, _, _ = teacher_pass(model, calib_crops, points, desc="teacher (calibration)")
     eval_crops = [crop_for_model(load_rgb(p), prep) for p, _ in evaluation]
@@ -275,10 +308,11 @@ def train_exits(
     }]
     entries = []
     for point in points:
-        head = train_exit(acts[point], features, logits, classifier, epochs, desc=f"train exit@{point}")
+        side = dict(zip(model.split_names, _activation_sides(model)))[point]
+        head = train_exit(acts[point], features, logits, classifier, epochs, side, desc=f"train exit@{point}")
         with torch.no_grad():
-            calib_logits = head(calib_acts[point].float())[1]
-            raw_eval = head(eval_acts[point].float())[1]
+            calib_logits = head.from_pooled(calib_acts[point].float())[1]
+            raw_eval = head.from_pooled(eval_acts[point].float())[1]
         temperature = fit_temperature(calib_logits, calib_labels)
         before = F.softmax(raw_eval, 1).numpy()
         after = F.softmax(raw_eval / temperature, 1).numpy()
