@@ -49,7 +49,8 @@ class ExitHead(nn.Module):
         self, in_channels: int, side: int, feature_dim: int, classifier: nn.Module, hidden: int = 256
     ) -> None:
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(pooled_side(side))
+        factor = side // pooled_side(side)
+        self.pool = nn.AvgPool2d(factor) if factor > 1 else nn.Identity()  # fixed kernel: exportable
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden),
@@ -193,7 +194,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def export_exit(model: StagedModel, point: str, head: ExitHead, temperature: float, path: Path) -> None:
