@@ -56,6 +56,21 @@ class SplitPoint:
 
 
 @dataclass(frozen=True)
+class ExitPoint:
+    """An early exit at split point `point`: `file` maps the image to (activation, calibrated logits)."""
+
+    name: str
+    point: str
+    file: str
+    temperature: float
+    accuracy: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "point": self.point, "file": self.file, "temperature": self.temperature,
+                "accuracy": self.accuracy}
+
+
+@dataclass(frozen=True)
 class Manifest:
     model_id: str
     content_hash: str
@@ -67,7 +82,15 @@ class Manifest:
     splits: tuple[SplitPoint, ...]
     files: dict[str, str]
     profiles: dict[str, Any] = field(default_factory=dict)
+    exits: tuple[ExitPoint, ...] = ()
     format_version: int = FORMAT_VERSION
+
+    def exit(self, name: str) -> ExitPoint:
+        for point in self.exits:
+            if point.name == name:
+                return point
+        known = ", ".join(e.name for e in self.exits) or "none (train them with `splitrt train exits`)"
+        raise BundleError(f"bundle {self.model_id} has no early exit {name!r}; exits: {known}")
 
     def split(self, name: str) -> SplitPoint:
         for point in self.splits:
@@ -94,6 +117,7 @@ class Manifest:
             "splits": [p.to_json() for p in self.splits],
             "files": dict(sorted(self.files.items())),
             "profiles": self.profiles,
+            "exits": [e.to_json() for e in self.exits],
         }
 
 
@@ -150,6 +174,11 @@ def parse_manifest(data: Any) -> Manifest:
             splits=splits,
             files={str(k): str(v) for k, v in data["files"].items()},
             profiles=dict(data.get("profiles") or {}),
+            exits=tuple(
+                ExitPoint(str(e["name"]), str(e["point"]), str(e["file"]), float(e["temperature"]),
+                          float(e["accuracy"]))
+                for e in data.get("exits") or []
+            ),
         )
     except KeyError as exc:
         raise BundleError(f"manifest: missing key {exc.args[0]!r}") from exc

@@ -10,6 +10,7 @@ from splitrt.cloud import commands as cloud_commands
 from splitrt.devices import commands as devices_commands
 from splitrt.edge import commands as edge_commands
 from splitrt.partition import commands as partition_commands
+from splitrt.partition import train_commands
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     partition_commands.register(commands)
+    train_commands.register(commands)
     cloud_commands.register(commands)
     edge_commands.register(commands)
     bench_commands.register(commands)

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny exported bundle and a tail service on a real loopback socket."""
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -11,6 +12,10 @@ import zmq
 
 from splitrt.bundle import Bundle
 from splitrt.cloud.service import ServiceConfig, TailService
+
+
+# Real data beside the repository (never committed); tests that need it skip when it is absent.
+SHARED_DIR = Path(os.environ.get("SPLITRT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ import importlib
 SCENARIOS = (
     "splitrt.bench.codecs_command",
     "splitrt.bench.serve",
+    "splitrt.bench.prefilter",
+    "splitrt.bench.policy",
 )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from splitrt.actions import Action, Local, Offload, Skip, Split
-from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, Bundle, BundleError
+from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, TAIL_INPUT_NAME, Bundle, BundleError
 from splitrt.codecs import CodecError, UnknownCodec, get_codec
 from splitrt.devices.ort import create_session
 from splitrt.edge.link import CloudLink, LinkError
@@ -43,9 +43,11 @@ class EdgeRuntime:
         link: CloudLink | None = None,
         intra_op_threads: int = 1,
         clock_ms: Callable[[], float] = wall_clock_ms,
+        exit_threshold: float = 0.0,
     ) -> None:
         self.bundle = bundle
         self.link = link
+        self.exit_threshold = exit_threshold  # an exit less confident than this continues to the final classifier
         self.intra_op_threads = intra_op_threads
         self.clock_ms = clock_ms
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -105,7 +107,8 @@ class EdgeRuntime:
 
         if isinstance(action, Local):
             if action.exit is not None:
-                raise ValueError(f"bundle {manifest.model_id} has no early exit {action.exit!r}")
+                self._run_exit(image, action.exit, outcome)
+                return
             t = time.perf_counter()
             logits = self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image})[0]
             trace["head"] = _since_ms(t)
@@ -167,6 +170,21 @@ class EdgeRuntime:
         outcome.trace_ms["cloud_compute"] = message.compute_ms
         outcome.trace_ms["network"] = max(0.0, round_trip_ms - message.queue_ms - message.compute_ms)
         logits = tensor_from_payload(message.outputs[0], envelope.payloads[0])
+        self._merge(logits, outcome)
+
+    def _run_exit(self, image: np.ndarray, name: str, outcome: FrameOutcome) -> None:
+        """Stop at exit `name` when it is confident enough; otherwise finish the model locally from there."""
+        exit_point = self.bundle.manifest.exit(name)
+        t = time.perf_counter()
+        activation, logits = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image})
+        outcome.trace_ms["head"] = _since_ms(t)
+        top = softmax_top(logits, self.bundle.label, k=1)[0]
+        if top.confidence < self.exit_threshold:
+            t = time.perf_counter()
+            tail = self.bundle.manifest.split(exit_point.point).tail_file
+            logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation})[0]
+            outcome.trace_ms["local_tail"] = _since_ms(t)
+            outcome.reason = f"exit {name} not confident ({top.confidence:.2f} < {self.exit_threshold:.2f})"
         self._merge(logits, outcome)
 
     def _merge(self, logits: np.ndarray, outcome: FrameOutcome) -> None:

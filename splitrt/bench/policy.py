@@ -1,0 +1,214 @@
+"""`splitrt bench policy`: replay mahimahi uplink traces against measured action costs and per-image
+correctness, for every static action, `latency`, `deadline` and `oracle`.
+
+Costs: the head (or exit, or JPEG encode) of each action is timed with ONNX Runtime on this machine and
+scaled to the device profile; the tail is timed unthrottled (the cloud). Bytes are the real encoded
+payloads. Correctness is each action's real top-1 on every evaluation image (odd `class_index`, so early
+exits are judged on images they were not trained on). Frames cycle through the images in order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from splitrt.actions import Action, Local, Offload, Split
+from splitrt.bench.common import format_table, read_labelled_images, write_json
+from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle
+from splitrt.codecs import get_codec
+from splitrt.devices.ort import create_session
+from splitrt.edge.commands import DEFAULT_BUNDLE
+from splitrt.imaging import crop_for_model, load_rgb
+from splitrt.policies.policies import ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy
+from splitrt.policies.simulate import SimConfig, simulate, summarize
+from splitrt.policies.trace import UplinkTrace
+from splitrt.protocol import Infer, TensorSpec, encode
+
+COLUMNS = ("policy", "frames", "deadline_hit", "accuracy", "accuracy_at_deadline", "latency_p50_ms",
+           "latency_p95_ms", "bytes_mean")
+DEFAULT_SPLITS = ("b4", "b7", "b10", "b14", "pool")
+DEFAULT_OFFLOAD = ("jpeg-q90", "jpeg-q75", "jpeg-q50")
+# How much slower than one ONNX Runtime thread of this machine each emulated device runs EfficientNet-class
+# models; replaced by measurements under the profile's CPU quota where a bundle carries a profile.
+DEVICE_SLOWDOWN = {"x86": 1.0, "jetson-orin-nano": 1.5, "pi5": 2.5, "jetson-nano": 5.0, "pi4": 6.0}
+
+
+def _median_ms(run, repeats: int = 15) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(2):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def candidate_actions(bundle: Bundle, splits: Sequence[str], offload: Sequence[str]) -> list[Action]:
+    actions: list[Action] = [Local()]
+    actions += [Local(e.name) for e in bundle.manifest.exits]
+    actions += [Split(s, "fp16") for s in splits if s in bundle.manifest.split_names]
+    actions += [Offload(c) for c in offload]
+    return actions
+
+
+def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Action], slowdown: float,
+                    limit: int | None = None) -> tuple[list[ActionOption], dict[str, np.ndarray]]:
+    """Cost of each action (edge scaled by `slowdown`) and its correctness on every odd-class image."""
+    items = [i for i in read_labelled_images(images_dir) if i.class_index % 2 == 1][:limit]
+    crops = [crop_for_model(load_rgb(i.path), bundle.manifest.preprocess)[None] for i in items]
+    labels = np.array([i.class_index for i in items])
+    manifest = bundle.manifest
+    full = create_session(bundle.path(manifest.full_file))
+    options: list[ActionOption] = []
+    correctness: dict[str, np.ndarray] = {}
+    full_top1 = np.array([int(full.run(None, {HEAD_INPUT_NAME: c})[0].argmax()) for c in crops])
+    probe = crops[0]
+    for action in tqdm(actions, desc="measure actions", unit="action"):
+        key = action.describe()
+        if isinstance(action, Local) and action.exit is None:
+            edge_ms = _median_ms(lambda: full.run(None, {HEAD_INPUT_NAME: probe}))
+            options.append(ActionOption(action, edge_ms * slowdown, accuracy=float((full_top1 == labels).mean())))
+            correctness[key] = full_top1 == labels
+        elif isinstance(action, Local):
+            session = create_session(bundle.path(manifest.exit(action.exit).file))
+            edge_ms = _median_ms(lambda: session.run(None, {HEAD_INPUT_NAME: probe}))
+            top1 = np.array([int(session.run(None, {HEAD_INPUT_NAME: c})[1].argmax()) for c in crops])
+            options.append(ActionOption(action, edge_ms * slowdown, accuracy=float((top1 == labels).mean())))
+            correctness[key] = top1 == labels
+        elif isinstance(action, Split):
+            point = manifest.split(action.point)
+            head, tail = create_session(bundle.path(point.head_file)), create_session(bundle.path(point.tail_file))
+            codec = get_codec(action.codec)
+            activation = head.run(None, {HEAD_INPUT_NAME: probe})[0]
+            edge_ms = _median_ms(lambda: codec.encode(head.run(None, {HEAD_INPUT_NAME: probe})[0]))
+            payload = codec.encode(activation)
+            spec = TensorSpec(point.activation.dtype, (1, *point.activation.shape))
+            cloud_ms = _median_ms(lambda: tail.run(None, {TAIL_INPUT_NAME: codec.decode(payload, spec)}))
+            top1 = np.array([
+                int(tail.run(None, {TAIL_INPUT_NAME: codec.decode(codec.encode(head.run(None, {HEAD_INPUT_NAME: c})[0]), spec)})[0].argmax())
+                for c in crops
+            ])
+            wire = sum(memoryview(f).nbytes for f in encode(Infer(1, bundle.content_hash, point.name, codec.codec_id, spec, 1.0), [payload]))
+            options.append(ActionOption(action, edge_ms * slowdown, wire, cloud_ms, float((top1 == labels).mean())))
+            correctness[key] = top1 == labels
+        elif isinstance(action, Offload):
+            codec = get_codec(action.codec)
+            spec = TensorSpec("uint8", (1, *manifest.input.shape))
+            payloads = [codec.encode(c) for c in crops]
+            edge_ms = _median_ms(lambda: codec.encode(probe))
+            cloud_ms = _median_ms(lambda: full.run(None, {HEAD_INPUT_NAME: codec.decode(payloads[0], spec)}))
+            top1 = np.array([int(full.run(None, {HEAD_INPUT_NAME: codec.decode(p, spec)})[0].argmax()) for p in payloads])
+            sizes = [sum(memoryview(f).nbytes for f in encode(Infer(1, bundle.content_hash, "input", codec.codec_id, spec, 1.0), [p])) for p in payloads]
+            options.append(ActionOption(action, edge_ms * slowdown, int(np.median(sizes)), cloud_ms,
+                                        float((top1 == labels).mean())))
+            correctness[key] = top1 == labels
+    return options, correctness
+
+
+def run_policy_bench(
+    traces: Sequence[str | Path],
+    bundle_dir: str | Path,
+    images: str | Path,
+    json_out: str | Path,
+    device_profile: str,
+    deadline_ms: float,
+    fps: float,
+    rtt_ms: float,
+    slowdown: float | None = None,
+    plot: str | Path | None = None,
+    limit: int | None = None,
+) -> dict[str, list[dict[str, object]]]:
+    bundle = Bundle.load(bundle_dir)
+    if slowdown is None:
+        if device_profile not in DEVICE_SLOWDOWN:
+            raise ValueError(f"unknown device profile {device_profile!r}: use one of {', '.join(DEVICE_SLOWDOWN)}")
+        slowdown = DEVICE_SLOWDOWN[device_profile]
+    options, correctness = measure_options(bundle, images, candidate_actions(bundle, DEFAULT_SPLITS, DEFAULT_OFFLOAD),
+                                           slowdown, limit)
+    print(format_table([{"action": o.key, "edge_ms": o.edge_ms, "bytes": o.payload_bytes, "cloud_ms": o.cloud_ms,
+                         "accuracy": o.accuracy} for o in options], ["action", "edge_ms", "bytes", "cloud_ms", "accuracy"]))
+    config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms)
+    results: dict[str, list[dict[str, object]]] = {}
+    timelines: dict[str, tuple[UplinkTrace, list]] = {}
+    for trace_path in traces:
+        trace = UplinkTrace.load(trace_path)
+        policies = [StaticPolicy(o.key) for o in options] + [LatencyPolicy(), DeadlinePolicy(), OraclePolicy()]
+        rows = []
+        for policy in policies:
+            records = simulate(policy, options, correctness, trace, config)
+            rows.append({"trace": trace.name, **summarize(policy.name, records)})
+            if policy.name == "deadline":
+                timelines[trace.name] = (trace, records)
+        oracle = next(r for r in rows if r["policy"] == "oracle")["accuracy_at_deadline"]
+        for row in rows:
+            row["vs_oracle"] = row["accuracy_at_deadline"] / oracle if oracle else float("nan")
+        results[trace.name] = rows
+        print(f"\n{trace.name}: mean {trace.mean_bps / 1e6:.2f} Mbit/s, {trace.duration_s:.0f} s")
+        print(format_table(rows, (*COLUMNS, "vs_oracle")))
+    write_json(json_out, "policy", [r for rows in results.values() for r in rows],
+               options=[{"action": o.key, "edge_ms": o.edge_ms, "payload_bytes": o.payload_bytes,
+                         "cloud_ms": o.cloud_ms, "accuracy": o.accuracy} for o in options],
+               settings={"device_profile": device_profile, "device_slowdown": slowdown, "deadline_ms": deadline_ms,
+                         "fps": fps, "rtt_ms": rtt_ms, "evaluation_images": int(len(next(iter(correctness.values()))))})
+    if plot:
+        plot_timelines(timelines, options, plot)
+    return results
+
+
+def plot_timelines(timelines: dict[str, tuple[UplinkTrace, list]], options: Sequence[ActionOption],
+                   path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [o.key for o in options]
+    figure, axes = plt.subplots(len(timelines), 1, figsize=(12, 3.2 * len(timelines)), squeeze=False)
+    for axis, (name, (trace, records)) in zip(axes[:, 0], timelines.items()):
+        starts, rates = trace.bandwidth_series(1000)
+        axis.fill_between(starts / 1000, rates / 1e6, step="post", color="#cfe2f3", label="uplink capacity (1 s)")
+        axis.set_ylabel("Mbit/s")
+        axis.set_title(f"{name}: deadline policy's action per frame")
+        twin = axis.twinx()
+        chosen = [(r.capture_ms / 1000, keys.index(r.action), r.status) for r in records if r.action]
+        for status, color in (("ok", "#2a7d2a"), ("timeout", "#c0392b"), ("late", "#e67e22")):
+            points = [(t, k) for t, k, s in chosen if s == status]
+            if points:
+                twin.scatter(*zip(*points), s=4, color=color, label=f"frame {status}")
+        twin.set_yticks(range(len(keys)), keys, fontsize=7)
+        axis.set_xlim(0, trace.duration_s)
+        twin.legend(loc="upper right", fontsize=7, markerscale=3)
+    axes[-1, 0].set_xlabel("time (s)")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _run(args: argparse.Namespace) -> int:
+    traces = [t for t in args.trace.split(",") if t]
+    run_policy_bench(traces, args.bundle, args.images, args.json, args.device_profile, args.deadline_ms, args.fps,
+                     args.rtt_ms, args.device_slowdown, args.plot, args.limit)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("policy", help="trace-driven comparison of static actions, latency, deadline, oracle")
+    parser.add_argument("--trace", required=True, help="mahimahi uplink trace(s), comma-separated")
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
+    parser.add_argument("--images", default="../shared/data/imagenet-sample", help="labelled images (odd classes used)")
+    parser.add_argument("--device-profile", default="pi4", help=f"one of {', '.join(DEVICE_SLOWDOWN)}")
+    parser.add_argument("--device-slowdown", type=float, help="override the profile's slowdown factor")
+    parser.add_argument("--deadline-ms", type=float, default=150.0)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--rtt-ms", type=float, default=40.0)
+    parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
+    parser.add_argument("--plot", help="PNG of the deadline policy's actions over the traces' bandwidth")
+    parser.add_argument("--json", required=True)
+    parser.set_defaults(func=_run)

@@ -1,0 +1,125 @@
+"""Estimators fed by what frames observe: uplink throughput, round-trip time, cloud queue delay, device time.
+
+All are pure: they take observations with timestamps and never read a clock themselves.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ThroughputEstimator:
+    """Uplink bits/s from real transfers: bytes over (send-to-reply time minus cloud time minus RTT).
+
+    An EWMA of the log rate (rates vary over orders of magnitude) with a mean deviation, so the policy can
+    ask for a cautious value. A sample far below the estimate is taken at once (a link that collapses is
+    believed immediately); recovery is gradual. A transfer that has not finished after `elapsed_ms` bounds
+    the rate from above: `observe_timeout` applies that bound at once.
+    """
+
+    initial_bps: float = 2e6
+    alpha: float = 0.3
+    alpha_up: float = 0.6  # for a sample far above the estimate: a link that comes back is believed soon
+    drop_ratio: float = 0.5
+    max_log_dev: float = 1.0  # caution never asks for less than 1/e of the estimate
+    floor_bps: float = 1e3
+    _log_rate: float = field(init=False)
+    _log_dev: float = field(init=False, default=0.3)
+    samples: int = field(init=False, default=0)
+    last_sample_ms: float = field(init=False, default=-math.inf)
+
+    def __post_init__(self) -> None:
+        self._log_rate = math.log(self.initial_bps)
+
+    @property
+    def estimate_bps(self) -> float:
+        return math.exp(self._log_rate)
+
+    def cautious_bps(self, deviations: float = 1.0) -> float:
+        """A rate the link reaches most of the time: the estimate minus `deviations` mean deviations (in log)."""
+        return max(self.floor_bps, math.exp(self._log_rate - deviations * self._log_dev))
+
+    def observe(self, now_ms: float, size_bytes: int, transfer_ms: float) -> None:
+        rate = max(self.floor_bps, size_bytes * 8 / max(transfer_ms, 0.1) * 1000.0)
+        sample = math.log(rate)
+        error = sample - self._log_rate
+        if rate < self.drop_ratio * self.estimate_bps:
+            self._log_rate = sample
+        else:
+            gain = self.alpha_up if rate > self.estimate_bps / self.drop_ratio else self.alpha
+            self._log_rate += gain * error
+        self._log_dev = min(self.max_log_dev, self._log_dev + self.alpha * (abs(error) - self._log_dev))
+        self.samples += 1
+        self.last_sample_ms = now_ms
+
+    def observe_timeout(self, now_ms: float, size_bytes: int, elapsed_ms: float) -> None:
+        """`size_bytes` did not get through in `elapsed_ms`: the rate is at most that."""
+        bound = max(self.floor_bps, size_bytes * 8 / max(elapsed_ms, 0.1) * 1000.0)
+        if bound < self.estimate_bps:
+            self._log_rate = math.log(bound)
+            self._log_dev = max(self._log_dev, 0.5)
+        self.last_sample_ms = now_ms
+
+
+@dataclass
+class RttEstimator:
+    """Smoothed RTT and its mean deviation, as TCP does (RFC 6298 gains)."""
+
+    initial_ms: float = 50.0
+    srtt_ms: float = field(init=False)
+    rttvar_ms: float = field(init=False)
+    samples: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.srtt_ms = self.initial_ms
+        self.rttvar_ms = self.initial_ms / 2
+
+    def observe(self, rtt_ms: float) -> None:
+        if self.samples == 0:
+            self.srtt_ms, self.rttvar_ms = rtt_ms, rtt_ms / 2
+        else:
+            self.rttvar_ms = 0.75 * self.rttvar_ms + 0.25 * abs(self.srtt_ms - rtt_ms)
+            self.srtt_ms = 0.875 * self.srtt_ms + 0.125 * rtt_ms
+        self.samples += 1
+
+    def cautious_ms(self, deviations: float = 2.0) -> float:
+        return self.srtt_ms + deviations * self.rttvar_ms
+
+
+@dataclass
+class EwmaEstimator:
+    """A plain EWMA, for the cloud's queue delay (from every Result) and per-action device time."""
+
+    initial: float = 0.0
+    alpha: float = 0.2
+    value: float = field(init=False)
+    samples: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.value = self.initial
+
+    def observe(self, sample: float) -> None:
+        self.value = sample if self.samples == 0 else self.value + self.alpha * (sample - self.value)
+        self.samples += 1
+
+
+@dataclass
+class DeviceLatencyEstimator:
+    """Head time per action: starts from the profile, follows observed runs, scaled up under CPU load.
+
+    `load_fraction` is the share of the CPU other processes take (psutil on the device, injected here):
+    with the device shared, a compute-bound head takes about 1 / (1 - load) times as long.
+    """
+
+    profile_ms: dict[str, float]
+    alpha: float = 0.2
+    _observed: dict[str, EwmaEstimator] = field(default_factory=dict)
+
+    def observe(self, key: str, head_ms: float, load_fraction: float = 0.0) -> None:
+        unloaded = head_ms * (1.0 - min(max(load_fraction, 0.0), 0.9))
+        self._observed.setdefault(key, EwmaEstimator(alpha=self.alpha)).observe(unloaded)
+
+    def expected_ms(self, key: str, load_fraction: float = 0.0) -> float:
+        base = self._observed[key].value if key in self._observed else self.profile_ms.get(key, 0.0)
+        return base / (1.0 - min(max(load_fraction, 0.0), 0.9))

@@ -1,0 +1,175 @@
+"""Policies: given the frame's deadline, what each action costs, and what is known of the link, pick one.
+
+Pure: no clock reads, no I/O. `static:<action>`, `latency` (least expected latency with live estimates,
+Neurosurgeon's rule), `deadline` (the most accurate action that meets the deadline with the cautious
+estimates, else the best local fallback) and `oracle` (offline: knows the true future of the link).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from splitrt.actions import Action, Local, Skip
+
+
+@dataclass(frozen=True)
+class ActionOption:
+    """What an action costs and yields, from profiles and measured accuracy."""
+
+    action: Action
+    edge_ms: float  # on the device: head (or exit) + encode
+    payload_bytes: int = 0  # on the uplink (0: nothing is sent)
+    cloud_ms: float = 0.0  # decode + tail on the cloud
+    accuracy: float = 0.0  # measured top-1 on real images
+
+    @property
+    def key(self) -> str:
+        return self.action.describe()
+
+    @property
+    def remote(self) -> bool:
+        return not isinstance(self.action, (Local, Skip))
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """What the edge believes about the link when it decides."""
+
+    bandwidth_bps: float
+    cautious_bandwidth_bps: float
+    rtt_ms: float
+    cautious_rtt_ms: float
+    queue_ms: float = 0.0
+    cloud_up: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    option: ActionOption
+    predicted_ms: float
+    reason: str
+
+
+def predict_ms(option: ActionOption, bandwidth_bps: float, rtt_ms: float, queue_ms: float) -> float:
+    """Expected capture-to-result latency of an option at a given link state."""
+    if not option.remote:
+        return option.edge_ms
+    transfer_ms = option.payload_bytes * 8 / max(bandwidth_bps, 1.0) * 1000.0
+    return option.edge_ms + transfer_ms + rtt_ms + queue_ms + option.cloud_ms
+
+
+class Policy(Protocol):
+    name: str
+    uses_link_estimates: bool  # whether the edge should keep measuring the link (probes) for it
+
+    def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision: ...
+
+
+def _usable(options: Sequence[ActionOption], link: LinkView) -> list[ActionOption]:
+    usable = [o for o in options if not o.remote or link.cloud_up]
+    if not usable:
+        raise ValueError("no usable action: the cloud is down and no local action is configured")
+    return usable
+
+
+def _fastest_local(options: Sequence[ActionOption]) -> ActionOption | None:
+    local = [o for o in options if not o.remote]
+    return min(local, key=lambda o: o.edge_ms) if local else None
+
+
+@dataclass(frozen=True)
+class StaticPolicy:
+    """Always the same action (the baseline every benchmark compares against)."""
+
+    key: str
+    uses_link_estimates: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"static:{self.key}"
+
+    def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
+        for option in options:
+            if option.key == self.key:
+                return Decision(option, predict_ms(option, link.bandwidth_bps, link.rtt_ms, link.queue_ms), "static")
+        raise KeyError(f"static policy: no action {self.key!r} among {[o.key for o in options]}")
+
+
+@dataclass(frozen=True)
+class LatencyPolicy:
+    """The least expected latency with the current (point) estimates, whatever the accuracy."""
+
+    name: str = "latency"
+    uses_link_estimates: bool = True
+
+    def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
+        usable = _usable(options, link)
+        scored = [(predict_ms(o, link.bandwidth_bps, link.rtt_ms, link.queue_ms), o) for o in usable]
+        predicted, best = min(scored, key=lambda pair: (pair[0], -pair[1].accuracy))
+        return Decision(best, predicted, "least expected latency")
+
+
+@dataclass(frozen=True)
+class DeadlinePolicy:
+    """The most accurate action whose cautious latency meets the budget; else the best local fallback.
+
+    Cautious means the bandwidth estimate minus `deviations` mean deviations and the RTT plus its
+    deviations, so that "meets the deadline" holds with high probability, not on average. Among equally
+    accurate actions the fastest wins, which leaves room for the unexpected.
+    """
+
+    name: str = "deadline"
+    margin_ms: float = 0.0
+    uses_link_estimates: bool = True
+
+    def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
+        usable = _usable(options, link)
+        budget = budget_ms - self.margin_ms
+        scored = [(predict_ms(o, link.cautious_bandwidth_bps, link.cautious_rtt_ms, link.queue_ms), o) for o in usable]
+        feasible = [(p, o) for p, o in scored if p <= budget]
+        if feasible:
+            predicted, best = max(feasible, key=lambda pair: (pair[1].accuracy, -pair[0]))
+            return Decision(best, predicted, "most accurate within the deadline")
+        local = [(p, o) for p, o in scored if not o.remote]
+        if local:
+            predicted, best = min(local, key=lambda pair: pair[0])
+            return Decision(best, predicted, "nothing meets the deadline: fastest local")
+        predicted, best = min(scored, key=lambda pair: pair[0])
+        return Decision(best, predicted, "nothing meets the deadline: fastest")
+
+
+TrueLatency = Callable[[ActionOption], float]
+
+
+@dataclass
+class OraclePolicy:
+    """Offline upper bound: told each option's true latency (from the trace's future) before it decides."""
+
+    true_latency_ms: TrueLatency | None = None
+    name: str = "oracle"
+    uses_link_estimates: bool = False
+
+    def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
+        if self.true_latency_ms is None:
+            raise RuntimeError("the oracle needs the simulator to tell it the true latency of each option")
+        usable = _usable(options, link)
+        scored = [(self.true_latency_ms(o), o) for o in usable]
+        feasible = [(p, o) for p, o in scored if p <= budget_ms]
+        if feasible:
+            predicted, best = max(feasible, key=lambda pair: (pair[1].accuracy, -pair[0]))
+            return Decision(best, predicted, "most accurate on time (known future)")
+        predicted, best = min(scored, key=lambda pair: pair[0])
+        return Decision(best, predicted, "nothing on time: fastest (known future)")
+
+
+def make_policy(name: str) -> Policy:
+    """`static:<action key>`, `latency`, `deadline` or `oracle`."""
+    if name.startswith("static:"):
+        return StaticPolicy(name.removeprefix("static:"))
+    if name == "latency":
+        return LatencyPolicy()
+    if name == "deadline":
+        return DeadlinePolicy()
+    if name == "oracle":
+        return OraclePolicy()
+    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline or oracle")

@@ -1,0 +1,177 @@
+"""Replay an uplink trace against profiled latencies and measured per-image correctness.
+
+The model matches the edge runtime: one frame at a time; a newer frame that arrives while the pipeline
+is busy replaces any older waiting one (latest frame wins: the older ends `dropped`); a remote action
+queues its bytes on the uplink behind earlier transfers; the edge waits for a reply no longer than the
+frame's deadline (it ends `timeout`), but bytes already sent still occupy the link. Estimators see a
+transfer only when its reply would have arrived, and a timeout as an upper bound on the rate. While no
+transfer has been seen for `probe_interval_ms`, a small probe request measures the link (its bytes count).
+"""
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from splitrt.policies.estimators import RttEstimator, ThroughputEstimator
+from splitrt.policies.policies import ActionOption, LinkView, OraclePolicy, Policy
+from splitrt.policies.trace import UplinkTrace
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    fps: float = 15.0
+    deadline_ms: float = 200.0
+    duration_s: float | None = None  # default: the trace's length
+    rtt_ms: float = 40.0
+    queue_ms: float = 0.0
+    probe_interval_ms: float = 500.0
+    probe_bytes: int = 3000
+    initial_bps: float = 1e6
+    cautious_deviations: float = 1.0
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    frame_id: int
+    capture_ms: float
+    action: str  # "" for a dropped frame
+    status: str  # ok | late | timeout | dropped
+    latency_ms: float
+    correct: bool
+    bytes_sent: int
+
+
+@dataclass
+class _Link:
+    """The uplink: one transfer at a time, in order."""
+
+    trace: UplinkTrace
+    free_at_ms: float = 0.0
+
+    def send(self, start_ms: float, size_bytes: int) -> tuple[float, float]:
+        """Queue a transfer; returns (start of transmission, end of transmission)."""
+        begin = max(start_ms, self.free_at_ms)
+        end = self.trace.transfer_end_ms(begin, size_bytes)
+        self.free_at_ms = end
+        return begin, end
+
+    def peek_end(self, start_ms: float, size_bytes: int) -> float:
+        return self.trace.transfer_end_ms(max(start_ms, self.free_at_ms), size_bytes)
+
+
+@dataclass
+class _Observations:
+    """Estimator updates that become visible at a given time (when a reply would arrive)."""
+
+    throughput: ThroughputEstimator
+    rtt: RttEstimator
+    pending: list[tuple[float, int, str, tuple[float, ...]]] = field(default_factory=list)
+    _seq: int = 0
+
+    def at(self, when_ms: float, kind: str, *values: float) -> None:
+        self._seq += 1
+        heapq.heappush(self.pending, (when_ms, self._seq, kind, values))
+
+    def advance(self, now_ms: float) -> None:
+        while self.pending and self.pending[0][0] <= now_ms:
+            when, _, kind, values = heapq.heappop(self.pending)
+            if kind == "transfer":
+                size_bytes, transfer_ms, rtt_ms = values
+                self.throughput.observe(when, int(size_bytes), transfer_ms)
+                self.rtt.observe(rtt_ms)
+            else:  # timeout
+                size_bytes, elapsed_ms = values
+                self.throughput.observe_timeout(when, int(size_bytes), elapsed_ms)
+
+
+def simulate(
+    policy: Policy,
+    options: Sequence[ActionOption],
+    correctness: Mapping[str, np.ndarray],
+    trace: UplinkTrace,
+    config: SimConfig,
+) -> list[FrameRecord]:
+    """Run `policy` over the trace; `correctness[key][i]` says whether action `key` is right on image i."""
+    duration_ms = (config.duration_s or trace.duration_s) * 1000.0
+    frame_gap_ms = 1000.0 / config.fps
+    captures = np.arange(0.0, duration_ms, frame_gap_ms)
+    images = min(len(v) for v in correctness.values())
+    link = _Link(trace)
+    seen = _Observations(ThroughputEstimator(initial_bps=config.initial_bps), RttEstimator(initial_ms=config.rtt_ms))
+    records: list[FrameRecord] = []
+    edge_free_ms = 0.0
+    for frame_id, capture_ms in enumerate(captures):
+        start_ms = max(capture_ms, edge_free_ms)
+        if frame_id + 1 < len(captures) and captures[frame_id + 1] <= start_ms:
+            records.append(FrameRecord(frame_id, capture_ms, "", "dropped", 0.0, False, 0))
+            continue
+        seen.advance(start_ms)
+        deadline_ms = capture_ms + config.deadline_ms
+        view = LinkView(
+            bandwidth_bps=seen.throughput.estimate_bps,
+            cautious_bandwidth_bps=seen.throughput.cautious_bps(config.cautious_deviations),
+            rtt_ms=seen.rtt.srtt_ms,
+            cautious_rtt_ms=seen.rtt.cautious_ms(),
+            queue_ms=config.queue_ms,
+        )
+        if isinstance(policy, OraclePolicy):
+            policy.true_latency_ms = lambda o, s=start_ms, c=capture_ms: _true_end_ms(o, s, link, config) - c
+        option = policy.decide(deadline_ms - start_ms, options, view).option
+        key = option.key
+        correct = bool(correctness[key][frame_id % images])
+        bytes_sent = 0
+        if not option.remote:
+            end_ms = start_ms + option.edge_ms
+            status = "ok" if end_ms <= deadline_ms else "late"
+            stale = start_ms - seen.throughput.last_sample_ms >= config.probe_interval_ms
+            if policy.uses_link_estimates and stale and link.free_at_ms <= start_ms:
+                send_ms, sent_ms = link.send(start_ms, config.probe_bytes)
+                seen.at(sent_ms + config.rtt_ms, "transfer", config.probe_bytes, sent_ms - send_ms, config.rtt_ms)
+                seen.throughput.last_sample_ms = start_ms  # one probe in flight at a time
+                bytes_sent = config.probe_bytes
+        else:
+            send_ms, sent_ms = link.send(start_ms + option.edge_ms, option.payload_bytes)
+            reply_ms = sent_ms + config.rtt_ms + config.queue_ms + option.cloud_ms
+            seen.at(reply_ms, "transfer", option.payload_bytes, sent_ms - send_ms, config.rtt_ms)
+            bytes_sent = option.payload_bytes
+            if reply_ms <= deadline_ms:
+                end_ms, status = reply_ms, "ok"
+            else:
+                end_ms, status = deadline_ms, "timeout"
+                seen.at(deadline_ms, "timeout", option.payload_bytes, max(deadline_ms - send_ms - config.rtt_ms, 0.1))
+                correct = False
+        edge_free_ms = end_ms
+        records.append(FrameRecord(frame_id, capture_ms, key, status, end_ms - capture_ms, correct, bytes_sent))
+    return records
+
+
+def _true_end_ms(option: ActionOption, start_ms: float, link: _Link, config: SimConfig) -> float:
+    if not option.remote:
+        return start_ms + option.edge_ms
+    sent_ms = link.peek_end(start_ms + option.edge_ms, option.payload_bytes)
+    return sent_ms + config.rtt_ms + config.queue_ms + option.cloud_ms
+
+
+def summarize(policy_name: str, records: Sequence[FrameRecord]) -> dict[str, object]:
+    """The benchmark row of one policy run."""
+    frames = len(records)
+    answered = [r for r in records if r.status in ("ok", "late")]
+    ended = [r for r in records if r.status != "dropped"]
+    latencies = [r.latency_ms for r in ended]
+    actions = Counter(r.action for r in ended)
+    return {
+        "policy": policy_name,
+        "frames": frames,
+        "deadline_hit": sum(r.status == "ok" for r in records) / frames if frames else 0.0,
+        "accuracy": sum(r.correct for r in answered) / len(answered) if answered else 0.0,
+        "accuracy_at_deadline": sum(r.correct and r.status == "ok" for r in records) / frames if frames else 0.0,
+        "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
+        "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else float("nan"),
+        "bytes_mean": sum(r.bytes_sent for r in records) / frames if frames else 0.0,
+        "dropped": sum(r.status == "dropped" for r in records) / frames if frames else 0.0,
+        "actions": {k: round(v / len(ended), 4) for k, v in sorted(actions.items())} if ended else {},
+    }

@@ -1,0 +1,203 @@
+"""Policies, estimators and the trace simulator, driven by synthetic traces and no real clock."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from splitrt.actions import Local, Offload, Split
+from splitrt.policies.estimators import DeviceLatencyEstimator, RttEstimator, ThroughputEstimator
+from splitrt.policies.policies import (
+    ActionOption,
+    DeadlinePolicy,
+    LatencyPolicy,
+    LinkView,
+    OraclePolicy,
+    StaticPolicy,
+    make_policy,
+    predict_ms,
+)
+from splitrt.policies.simulate import SimConfig, simulate, summarize
+from splitrt.policies.trace import PACKET_BYTES, UplinkTrace
+
+from tests.conftest import SHARED_DIR
+
+SHARED_TRACES = SHARED_DIR / "traces"
+
+LOCAL = ActionOption(Local(), edge_ms=60.0, accuracy=0.70)
+SPLIT = ActionOption(Split("b14", "fp16"), edge_ms=20.0, payload_bytes=15_000, cloud_ms=5.0, accuracy=0.88)
+OFFLOAD = ActionOption(Offload("jpeg-q90"), edge_ms=2.0, payload_bytes=18_000, cloud_ms=10.0, accuracy=0.87)
+OPTIONS = [LOCAL, SPLIT, OFFLOAD]
+
+
+def on_off_trace(rate_bps: float, on_ms: int, off_ms: int) -> UplinkTrace:
+    """`rate_bps` for `on_ms`, nothing for `off_ms`, then `rate_bps` again for `on_ms` (one period)."""
+    per_ms = rate_bps / 8 / PACKET_BYTES / 1000
+    first = np.floor(np.arange(1, int(on_ms * per_ms) + 1) / per_ms)
+    second = first + on_ms + off_ms
+    return UplinkTrace.from_opportunities("on-off", np.concatenate([first, second]).astype(np.int64))
+
+
+def all_correct(images: int = 10) -> dict[str, np.ndarray]:
+    return {o.key: np.ones(images, dtype=bool) for o in OPTIONS}
+
+
+# -- trace -----------------------------------------------------------------------------------------------------
+def test_constant_trace_transfers_at_its_rate() -> None:
+    trace = UplinkTrace.constant("8mbps", 8e6)
+    assert trace.mean_bps == pytest.approx(8e6, rel=0.02)
+    end = trace.transfer_end_ms(100.0, 100_000)  # 800 kbit at 8 Mbit/s: 100 ms
+    assert end - 100.0 == pytest.approx(100.0, abs=2.0)
+    assert trace.transfer_end_ms(5.0, 0) == 5.0
+
+
+def test_trace_loops_and_waits_through_an_outage() -> None:
+    trace = on_off_trace(1.2e6, on_ms=1000, off_ms=2000)  # one packet per 10 ms while on
+    assert trace.period_ms == 4000
+    assert trace.transfer_end_ms(995.0, PACKET_BYTES) == pytest.approx(1000.0)
+    assert trace.transfer_end_ms(1000.5, PACKET_BYTES) == pytest.approx(3010.0)  # waits out the outage
+    assert trace.transfer_end_ms(4000.0 + 1000.5, PACKET_BYTES) == pytest.approx(7010.0)  # one loop later
+    assert trace.throughput_bps(1000, 3000) == 0.0
+
+
+@pytest.mark.skipif(not SHARED_TRACES.is_dir(), reason="../shared/traces not present")
+def test_shared_traces_load_with_their_published_mean_rate() -> None:
+    trace = UplinkTrace.load(SHARED_TRACES / "ATT-LTE-driving-2016.up")
+    assert trace.duration_s == pytest.approx(120, abs=2)
+    assert trace.mean_bps == pytest.approx(1.91e6, rel=0.03)
+
+
+def test_a_malformed_trace_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.up").write_text("12\nbanana\n")
+    with pytest.raises(ValueError, match="not a mahimahi trace"):
+        UplinkTrace.load(tmp_path / "bad.up")
+
+
+# -- estimators ------------------------------------------------------------------------------------------------
+def test_throughput_estimator_believes_a_collapse_at_once_and_recovers_gradually() -> None:
+    estimator = ThroughputEstimator(initial_bps=1e6)
+    for t in range(10):
+        estimator.observe(t * 100.0, 125_000, 100.0)  # 10 Mbit/s
+    assert estimator.estimate_bps == pytest.approx(10e6, rel=0.1)
+    estimator.observe(1000.0, 12_500, 1000.0)  # 100 kbit/s
+    assert estimator.estimate_bps == pytest.approx(1e5, rel=0.01)
+    estimator.observe(1100.0, 125_000, 100.0)
+    assert 1e5 < estimator.estimate_bps < 10e6
+    assert estimator.cautious_bps() < estimator.estimate_bps
+
+
+def test_a_timeout_bounds_the_rate_from_above() -> None:
+    estimator = ThroughputEstimator(initial_bps=10e6)
+    estimator.observe_timeout(500.0, 20_000, 200.0)  # 160 kbit did not get through in 200 ms
+    assert estimator.estimate_bps == pytest.approx(800e3)
+
+
+def test_rtt_and_device_estimators() -> None:
+    rtt = RttEstimator(initial_ms=50)
+    for sample in [40, 42, 38, 41]:
+        rtt.observe(sample)
+    assert 38 < rtt.srtt_ms < 42 and rtt.cautious_ms() > rtt.srtt_ms
+    device = DeviceLatencyEstimator(profile_ms={"local": 100.0})
+    assert device.expected_ms("local") == 100.0
+    assert device.expected_ms("local", load_fraction=0.5) == pytest.approx(200.0)
+    device.observe("local", 240.0, load_fraction=0.5)  # 120 ms of work, unloaded
+    assert device.expected_ms("local") == pytest.approx(120.0)
+
+
+# -- policies --------------------------------------------------------------------------------------------------
+def view(bandwidth_bps: float, rtt_ms: float = 40.0, cloud_up: bool = True) -> LinkView:
+    return LinkView(bandwidth_bps, bandwidth_bps, rtt_ms, rtt_ms, 0.0, cloud_up)
+
+
+def test_deadline_policy_takes_the_most_accurate_action_that_fits() -> None:
+    policy = DeadlinePolicy()
+    assert policy.decide(200.0, OPTIONS, view(10e6)).option == SPLIT  # 20 + 12 + 40 + 5 = 77 ms
+    assert policy.decide(200.0, OPTIONS, view(0.5e6)).option == LOCAL  # split: 20 + 240 + 45 ms
+    assert policy.decide(50.0, OPTIONS, view(10e6)).option == LOCAL  # nothing fits: fastest local
+    assert policy.decide(200.0, OPTIONS, view(10e6, cloud_up=False)).option == LOCAL
+
+
+def test_latency_policy_ignores_accuracy() -> None:
+    fast_offload = ActionOption(Offload("jpeg-q50"), edge_ms=1.0, payload_bytes=2_000, cloud_ms=2.0, accuracy=0.5)
+    assert LatencyPolicy().decide(200.0, [*OPTIONS, fast_offload], view(50e6)).option == fast_offload
+    assert DeadlinePolicy().decide(200.0, [*OPTIONS, fast_offload], view(50e6)).option == SPLIT
+
+
+def test_static_and_named_policies() -> None:
+    assert StaticPolicy("local").decide(1.0, OPTIONS, view(1e6)).option == LOCAL
+    with pytest.raises(KeyError):
+        StaticPolicy("split@b99/fp16").decide(1.0, OPTIONS, view(1e6))
+    assert make_policy("static:offload/jpeg-q90").name == "static:offload/jpeg-q90"
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("greedy")
+
+
+options_strategy = st.lists(
+    st.builds(
+        ActionOption,
+        action=st.sampled_from([Local(), Local("exit1"), Split("a", "fp16"), Split("b", "fp32"), Offload()]),
+        edge_ms=st.floats(0.1, 500),
+        payload_bytes=st.integers(0, 500_000),
+        cloud_ms=st.floats(0, 100),
+        accuracy=st.floats(0, 1),
+    ),
+    min_size=1,
+    max_size=6,
+).filter(lambda options: any(not o.remote for o in options))
+
+
+@settings(max_examples=300, deadline=None)
+@given(options_strategy, st.floats(1e3, 1e8), st.floats(0, 200), st.floats(1, 1000), st.booleans())
+def test_deadline_policy_never_picks_a_late_action_when_one_fits(
+    options: list[ActionOption], bandwidth_bps: float, rtt_ms: float, budget_ms: float, cloud_up: bool
+) -> None:
+    link = view(bandwidth_bps, rtt_ms, cloud_up)
+    decision = DeadlinePolicy().decide(budget_ms, options, link)
+    usable = [o for o in options if cloud_up or not o.remote]
+    fits = [o for o in usable if predict_ms(o, bandwidth_bps, rtt_ms, 0.0) <= budget_ms]
+    assert decision.option in usable
+    if fits:
+        assert decision.predicted_ms <= budget_ms
+        assert decision.option.accuracy == max(o.accuracy for o in fits)
+
+
+# -- the simulator ---------------------------------------------------------------------------------------------
+def test_a_link_that_drops_to_zero_falls_back_within_one_frame_and_recovers() -> None:
+    trace = on_off_trace(8e6, on_ms=5000, off_ms=5000)
+    config = SimConfig(fps=10, deadline_ms=200, rtt_ms=40, duration_s=15, initial_bps=8e6)
+    records = simulate(DeadlinePolicy(), OPTIONS, all_correct(), trace, config)
+    during = [r for r in records if 5000 <= r.capture_ms < 10000]
+    remote_during = [r for r in during if r.action != LOCAL.key]
+    # At most the frame already in flight when the link died, and the one captured while it waited.
+    assert len(remote_during) <= 2, remote_during
+    assert all(r.status == "ok" for r in during[3:])
+    before = [r for r in records if 1000 <= r.capture_ms < 5000]
+    after = [r for r in records if 12000 <= r.capture_ms]
+    assert all(r.action == SPLIT.key for r in before)
+    assert sum(r.action == SPLIT.key for r in after) >= 0.8 * len(after), "splitting resumes after recovery"
+
+
+def test_deadline_beats_every_static_action_on_a_swinging_link() -> None:
+    trace = on_off_trace(8e6, on_ms=4000, off_ms=4000)
+    config = SimConfig(fps=10, deadline_ms=200, rtt_ms=40, duration_s=24)
+    rng = np.random.default_rng(0)
+    correctness = {o.key: rng.random(500) < o.accuracy for o in OPTIONS}
+    rows = {}
+    for policy in [DeadlinePolicy(), LatencyPolicy(), OraclePolicy(), *(StaticPolicy(o.key) for o in OPTIONS)]:
+        rows[policy.name] = summarize(policy.name, simulate(policy, OPTIONS, correctness, trace, config))
+    best_static = max(v["accuracy_at_deadline"] for k, v in rows.items() if k.startswith("static:"))
+    assert rows["deadline"]["accuracy_at_deadline"] > best_static
+    assert rows["oracle"]["accuracy_at_deadline"] >= rows["deadline"]["accuracy_at_deadline"] - 0.02
+    assert rows["static:local"]["bytes_mean"] == 0
+
+
+def test_latest_frame_wins_when_the_pipeline_is_slower_than_the_source() -> None:
+    slow = ActionOption(Local(), edge_ms=250.0, accuracy=0.9)
+    config = SimConfig(fps=10, deadline_ms=300, duration_s=5)
+    records = simulate(StaticPolicy("local"), [slow], {"local": np.ones(5, bool)}, UplinkTrace.constant("c", 1e6), config)
+    dropped = [r for r in records if r.status == "dropped"]
+    assert 0.5 < len(dropped) / len(records) < 0.9
+    assert max(r.latency_ms for r in records if r.status != "dropped") <= 350.0, "no backlog builds up"
