@@ -57,7 +57,10 @@ class SplitPoint:
 
 @dataclass(frozen=True)
 class ExitPoint:
-    """An early exit at split point `point`: `file` maps the image to (activation, calibrated logits)."""
+    """An early exit at split point `point`: `file` maps the image to (activation, calibrated logits).
+
+    An exit with an empty `point` is a complete shallower model: `file` maps the image to logits alone.
+    """
 
     name: str
     point: str

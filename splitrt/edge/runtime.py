@@ -176,8 +176,12 @@ class EdgeRuntime:
         """Stop at exit `name` when it is confident enough; otherwise finish the model locally from there."""
         exit_point = self.bundle.manifest.exit(name)
         t = time.perf_counter()
-        activation, logits = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image})
+        outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image})
         outcome.trace_ms["head"] = _since_ms(t)
+        if not exit_point.point:  # a complete shallower model: nothing to continue with
+            self._merge(outputs[0], outcome)
+            return
+        activation, logits = outputs
         top = softmax_top(logits, self.bundle.label, k=1)[0]
         if top.confidence < self.exit_threshold:
             t = time.perf_counter()

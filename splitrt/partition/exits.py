@@ -32,6 +32,16 @@ from splitrt.partition.models import StagedModel
 
 EXIT_OUTPUT_NAME = "exit_logits"
 DEFAULT_EXIT_POINTS = {"efficientnet-lite0": ("b4", "b7", "b10", "b14")}
+# Shallower variants: identity-residual blocks dropped. EfficientNet is trained with stochastic depth
+# (drop-connect), so it degrades gracefully when such blocks are skipped at inference; no training needed.
+DEFAULT_SKIP_VARIANTS = {
+    "efficientnet-lite0": {
+        "skip2": ("b13", "b14"),
+        "skip4": ("b7", "b10", "b13", "b14"),
+        "skip6": ("b6", "b7", "b9", "b10", "b13", "b14"),
+        "skip9": ("b2", "b4", "b6", "b7", "b9", "b10", "b12", "b13", "b14"),
+    }
+}
 
 
 POOLED_SIDE = 7  # exit heads first average-pool their input to 7x7: cheap on the device and to train
@@ -331,4 +341,60 @@ def train_exits(
         rows.append(row)
         entries.append({"name": point, "point": point, "file": file_name, "temperature": temperature,
                         "accuracy": row["accuracy"]})
+    kept = [e.to_json() for e in bundle.manifest.exits if not e.point]  # shallower variants stay
+    return add_exits_to_bundle(bundle_dir, kept + entries), rows
+
+
+def skipped_model(model: StagedModel, skip: Sequence[str]) -> nn.Module:
+    """The full model (uint8 image in) with the named stages removed; each must keep its input's shape."""
+    crop = model.preprocess.crop
+    stages = []
+    with torch.no_grad():
+        x = model.normalizer()(torch.zeros((1, crop, crop, 3), dtype=torch.uint8))
+        for name, stage in model.stages:
+            y = stage(x)
+            if name in skip:
+                if y.shape != x.shape:
+                    raise ValueError(f"stage {name} changes the shape {tuple(x.shape)} -> {tuple(y.shape)}: it cannot be skipped")
+            else:
+                stages.append(stage)
+            x = y
+    missing = set(skip) - {n for n, _ in model.stages}
+    if missing:
+        raise KeyError(f"{model.model_id} has no stage(s) {', '.join(sorted(missing))}")
+    return nn.Sequential(model.normalizer(), *stages).eval()
+
+
+def add_skip_variants(model: StagedModel, bundle_dir: str | Path, images_dir: str | Path,
+                      variants: dict[str, Sequence[str]]) -> tuple[Bundle, list[dict[str, object]]]:
+    """Export each variant (a complete local model), measure it on the odd-class images, record it as an exit."""
+    bundle_dir = Path(bundle_dir)
+    bundle = Bundle.load(bundle_dir)
+    _, _, evaluation = _split_labelled(Path(images_dir))
+    crops = [crop_for_model(load_rgb(p), model.preprocess) for p, _ in evaluation]
+    labels = np.array([c for _, c in evaluation])
+    batch = torch.from_numpy(np.stack(crops))
+    with torch.no_grad():
+        full_top1 = model.full()(batch).argmax(1).numpy()
+    full_ms = measure_ms(bundle.path(bundle.manifest.full_file), crops[0][None])
+    entries = [e.to_json() for e in bundle.manifest.exits if e.point != ""]
+    rows = []
+    for name, skip in variants.items():
+        network = skipped_model(model, skip)
+        with torch.no_grad():
+            top1 = network(batch).argmax(1).numpy()
+        file_name = f"exit_{name}.onnx"
+        example = torch.zeros((1, model.preprocess.crop, model.preprocess.crop, 3), dtype=torch.uint8)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(network, (example,), str(bundle_dir / file_name), dynamo=False, opset_version=17,
+                              input_names=[HEAD_INPUT_NAME], output_names=[EXIT_OUTPUT_NAME],
+                              dynamic_axes={HEAD_INPUT_NAME: {0: "batch"}, EXIT_OUTPUT_NAME: {0: "batch"}})
+        device_ms = measure_ms(bundle_dir / file_name, crops[0][None])
+        accuracy = float((top1 == labels).mean())
+        rows.append({"exit": name, "skipped": ",".join(skip), "accuracy": accuracy,
+                     "agreement": float((top1 == full_top1).mean()), "device_ms_p50": device_ms,
+                     "device_share": device_ms / full_ms})
+        entries = [e for e in entries if e["name"] != name]
+        entries.append({"name": name, "point": "", "file": file_name, "temperature": 1.0, "accuracy": accuracy})
     return add_exits_to_bundle(bundle_dir, entries), rows

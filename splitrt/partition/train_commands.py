@@ -24,6 +24,23 @@ def _exits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _skips(args: argparse.Namespace) -> int:
+    from splitrt.bench.common import format_table, write_json
+    from splitrt.partition.exits import DEFAULT_SKIP_VARIANTS, add_skip_variants
+    from splitrt.partition.models import load_model
+
+    variants = DEFAULT_SKIP_VARIANTS.get(args.model)
+    if not variants:
+        raise ValueError(f"no block-skipping variants are defined for {args.model}")
+    bundle, rows = add_skip_variants(load_model(args.model), args.bundle, args.images, variants)
+    print(format_table(rows, list(rows[0])))
+    if args.json:
+        write_json(args.json, "skip-variants", rows, model=args.model, bundle_hash=bundle.content_hash,
+                   evaluation="odd class_index")
+    print(f"bundle {bundle.root}: exits {', '.join(e.name for e in bundle.manifest.exits)}; hash {bundle.content_hash[:19]}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="offline training (early exits)")
     sub = train.add_subparsers(dest="train_command", required=True)
@@ -37,3 +54,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     exits.add_argument("--epochs", type=int, default=12)
     exits.add_argument("--json", help="write the report here")
     exits.set_defaults(func=_exits)
+    skips = sub.add_parser("skips", help="export shallower variants (residual blocks skipped) as local exits")
+    skips.add_argument("--model", default="efficientnet-lite0")
+    skips.add_argument("--bundle", required=True)
+    skips.add_argument("--images", default="../shared/data/imagenet-sample", help="labelled images (odd classes evaluate)")
+    skips.add_argument("--json", help="write the report here")
+    skips.set_defaults(func=_skips)
