@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import zmq
 
@@ -33,6 +33,15 @@ class LinkError(Exception):
     """The cloud cannot be reached or refused the handshake."""
 
 
+class Link(Protocol):
+    """What the runtime needs of a link: `CloudLink` (plain) or `ResilientLink` (heartbeats, failover)."""
+
+    @property
+    def is_up(self) -> bool: ...
+
+    def request(self, frames: Sequence[bytes | memoryview], frame_id: int, timeout_ms: float) -> Envelope | None: ...
+
+
 class CloudLink:
     def __init__(
         self,
@@ -54,6 +63,12 @@ class CloudLink:
         # Do not queue requests for a peer that is not connected: a send fails at once instead.
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.connect(endpoint)
+
+    @property
+    def is_up(self) -> bool:
+        """Handshake done. This link has no heartbeats: a lost cloud shows only as failed or timed-out requests
+        (use `splitrt.edge.failover.ResilientLink` for detection and reconnection)."""
+        return self.welcome is not None
 
     def close(self) -> None:
         self._socket.close(linger=0)
