@@ -7,6 +7,7 @@ import importlib
 # One line per scenario module; each defines `register(subparsers)`.
 SCENARIOS = (
     "splitrt.bench.codecs_command",
+    "splitrt.bench.failover",
 )
 
 

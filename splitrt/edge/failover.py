@@ -190,10 +190,11 @@ class ResilientLink:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.IMMEDIATE, 1)
-        # libzmq's own TCP reconnect: every 50 ms, backing off to 200 ms (cheap on a refused port).
+        # libzmq's own TCP reconnect: every 50 ms, backing off to 100 ms (cheap on a refused port).
         socket.setsockopt(zmq.RECONNECT_IVL, 50)
-        socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(min(200.0, self.config.backoff_max_ms)))
-        self._monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(min(100.0, self.config.backoff_max_ms)))
+        # Hello goes out the moment a ZMTP handshake completes (a frozen peer accepts TCP but never greets).
+        self._monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         socket.connect(self.endpoint)
         return socket
 
@@ -232,13 +233,14 @@ class ResilientLink:
             self._fail_outbox("link closed")
 
     def _on_connected(self, socket: zmq.Socket) -> None:
-        """A TCP connection came up (the cloud is back, or first reachable): say Hello at once, no backoff wait."""
+        """A connection came up (the cloud is back, or first reachable): say Hello at once, no backoff wait."""
         while True:
             try:
                 self._monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
         if not self.is_up:
+            log.debug("connected to %s: hello", self.endpoint)
             self._try_send(socket, encode(Hello(self.client_id, self.bundle_hash)))
 
     def _act(self, steps: list[Step], socket: zmq.Socket, poller: zmq.Poller, now: float) -> zmq.Socket:
