@@ -137,15 +137,15 @@ class ResilientLink:
         return list(self._health.transitions)
 
     def wait_up(self, timeout_s: float) -> bool:
-        """Block until the link is up (True) or `timeout_s` passes (False)."""
+        """Block until the link is up (True), or `timeout_s` passes or the cloud refuses our Hello (False)."""
         end = time.monotonic() + timeout_s
         with self._state_changed:
-            while not self.is_up:
+            while not self.is_up and self.rejection is None:
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._state_changed.wait(remaining)
-        return True
+        return self.is_up
 
     def handshake(self, timeout_ms: float = 5000.0) -> Welcome:
         """Start the link and wait for the first Welcome, like `CloudLink.handshake`; raises LinkError."""
@@ -319,6 +319,8 @@ class ResilientLink:
                 if isinstance(message, Reject) and message.frame_id == -1 and not self.is_up:
                     self.rejection = message  # our Hello was refused
                     log.error("%s refused the handshake: %s (%s)", self.endpoint, message.reason.value, message.detail)
+                    with self._state_changed:
+                        self._state_changed.notify_all()
                     continue
                 with self._pending_lock:
                     future = self._pending.pop(message.frame_id, None)
