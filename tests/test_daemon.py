@@ -149,3 +149,27 @@ port = {port}
     assert ok and all(r["action"] == "split@res/fp16" and len(r["top"]) == 3 for r in ok)
     assert all("trace_ms" in t and t["link"] == "up" for t in traces if t["status"] == "ok")
     assert logs[-1]["frames"]["ok"] == len(ok)
+
+
+def test_results_on_a_zeromq_pub_socket() -> None:
+    import zmq
+
+    from splitrt.edge.daemon import ZmqPubSink
+
+    sink = ZmqPubSink("tcp://127.0.0.1:*")
+    subscriber = zmq.Context.instance().socket(zmq.SUB)
+    subscriber.setsockopt(zmq.LINGER, 0)
+    subscriber.setsockopt(zmq.SUBSCRIBE, ZmqPubSink.TOPIC)
+    subscriber.connect(sink.endpoint)
+    try:
+        deadline = time.monotonic() + 10
+        received = None
+        while received is None and time.monotonic() < deadline:  # PUB drops until the subscription arrives
+            sink.write({"frame_id": 7, "status": "ok"})
+            if subscriber.poll(50):
+                received = subscriber.recv_multipart()
+        assert received is not None
+        assert received[0] == b"splitrt.result" and json.loads(received[1]) == {"frame_id": 7, "status": "ok"}
+    finally:
+        subscriber.close()
+        sink.close()

@@ -122,3 +122,33 @@ def test_a_hello_for_an_unknown_bundle_is_reported(service, tiny_bundle: Bundle)
     with ResilientLink(service.endpoint, "sha256:" + "0" * 64) as link:
         with pytest.raises(LinkError, match="unknown_bundle"):
             link.handshake(timeout_ms=600)
+
+
+def test_a_hung_cloud_costs_no_deadline_the_frame_falls_back_in_time(tiny_bundle: Bundle) -> None:
+    """SIGSTOP: the connection stays open and takes the request, no reply ever comes."""
+    from splitrt.bench.failover import CloudProcess, free_tcp_port
+    from splitrt.edge.failover import ResilientLink
+    from splitrt.edge.runtime import EdgeRuntime
+
+    cloud = CloudProcess(tiny_bundle.root, free_tcp_port())
+    cloud.start()
+    # Slow heartbeats: the frame's deadline, not the loss detection, is what ends its wait here.
+    link = ResilientLink(cloud.endpoint, tiny_bundle.content_hash, HeartbeatConfig(interval_ms=1000))
+    runtime = EdgeRuntime(tiny_bundle, link, action=Split("res", "fp16"), fallback=Local())
+    photo = np.random.default_rng(1).integers(0, 256, size=(48, 40, 3), dtype=np.uint8)
+    try:
+        link.handshake(10_000)
+        runtime.warm_up()
+        cloud.freeze()
+        outcome = runtime.infer(photo, budget_ms=300)
+        assert link.is_up  # not yet detected: the frame did not wait for that
+        assert outcome.ok and outcome.action == "local" and outcome.planned == "split@res/fp16"
+        assert "no reply from the cloud in time" in outcome.reason
+        assert not outcome.missed_deadline and outcome.latency_ms < 300
+        assert outcome.latency_ms >= 300 - runtime.fallback_reserve_ms() - 50  # it did wait for the cloud first
+        cloud.thaw()
+        assert link.wait_up(5)
+        assert runtime.infer(photo, budget_ms=1000).action == "split@res/fp16"
+    finally:
+        link.close()
+        cloud.stop()
