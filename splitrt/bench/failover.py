@@ -46,10 +46,11 @@ def free_tcp_port() -> int:
 class CloudProcess:
     """A `splitrt cloud serve` subprocess on a fixed loopback port, which can be killed and started again."""
 
-    def __init__(self, bundle_dir: str | Path, port: int, workers: int = 1) -> None:
+    def __init__(self, bundle_dir: str | Path, port: int, workers: int = 1, nice: int = 0) -> None:
         self.bundle_dir = str(bundle_dir)
         self.port = port
         self.workers = workers
+        self.nice = nice  # on one machine, a lower priority keeps the cloud's restart from starving the edge
         self.process: subprocess.Popen[str] | None = None
 
     @property
@@ -69,6 +70,7 @@ class CloudProcess:
             stderr=subprocess.DEVNULL,
             text=True,
             env=env,
+            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None,
         )
         wait_for_ready(self.process, timeout_s)
         return time.monotonic() * 1000.0
@@ -131,6 +133,11 @@ def sample_frames(count: int = 6) -> list[np.ndarray]:
         return [rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8) for _ in range(count)]
 
 
+def waited_on_link(outcome: FrameOutcome) -> bool:
+    """It sent its request and waited for a reply that did not come in time (or the link went down meanwhile)."""
+    return bool(outcome.planned) and not outcome.reason.startswith("cloud unreachable")
+
+
 class CountingSource:
     """Counts the frames a source hands out, so that frames that never ended would show as lost."""
 
@@ -159,6 +166,7 @@ def run_failover(
     down_s: float = 2.0,
     after_s: float = 2.0,
     fault: str = "kill",
+    cloud_nice: int = 10,
 ) -> FailoverResult:
     """Stream, kill the cloud after `before_s`, start it again `down_s` later, stream `after_s` more.
 
@@ -172,7 +180,7 @@ def run_failover(
     from splitrt.edge.sources import PacedSource
 
     bundle = Bundle.load(bundle_dir)
-    cloud = CloudProcess(bundle_dir, free_tcp_port())
+    cloud = CloudProcess(bundle_dir, free_tcp_port(), nice=cloud_nice)
     cloud.start()
     link = ResilientLink(cloud.endpoint, bundle.content_hash, HeartbeatConfig(interval_ms=heartbeat_ms))
     runtime = EdgeRuntime(bundle, link, action=action, fallback=Local())
@@ -267,12 +275,21 @@ def run_failover(
         "frames_ok": sum(o.ok for o in outcomes),
         "frames_dropped": sum(o.status is Status.DROPPED for o in outcomes),
         "frames_fallback": sum(bool(o.planned) for o in outcomes),
-        "fallback_after_waiting": sum(bool(o.planned) and "cloud unreachable" not in o.reason for o in outcomes),
+        "fallback_after_waiting": sum(waited_on_link(o) for o in outcomes),
         "deadline_misses_while_down": sum(o.missed_deadline for o in outcomes if phase(o) == "outage"),
+        # Of those: frames that had sent their request and waited for the lost cloud before falling back ...
+        "misses_after_waiting_on_link": sum(
+            o.missed_deadline and (o.status is Status.TIMEOUT or waited_on_link(o)) for o in outcomes if phase(o) == "outage"),
+        # ... and frames that never touched the link (it was known to be down): the local run itself was late.
+        "misses_running_locally": sum(
+            o.missed_deadline and bool(o.planned) and not waited_on_link(o) for o in outcomes if phase(o) == "outage"),
+        "local_ms_p50_while_down": round(percentile([o.latency_ms for o in outage if o.planned], 50), 2),
+        "local_ms_p95_while_down": round(percentile([o.latency_ms for o in outage if o.planned], 95), 2),
         "deadline_misses_total": sum(o.missed_deadline for o in outcomes),
         "frames_while_down": len(outage),
         "age_p50_ms": round(percentile(ages, 50), 2),
         "age_p95_ms": round(percentile(ages, 95), 2),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
         "by_phase": {p: dict(c) for p, c in by_phase.items()},
     }
     events_s = {k: round((v - kill_ms) / 1000.0, 4) for k, v in events.items()}
@@ -337,8 +354,9 @@ def plot_failover(result: FailoverResult, path: str | Path) -> None:
 
 
 FAILOVER_COLUMNS = (
-    "detect_ms", "detect_budget_ms", "link_up_ms", "recover_ms", "frames_total", "frames_ended", "frames_lost",
-    "frames_fallback", "frames_dropped", "deadline_misses_while_down", "deadline_misses_total", "age_p95_ms",
+    "detect_ms", "link_up_ms", "recover_ms", "frames_total", "frames_ended", "frames_lost",
+    "frames_fallback", "fallback_after_waiting", "frames_dropped", "deadline_misses_while_down",
+    "misses_after_waiting_on_link", "local_ms_p95_while_down", "age_p95_ms", "load_avg_1min",
 )
 
 
@@ -350,6 +368,7 @@ def _failover(args: argparse.Namespace) -> int:
         result = run_failover(
             args.bundle, action, fps=args.fps, budget_ms=args.budget_ms, heartbeat_ms=args.heartbeat_ms,
             before_s=args.before_s, down_s=args.down_s, after_s=args.after_s, fault=args.fault,
+            cloud_nice=args.cloud_nice,
         )
         rows.append({"run": run + 1, **{k: v for k, v in result.summary.items() if k != "by_phase"}})
         last = result
@@ -361,6 +380,7 @@ def _failover(args: argparse.Namespace) -> int:
         "detect_ms <= 3 heartbeat intervals": all(r["detect_ms"] <= r["detect_budget_ms"] for r in rows),
         "recover_ms <= 1000": all(r["recover_ms"] <= 1000 for r in rows),
         "deadline_misses_while_down == 0": all(r["deadline_misses_while_down"] == 0 for r in rows),
+        "no miss from waiting on the dead link": all(r["misses_after_waiting_on_link"] == 0 for r in rows),
     }
     for name, met in targets.items():
         print(f"  {'met ' if met else 'MISSED'}  {name}")
@@ -450,6 +470,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     failover.add_argument("--after-s", type=float, default=3.0, help="streaming after the cloud is back")
     failover.add_argument("--fault", choices=("kill", "freeze"), default="kill",
                           help="kill: SIGKILL then a fresh process; freeze: SIGSTOP then SIGCONT (a hung cloud)")
+    failover.add_argument("--cloud-nice", type=int, default=10,
+                          help="niceness of the cloud process (it shares this machine's cores with the edge)")
     failover.add_argument("--runs", type=int, default=1, help="repeat the whole kill/restart cycle")
     failover.add_argument("--json", help="write the summary (and every frame of the last run) here")
     failover.add_argument("--png", help="plot the frames' actions and latency around the outage here")
