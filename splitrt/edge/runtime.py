@@ -104,7 +104,7 @@ class EdgeRuntime:
         if self.fallback is not None:
             pixels = np.zeros((crop, crop, 3), dtype=np.uint8)
             for _ in range(3):
-                self.infer(pixels, self.fallback, budget_ms=60_000.0)
+                self.infer(pixels, self.fallback, budget_ms=60_000.0, frame_id=0)
 
     def fallback_reserve_ms(self) -> float:
         """Time kept back before a frame's deadline so that the fallback can still finish in time."""
