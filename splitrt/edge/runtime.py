@@ -5,6 +5,7 @@ trace holds each stage's time in milliseconds; it is what the summary tables and
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import time
@@ -75,6 +76,7 @@ class EdgeRuntime:
         if fallback is not None and needs_cloud(fallback):
             raise ValueError(f"the fallback must run on the device, not {fallback.describe()}")
         self.fallback_ms_estimate: float | None = None  # EWMA of the fallback's run time
+        self._fallback_recent_ms: collections.deque[float] = collections.deque(maxlen=32)
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._frame_ids = itertools.count(1)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -107,11 +109,18 @@ class EdgeRuntime:
                 self.infer(pixels, self.fallback, budget_ms=60_000.0, frame_id=0)
 
     def fallback_reserve_ms(self) -> float:
-        """Time kept back before a frame's deadline so that the fallback can still finish in time."""
+        """Time kept back before a frame's deadline so that the fallback can still finish in time:
+        twice its mean run time or its slowest of the last 32 runs, whichever is more, plus 5 ms."""
         if self.fallback is None:
             return 0.0
-        estimate = self.fallback_ms_estimate if self.fallback_ms_estimate is not None else 50.0
-        return 2.0 * estimate + 5.0
+        if self.fallback_ms_estimate is None:
+            return 105.0  # not measured yet (no warm_up): assume a slow device
+        return max(2.0 * self.fallback_ms_estimate, max(self._fallback_recent_ms, default=0.0)) + 5.0
+
+    def _record_fallback_ms(self, took_ms: float) -> None:
+        previous = self.fallback_ms_estimate
+        self.fallback_ms_estimate = took_ms if previous is None else 0.8 * previous + 0.2 * took_ms
+        self._fallback_recent_ms.append(took_ms)
 
     def infer(
         self,
@@ -206,11 +215,11 @@ class EdgeRuntime:
         for stage in ("preprocess", "head", "encode", "network"):
             if stage in outcome.trace_ms:
                 outcome.trace_ms[f"abandoned_{stage}"] = outcome.trace_ms.pop(stage)
+        # Time left when the cloud path was given up: > 0 means waiting on the link cost this frame no deadline.
+        outcome.trace_ms["slack_at_fallback"] = deadline_ms - self.clock_ms()
         started = time.perf_counter()
         self._run(pixels, self.fallback, deadline_ms, outcome)
-        took_ms = _since_ms(started)
-        previous = self.fallback_ms_estimate
-        self.fallback_ms_estimate = took_ms if previous is None else 0.8 * previous + 0.2 * took_ms
+        self._record_fallback_ms(_since_ms(started))
         outcome.reason = f"{why}: ran {outcome.action} instead of {outcome.planned}"
 
     def _run(self, pixels: np.ndarray, action: Action, deadline_ms: float, outcome: FrameOutcome) -> None:
@@ -228,9 +237,7 @@ class EdgeRuntime:
             trace["head"] = _since_ms(t)
             self._merge(logits, outcome)
             if action == self.fallback and not outcome.planned:
-                took_ms = trace["preprocess"] + trace["head"] + trace["merge"]
-                previous = self.fallback_ms_estimate
-                self.fallback_ms_estimate = took_ms if previous is None else 0.8 * previous + 0.2 * took_ms
+                self._record_fallback_ms(trace["preprocess"] + trace["head"] + trace["merge"])
             return
 
         point = manifest.split(INPUT_POINT if isinstance(action, Offload) else action.point)
