@@ -330,10 +330,10 @@ def plot_failover(result: FailoverResult, path: str | Path) -> None:
     top.set_clip_on(False)
     for f_row in (2, 3):
         xs = [f["t_s"] for f in frames if row(f) == f_row]
-        ys = [f["latency_ms"] for f in frames if row(f) == f_row]
+        ys = [f["age_ms"] for f in frames if row(f) == f_row]
         bottom.scatter(xs, ys, s=8, color=colours[f_row], label=list(rows)[3 - f_row])
     bottom.axhline(float(result.summary["budget_ms"]), color="tab:red", lw=0.8, ls=":", label="deadline (budget)")
-    bottom.set_ylabel("latency ms")
+    bottom.set_ylabel("age at result, ms\n(capture to end)")
     bottom.set_xlabel(f"seconds since the cloud process was {'killed' if result.summary.get('fault') == 'kill' else 'frozen'} (capture time)")
     bottom.set_yscale("log")
     events = result.events_s
