@@ -86,7 +86,9 @@ class ResilientLink:
         self._pending_lock = threading.Lock()
         self._state_changed = threading.Condition()
         self._wake_read, self._wake_write = os.pipe()
+        self._fds_closed = False
         os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         self._stop = threading.Event()
         self._heartbeat_seq = 0
         self._heartbeat_sent_ms: dict[int, float] = {}
@@ -106,6 +108,7 @@ class ResilientLink:
         self._wake()
         if self._started:
             self._thread.join(5)
+        self._fds_closed = True
         for fd in (self._wake_read, self._wake_write):
             try:
                 os.close(fd)
@@ -162,6 +165,9 @@ class ResilientLink:
     def submit(self, frames: Sequence[bytes | memoryview], frame_id: int) -> "Future[Envelope]":
         """Queue an encoded Infer; the future gets its Result/Reject envelope, or LinkDown."""
         future: Future[Envelope] = Future()
+        if self._stop.is_set():
+            future.set_exception(LinkDown(f"link to {self.endpoint} is closed"))
+            return future
         if not self.is_up:
             future.set_exception(LinkDown(f"cloud at {self.endpoint} is {self.state.value}"))
             return future
@@ -181,6 +187,8 @@ class ResilientLink:
 
     # -- I/O thread ------------------------------------------------------------------------------------------
     def _wake(self) -> None:
+        if self._fds_closed:
+            return
         try:
             os.write(self._wake_write, b"\0")
         except (BlockingIOError, OSError):
