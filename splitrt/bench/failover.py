@@ -439,8 +439,11 @@ def run_freshness(
     done = [o for o in outcomes if o.ok]
     ages = [o.age_ms for o in done]
     latencies = [o.latency_ms for o in done]
+    first_capture = min((o.capture_ms for o in outcomes), default=0.0)
+    series = [[round((o.capture_ms - first_capture) / 1000.0, 4), round(o.age_ms, 2)] for o in done]
     return {
         "mode": "latest-frame-wins" if mode == "latest" else "fifo (no dropping)",
+        "series_capture_s_age_ms": series,
         "source_fps": fps,
         "model_runs_per_frame": repeat,
         "frames_total": len({o.frame_id for o in outcomes}),
@@ -465,12 +468,40 @@ def _freshness(args: argparse.Namespace) -> int:
         run_freshness(args.bundle, args.fps, args.seconds, args.model_runs, mode, args.budget_ms)
         for mode in args.modes.split(",")
     ]
+    series = {str(r["mode"]): r.pop("series_capture_s_age_ms") for r in rows}
     print(format_table(rows, ("mode", "source_fps", "model_runs_per_frame", "pipeline_ms_p50", "pipeline_ms_p95",
                               "results_per_s", "frames_total", "frames_ok", "frames_dropped", "age_p50_ms", "age_p95_ms",
                               "age_max_ms", "age_p95_over_pipeline_p95", "deadline_misses", "load_avg_1min")))
     if args.json:
-        write_json(args.json, "freshness", rows, bundle=str(args.bundle), seconds=args.seconds)
+        write_json(args.json, "freshness", rows, bundle=str(args.bundle), seconds=args.seconds, series=series)
+    if args.png:
+        plot_freshness(rows, series, args.png)
+        print(f"wrote {args.png}")
     return 0
+
+
+def plot_freshness(rows: list[dict[str, object]], series: dict[str, list[list[float]]], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for row, colour in zip(rows, ("tab:blue", "tab:red", "tab:green")):
+        points = series[str(row["mode"])]
+        ax.plot([p[0] for p in points], [p[1] for p in points], ".", ms=4, color=colour,
+                label=f"{row['mode']}: p95 age {row['age_p95_ms']:.0f} ms, {row['frames_dropped']} dropped")
+    ax.set_yscale("log")
+    ax.set_xlabel("capture time, s")
+    ax.set_ylabel("age of the result, ms (capture to end)")
+    first = rows[0]
+    ax.set_title(f"{first['source_fps']:.0f} fps source, pipeline p50 {first['pipeline_ms_p50']:.0f} ms "
+                 f"({first['model_runs_per_frame']} model runs per frame)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -501,4 +532,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     fresh.add_argument("--budget-ms", type=float, default=500.0)
     fresh.add_argument("--modes", default="latest,fifo", help="latest (latest frame wins) and/or fifo")
     fresh.add_argument("--json", help="write the rows here")
+    fresh.add_argument("--png", help="plot the age of every result over time here")
     fresh.set_defaults(func=_freshness)
