@@ -174,7 +174,7 @@ def run_failover(
     down_s: float = 2.0,
     after_s: float = 2.0,
     fault: str = "kill",
-    cloud_nice: int = 10,
+    cloud_nice: int = 0,
 ) -> FailoverResult:
     """Stream, kill the cloud after `before_s`, start it again `down_s` later, stream `after_s` more.
 
@@ -516,8 +516,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     failover.add_argument("--after-s", type=float, default=3.0, help="streaming after the cloud is back")
     failover.add_argument("--fault", choices=("kill", "freeze"), default="kill",
                           help="kill: SIGKILL then a fresh process; freeze: SIGSTOP then SIGCONT (a hung cloud)")
-    failover.add_argument("--cloud-nice", type=int, default=10,
-                          help="niceness of the cloud process (it shares this machine's cores with the edge)")
+    failover.add_argument("--cloud-nice", type=int, default=0,
+                          help="niceness added to the cloud process (it shares this machine's cores with the edge)")
     failover.add_argument("--runs", type=int, default=1, help="repeat the whole kill/restart cycle")
     failover.add_argument("--json", help="write the summary (and every frame of the last run) here")
     failover.add_argument("--png", help="plot the frames' actions and latency around the outage here")
