@@ -140,12 +140,14 @@ def test_a_hung_cloud_costs_no_deadline_the_frame_falls_back_in_time(tiny_bundle
         link.handshake(10_000)
         runtime.warm_up()
         cloud.freeze()
-        outcome = runtime.infer(photo, budget_ms=300)
-        assert link.is_up  # not yet detected: the frame did not wait for that
+        budget_ms = 1000.0
+        outcome = runtime.infer(photo, budget_ms=budget_ms)
+        assert link.is_up  # not yet detected (2.5 s): the frame did not wait for that
         assert outcome.ok and outcome.action == "local" and outcome.planned == "split@res/fp16"
-        assert "no reply from the cloud in time" in outcome.reason
-        assert not outcome.missed_deadline and outcome.latency_ms < 300
-        assert outcome.latency_ms >= 300 - runtime.fallback_reserve_ms() - 50  # it did wait for the cloud first
+        assert "no reply from the cloud in time" in outcome.reason, outcome.reason
+        assert not outcome.missed_deadline and outcome.latency_ms < budget_ms
+        # It waited for the cloud first, up to the time the fallback needs.
+        assert outcome.trace_ms["abandoned_network"] >= budget_ms - runtime.fallback_reserve_ms() - 100
         cloud.thaw()
         assert link.wait_up(5)
         assert runtime.infer(photo, budget_ms=1000).action == "split@res/fp16"

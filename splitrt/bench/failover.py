@@ -304,6 +304,13 @@ def run_failover(
     return FailoverResult(summary, frames, events_s)
 
 
+def fallback_reasons(result: FailoverResult) -> dict[str, int]:
+    """Why frames captured after the cloud was back still ran locally (reason text up to the colon)."""
+    ready_s = result.events_s.get("ready", float("inf"))
+    reasons = Counter(str(f["reason"]).split(":")[0] for f in result.frames if f["planned"] and float(f["t_s"]) >= ready_s)
+    return dict(reasons)
+
+
 def plot_failover(result: FailoverResult, path: str | Path) -> None:
     import matplotlib
 
@@ -371,6 +378,7 @@ FAILOVER_COLUMNS = (
 def _failover(args: argparse.Namespace) -> int:
     action = parse_action(args.split)
     rows = []
+    frames_by_run: list[list[dict[str, object]]] = []
     last: FailoverResult | None = None
     for run in range(args.runs):
         result = run_failover(
@@ -378,7 +386,9 @@ def _failover(args: argparse.Namespace) -> int:
             before_s=args.before_s, down_s=args.down_s, after_s=args.after_s, fault=args.fault,
             cloud_nice=args.cloud_nice,
         )
-        rows.append({"run": run + 1, **{k: v for k, v in result.summary.items() if k != "by_phase"}})
+        rows.append({"run": run + 1, **{k: v for k, v in result.summary.items() if k != "by_phase"},
+                     "events_s": result.events_s, "fallback_reasons_after_return": fallback_reasons(result)})
+        frames_by_run.append(result.frames)
         last = result
         print(f"run {run + 1}: by phase {result.summary['by_phase']}")
     print(format_table(rows, ("run", *FAILOVER_COLUMNS)))
@@ -394,7 +404,7 @@ def _failover(args: argparse.Namespace) -> int:
         print(f"  {'met ' if met else 'MISSED'}  {name}")
     if args.json:
         write_json(args.json, "failover", rows, targets=targets, by_phase=last.summary["by_phase"],
-                   events_s=last.events_s, frames=last.frames, bundle=str(args.bundle))
+                   events_s=last.events_s, frames=last.frames, frames_by_run=frames_by_run, bundle=str(args.bundle))
     if args.png:
         plot_failover(last, args.png)
         print(f"wrote {args.png}")

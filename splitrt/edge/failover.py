@@ -22,6 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Sequence
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from splitrt.edge.health import HeartbeatConfig, LinkHealth, LinkState, Step
 from splitrt.edge.link import LinkError
@@ -78,6 +79,7 @@ class ResilientLink:
         self.stale_replies = 0
         self.heartbeats_sent = 0
         self.reconnects = 0
+        self.disconnects = 0
         self._context = context or zmq.Context.instance()
         self._health = LinkHealth(config, clock_ms())
         self._listeners: list[StateListener] = []
@@ -201,8 +203,9 @@ class ResilientLink:
         # libzmq's own TCP reconnect: every 50 ms, backing off to 100 ms (cheap on a refused port).
         socket.setsockopt(zmq.RECONNECT_IVL, 50)
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(min(100.0, self.config.backoff_max_ms)))
-        # Hello goes out the moment a ZMTP handshake completes (a frozen peer accepts TCP but never greets).
-        self._monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        # Hello goes out the moment a ZMTP handshake completes (a frozen peer accepts TCP but never greets);
+        # a dropped connection fails the requests on it at once (a reply can never come back on another).
+        self._monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         socket.connect(self.endpoint)
         return socket
 
@@ -241,13 +244,20 @@ class ResilientLink:
             self._fail_outbox("link closed")
 
     def _on_connected(self, socket: zmq.Socket) -> None:
-        """A connection came up (the cloud is back, or first reachable): say Hello at once, no backoff wait."""
+        """Connection events. Up (the cloud is back, or first reachable): say Hello at once, no backoff wait.
+        Dropped: the requests sent on it cannot be answered any more; they fail now, not at their deadline."""
+        connected = dropped = False
         while True:
             try:
-                self._monitor.recv_multipart(zmq.NOBLOCK)
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-        if not self.is_up:
+            connected |= event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            dropped |= event["event"] == zmq.EVENT_DISCONNECTED
+        if dropped:
+            self.disconnects += 1
+            self._fail_pending(f"connection to {self.endpoint} dropped")
+        if connected and not self.is_up:
             log.debug("connected to %s: hello", self.endpoint)
             self._try_send(socket, encode(Hello(self.client_id, self.bundle_hash)))
 
