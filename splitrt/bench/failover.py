@@ -404,7 +404,7 @@ def _failover(args: argparse.Namespace) -> int:
         print(f"  {'met ' if met else 'MISSED'}  {name}")
     if args.json:
         write_json(args.json, "failover", rows, targets=targets, by_phase=last.summary["by_phase"],
-                   events_s=last.events_s, frames=last.frames, frames_by_run=frames_by_run, bundle=str(args.bundle))
+                   events_s=last.events_s, frames_by_run=frames_by_run, bundle=str(args.bundle))
     if args.png:
         plot_failover(last, args.png)
         print(f"wrote {args.png}")
@@ -529,7 +529,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     failover.add_argument("--cloud-nice", type=int, default=0,
                           help="niceness added to the cloud process (it shares this machine's cores with the edge)")
     failover.add_argument("--runs", type=int, default=1, help="repeat the whole kill/restart cycle")
-    failover.add_argument("--json", help="write the summary (and every frame of the last run) here")
+    failover.add_argument("--json", help="write the summary and every frame of every run here")
     failover.add_argument("--png", help="plot the frames' actions and latency around the outage here")
     failover.set_defaults(func=_failover)
 
