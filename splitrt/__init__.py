@@ -3,6 +3,7 @@
 The public API, imported lazily so that `import splitrt.protocol` stays light:
 
     from splitrt import Bundle, CloudLink, EdgeRuntime, Local, Offload, Split, TailService
+    from splitrt import ResilientLink, VideoSource, TrackSource   # failover link, video/WebRTC sources
 """
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ _EXPORTS = {
     "EdgeRuntime": "splitrt.edge.runtime",
     "CloudLink": "splitrt.edge.link",
     "LinkError": "splitrt.edge.link",
+    "ResilientLink": "splitrt.edge.failover",
+    "LinkDown": "splitrt.edge.failover",
+    "HeartbeatConfig": "splitrt.edge.health",
+    "LinkState": "splitrt.edge.health",
+    "ImageFolderSource": "splitrt.edge.sources",
+    "PacedSource": "splitrt.edge.sources",
+    "VideoSource": "splitrt.edge.sources",
+    "TrackSource": "splitrt.edge.webrtc",
+    "EdgeDaemon": "splitrt.edge.daemon",
+    "load_config": "splitrt.edge.config",
     "TailService": "splitrt.cloud.service",
     "ServiceConfig": "splitrt.cloud.service",
     "Skip": "splitrt.actions",

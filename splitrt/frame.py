@@ -27,6 +27,7 @@ class Status(str, enum.Enum):
     REJECTED = "rejected"
     FAILED = "failed"
     TIMEOUT = "timeout"
+    DROPPED = "dropped"  # a real-time source replaced it with a newer frame before it was processed
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,22 @@ class FrameOutcome:
     bytes_received: int = 0
     latency_ms: float = 0.0
     source: str = ""
+    planned: str = ""  # the action asked for, when another one ran instead (fallback while the cloud is away)
+    capture_ms: float = 0.0  # unix epoch ms when the frame was captured (0: unknown)
+    deadline_ms: float = 0.0  # absolute, unix epoch ms (0: none)
+    done_ms: float = 0.0  # unix epoch ms when the frame ended
+
+    @property
+    def age_ms(self) -> float:
+        """How old the frame's pixels were when its outcome was ready (capture to end); 0 if unknown."""
+        return self.done_ms - self.capture_ms if self.capture_ms and self.done_ms else 0.0
+
+    @property
+    def missed_deadline(self) -> bool:
+        """Ended after its deadline, or timed out waiting for it (a dropped or skipped frame misses nothing)."""
+        if self.status is Status.TIMEOUT:
+            return True
+        return bool(self.deadline_ms and self.done_ms and self.done_ms > self.deadline_ms)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +79,7 @@ class FrameOutcome:
             "frame_id": self.frame_id,
             "source": self.source,
             "action": self.action,
+            "planned": self.planned,
             "status": self.status.value,
             "reason": self.reason,
             "top": [
@@ -69,6 +87,10 @@ class FrameOutcome:
                 for p in self.top
             ],
             "latency_ms": round(self.latency_ms, 3),
+            "capture_ms": round(self.capture_ms, 3),
+            "age_ms": round(self.age_ms, 3),
+            "deadline_ms": round(self.deadline_ms, 3),
+            "missed_deadline": self.missed_deadline,
             "trace_ms": {k: round(v, 3) for k, v in self.trace_ms.items()},
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,

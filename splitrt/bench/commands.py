@@ -10,6 +10,7 @@ SCENARIOS = (
     "splitrt.bench.serve",
     "splitrt.bench.prefilter",
     "splitrt.bench.policy",
+    "splitrt.bench.failover",
 )
 
 

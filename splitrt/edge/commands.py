@@ -28,6 +28,18 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed and len(failed) == len(outcomes) else 0
 
 
+def _daemon(args: argparse.Namespace) -> int:
+    from splitrt.edge.config import load_config
+
+    config = load_config(args.config)
+    if args.check:
+        print(f"{args.config}: ok")
+        return 0
+    from splitrt.edge.daemon import main
+
+    return main(config)
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     edge = commands.add_parser("edge", help="the edge agent")
     sub = edge.add_subparsers(dest="edge_command", required=True)
@@ -46,3 +58,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--json", help="write one JSON line per frame here")
     run.add_argument("--connect-timeout-ms", type=float, default=10000.0, help="how long to wait for the handshake")
     run.set_defaults(func=_run)
+
+    daemon = sub.add_parser("daemon", help="the unattended agent: stream a source with failover, metrics and logs")
+    daemon.add_argument("--config", required=True, help="TOML configuration (see deploy/edge.toml)")
+    daemon.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    daemon.set_defaults(func=_daemon)

@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import zmq
 
@@ -56,6 +56,13 @@ class CurveClientKeys:
         if not secret:
             raise LinkError(f"{client_secret_file} holds no secret key (use the .key_secret file)")
         return cls(server_public, public, secret)
+class Link(Protocol):
+    """What the runtime needs of a link: `CloudLink` (plain) or `ResilientLink` (heartbeats, failover)."""
+
+    @property
+    def is_up(self) -> bool: ...
+
+    def request(self, frames: Sequence[bytes | memoryview], frame_id: int, timeout_ms: float) -> Envelope | None: ...
 
 
 class CloudLink:
@@ -84,6 +91,12 @@ class CloudLink:
             self._socket.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
             self._socket.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
         self._socket.connect(endpoint)
+
+    @property
+    def is_up(self) -> bool:
+        """Handshake done. This link has no heartbeats: a lost cloud shows only as failed or timed-out requests
+        (use `splitrt.edge.failover.ResilientLink` for detection and reconnection)."""
+        return self.welcome is not None
 
     def close(self) -> None:
         self._socket.close(linger=0)

@@ -5,9 +5,11 @@ trace holds each stage's time in milliseconds; it is what the summary tables and
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import itertools
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -16,10 +18,15 @@ from splitrt.actions import Action, Local, Offload, Skip, Split
 from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, TAIL_INPUT_NAME, Bundle, BundleError
 from splitrt.codecs import CodecError, UnknownCodec, get_codec
 from splitrt.devices.ort import create_session
-from splitrt.edge.link import CloudLink, LinkError
-from splitrt.frame import FrameOutcome, Prediction, Status
+from splitrt.edge.link import Link, LinkError
+from splitrt.frame import Frame, FrameOutcome, Prediction, Status
 from splitrt.imaging import crop_for_model
 from splitrt.protocol import Infer, Reject, Result, TensorSpec, encode, tensor_from_payload
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from splitrt.edge.sources import FrameSource
 
 
 def wall_clock_ms() -> float:
@@ -34,24 +41,47 @@ def softmax_top(logits: np.ndarray, labels: Callable[[int], str], k: int = 5) ->
     return [Prediction(int(i), labels(int(i)), float(probabilities[i])) for i in order]
 
 
+class _FallBack(Exception):
+    """The cloud path cannot deliver this frame in time; run the fallback action instead."""
+
+
+def needs_cloud(action: Action) -> bool:
+    return isinstance(action, (Split, Offload))
+
+
 class EdgeRuntime:
-    """Runs frames of one bundle on this device, and through `link` on the cloud when the action says so."""
+    """Runs frames of one bundle on this device, and through `link` on the cloud when the action says so.
+
+    `action` is what `infer` and `run` do when not told otherwise. With a `fallback` action (e.g. `Local()`),
+    a frame whose cloud path fails runs that action instead and still ends in time: when the link is known
+    to be down the frame never touches it; when a reply is outstanding, the frame waits for it only until
+    its deadline minus the fallback's measured run time (times 2, plus 5 ms), then runs the fallback.
+    """
 
     def __init__(
         self,
         bundle: Bundle,
-        link: CloudLink | None = None,
+        link: Link | None = None,
         intra_op_threads: int = 1,
         clock_ms: Callable[[], float] = wall_clock_ms,
         exit_threshold: float = 0.0,
+        action: Action = Local(),
+        fallback: Action | None = None,
     ) -> None:
         self.bundle = bundle
         self.link = link
         self.exit_threshold = exit_threshold  # an exit less confident than this continues to the final classifier
         self.intra_op_threads = intra_op_threads
         self.clock_ms = clock_ms
+        self.action = action
+        self.fallback = fallback
+        if fallback is not None and needs_cloud(fallback):
+            raise ValueError(f"the fallback must run on the device, not {fallback.describe()}")
+        self.fallback_ms_estimate: float | None = None  # EWMA of the fallback's run time
+        self._fallback_recent_ms: collections.deque[float] = collections.deque(maxlen=16)
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._frame_ids = itertools.count(1)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _session(self, file_name: str) -> ort.InferenceSession:
         session = self._sessions.get(file_name)
@@ -60,10 +90,14 @@ class EdgeRuntime:
             self._sessions[file_name] = session
         return session
 
-    def warm_up(self, actions: list[Action]) -> None:
-        """Load the sessions the actions need and run each once, so the first frame is not an outlier."""
+    def warm_up(self, actions: list[Action] | None = None) -> None:
+        """Load the sessions the actions need and run each once, so the first frame is not an outlier.
+
+        Also times the fallback action (three runs), which sets how long a frame may wait for the cloud.
+        """
         crop = self.bundle.manifest.preprocess.crop
         image = np.zeros((1, crop, crop, 3), dtype=np.uint8)
+        actions = list(actions) if actions is not None else [self.action]
         for action in actions:
             if isinstance(action, Local):
                 self._session(self.bundle.manifest.full_file).run(None, {HEAD_INPUT_NAME: image})
@@ -71,32 +105,126 @@ class EdgeRuntime:
                 point = self.bundle.manifest.split(action.point)
                 if point.head_file:
                     self._session(point.head_file).run(None, {HEAD_INPUT_NAME: image})
+        if self.fallback is not None:
+            pixels = np.zeros((crop, crop, 3), dtype=np.uint8)
+            for _ in range(3):
+                self.infer(pixels, self.fallback, budget_ms=60_000.0, frame_id=0)
+
+    def fallback_reserve_ms(self) -> float:
+        """Time kept back before a frame's deadline so that the fallback can still finish in time: twice its
+        mean run time or the 90th percentile of its last 16 runs, whichever is more, plus 5 ms. (A frame
+        keeps at most half of the time it has left, see `_send`.)"""
+        if self.fallback is None:
+            return 0.0
+        if self.fallback_ms_estimate is None:
+            return 105.0  # not measured yet (no warm_up): assume a slow device
+        recent = float(np.percentile(self._fallback_recent_ms, 90)) if self._fallback_recent_ms else 0.0
+        return max(2.0 * self.fallback_ms_estimate, recent) + 5.0
+
+    def _record_fallback_ms(self, took_ms: float) -> None:
+        previous = self.fallback_ms_estimate
+        self.fallback_ms_estimate = took_ms if previous is None else 0.8 * previous + 0.2 * took_ms
+        self._fallback_recent_ms.append(took_ms)
 
     def infer(
         self,
-        pixels: np.ndarray,
-        action: Action,
+        pixels: np.ndarray | Frame,
+        action: Action | None = None,
         deadline_ms: float | None = None,
         budget_ms: float = 1000.0,
         frame_id: int | None = None,
         source: str = "",
     ) -> FrameOutcome:
-        """Run one RGB frame (HWC uint8, any size) through `action`; never waits past its deadline."""
+        """Run one RGB frame (HWC uint8, any size, or a `Frame`) through `action`; never waits past its deadline.
+
+        A `Frame` brings its own id, capture time, deadline and source name.
+        """
         start_ms = self.clock_ms()
+        capture_ms = start_ms
+        if isinstance(pixels, Frame):
+            frame = pixels
+            pixels, frame_id, source, capture_ms = frame.pixels, frame.frame_id, frame.source, frame.capture_ms
+            if deadline_ms is None and frame.deadline_ms > 0:
+                deadline_ms = frame.deadline_ms
+            if deadline_ms is None:
+                deadline_ms = capture_ms + budget_ms
+        action = self.action if action is None else action
         frame_id = next(self._frame_ids) if frame_id is None else frame_id
         deadline_ms = start_ms + budget_ms if deadline_ms is None else deadline_ms
-        outcome = FrameOutcome(frame_id=frame_id, action=action.describe(), status=Status.OK, source=source)
+        outcome = FrameOutcome(
+            frame_id=frame_id, action=action.describe(), status=Status.OK, source=source,
+            capture_ms=capture_ms, deadline_ms=deadline_ms,
+        )
         try:
             if isinstance(action, Skip):
                 outcome.status, outcome.reason = Status.SKIPPED, "skipped by request"
+            elif needs_cloud(action) and self.fallback is not None and not self._link_up():
+                self._run_fallback(pixels, deadline_ms, outcome, "cloud unreachable")
             else:
-                self._run(pixels, action, deadline_ms, outcome)
+                try:
+                    self._run(pixels, action, deadline_ms, outcome)
+                except _FallBack as why:
+                    self._run_fallback(pixels, deadline_ms, outcome, str(why))
         except (BundleError, CodecError, UnknownCodec, KeyError, ValueError) as exc:
             outcome.status, outcome.reason = Status.FAILED, str(exc)
-        outcome.latency_ms = self.clock_ms() - start_ms
-        if outcome.ok and self.clock_ms() > deadline_ms:
-            outcome.reason = f"late by {self.clock_ms() - deadline_ms:.1f} ms"
+        outcome.done_ms = self.clock_ms()
+        outcome.latency_ms = outcome.done_ms - start_ms
+        if outcome.ok and outcome.done_ms > deadline_ms:
+            late = f"late by {outcome.done_ms - deadline_ms:.1f} ms"
+            outcome.reason = f"{outcome.reason}; {late}" if outcome.reason else late
         return outcome
+
+    def run(
+        self,
+        source: "FrameSource",
+        action: Action | None = None,
+        budget_ms: float = 1000.0,
+        stop: "asyncio.Event | None" = None,
+        max_queue: int = 4,
+    ) -> AsyncIterator[FrameOutcome]:
+        """Run every frame of `source`, yielding outcomes as they complete (an async generator).
+
+        A real-time source (camera, WebRTC track, paced video) never builds a backlog: the newest frame
+        replaces one still waiting, and the replaced frame ends with `Status.DROPPED`. Other sources wait
+        for the pipeline (at most `max_queue` frames ahead). Frames run one at a time on this runtime's
+        inference thread; setting `stop` ends the stream after the frames already taken.
+        """
+        from splitrt.edge.stream import run_stream
+
+        return run_stream(self, source, action=action, budget_ms=budget_ms, stop=stop, max_queue=max_queue)
+
+    @property
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The one thread that runs this runtime's frames for `run` (ONNX Runtime sessions stay on it)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="splitrt-infer")
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _link_up(self) -> bool:
+        return self.link is not None and bool(getattr(self.link, "is_up", True))
+
+    def _run_fallback(self, pixels: np.ndarray, deadline_ms: float, outcome: FrameOutcome, why: str) -> None:
+        assert self.fallback is not None
+        outcome.planned = outcome.action
+        outcome.action = self.fallback.describe()
+        outcome.status = Status.OK
+        outcome.bytes_received = 0
+        outcome.top, outcome.logits = [], None
+        # The abandoned cloud attempt's stages stay in the trace under their own names.
+        for stage in ("preprocess", "head", "encode", "network"):
+            if stage in outcome.trace_ms:
+                outcome.trace_ms[f"abandoned_{stage}"] = outcome.trace_ms.pop(stage)
+        # Time left when the cloud path was given up: > 0 means waiting on the link cost this frame no deadline.
+        outcome.trace_ms["slack_at_fallback"] = deadline_ms - self.clock_ms()
+        started = time.perf_counter()
+        self._run(pixels, self.fallback, deadline_ms, outcome)
+        self._record_fallback_ms(_since_ms(started))
+        outcome.reason = f"{why}: ran {outcome.action} instead of {outcome.planned}"
 
     def _run(self, pixels: np.ndarray, action: Action, deadline_ms: float, outcome: FrameOutcome) -> None:
         trace = outcome.trace_ms
@@ -108,11 +236,13 @@ class EdgeRuntime:
         if isinstance(action, Local):
             if action.exit is not None:
                 self._run_exit(image, action.exit, outcome)
-                return
-            t = time.perf_counter()
-            logits = self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image})[0]
-            trace["head"] = _since_ms(t)
-            self._merge(logits, outcome)
+            else:
+                t = time.perf_counter()
+                logits = self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image})[0]
+                trace["head"] = _since_ms(t)
+                self._merge(logits, outcome)
+            if action == self.fallback and not outcome.planned:
+                self._record_fallback_ms(sum(trace.values()))
             return
 
         point = manifest.split(INPUT_POINT if isinstance(action, Offload) else action.point)
@@ -148,17 +278,31 @@ class EdgeRuntime:
         frames = encode(infer, [payload])  # type: ignore[list-item]
         outcome.bytes_sent = sum(memoryview(f).nbytes for f in frames)
         sent = time.perf_counter()
+        # Wait for the cloud until the fallback's reserve, but give the cloud at least half of the time left:
+        # when the device is (momentarily) too slow for the deadline, the cloud is the better chance.
+        left_ms = deadline_ms - self.clock_ms()
+        wait_ms = left_ms - min(self.fallback_reserve_ms(), left_ms / 2.0)
+        if self.fallback is not None and wait_ms <= 0:
+            raise _FallBack("no time left to wait for the cloud")
         try:
-            envelope = self.link.request(frames, outcome.frame_id, deadline_ms - self.clock_ms())
+            envelope = self.link.request(frames, outcome.frame_id, wait_ms)
         except LinkError as exc:
+            if self.fallback is not None:
+                outcome.trace_ms["network"] = _since_ms(sent)
+                raise _FallBack(f"cloud link failed ({exc})") from exc
             outcome.status, outcome.reason = Status.FAILED, str(exc)
             return
         round_trip_ms = _since_ms(sent)
         if envelope is None:
-            outcome.status, outcome.reason = Status.TIMEOUT, "no reply from the cloud before the deadline"
             outcome.trace_ms["network"] = round_trip_ms
+            if self.fallback is not None:
+                raise _FallBack("no reply from the cloud in time")
+            outcome.status, outcome.reason = Status.TIMEOUT, "no reply from the cloud before the deadline"
             return
         message = envelope.message
+        if isinstance(message, Reject) and self.fallback is not None:
+            outcome.trace_ms["network"] = round_trip_ms
+            raise _FallBack(f"cloud rejected it ({message.reason.value})")
         if isinstance(message, Reject):
             outcome.status = Status.EXPIRED if message.reason.value == "expired" else Status.REJECTED
             outcome.reason = f"{message.reason.value}: {message.detail}"

@@ -1,12 +1,20 @@
-"""Frame sources: an image file, a folder of images, or the sample images that scikit-image/scikit-learn ship."""
+"""Frame sources: image files and folders, the sample images that scikit-image/scikit-learn ship, and the
+streaming sources that `EdgeRuntime.run` takes: image folders, paced frames, video files and cameras (PyAV).
+The WebRTC track source lives in `splitrt.edge.webrtc` (it needs aiortc)."""
 from __future__ import annotations
 
+import asyncio
+import itertools
+import queue
+import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
+from splitrt.frame import Frame
 from splitrt.imaging import list_images, load_rgb
 
 SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "colorwheel")
@@ -45,3 +53,234 @@ def write_sample_images(folder: str | Path) -> list[Path]:
             Image.fromarray(pixels).save(target, quality=95)
         written.append(target)
     return written
+
+
+# --------------------------------------------------------------------------- streaming sources (async)
+
+
+def wall_clock_ms() -> float:
+    return time.time() * 1000.0
+
+
+class FrameSource(Protocol):
+    """An async iterable of frames. `realtime`: frames come whether or not the pipeline keeps up (a camera),
+    so `EdgeRuntime.run` keeps only the newest waiting frame; otherwise the source waits for the pipeline."""
+
+    realtime: bool
+
+    def __aiter__(self) -> AsyncIterator[Frame]: ...
+
+
+class ImageFolderSource:
+    """Every image of a file or folder (in name order), `repeat` times; waits for the pipeline."""
+
+    realtime = False
+
+    def __init__(self, path: str | Path, repeat: int = 1, clock_ms: Callable[[], float] = wall_clock_ms) -> None:
+        self.path = Path(path)
+        self.repeat = repeat
+        self.clock_ms = clock_ms
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def __aiter__(self) -> AsyncIterator[Frame]:
+        frame_ids = itertools.count(1)
+        for _ in range(self.repeat):
+            for name, pixels in image_source(self.path):
+                if self._closed:
+                    return
+                yield Frame(next(frame_ids), pixels, self.clock_ms(), 0.0, name)
+                await asyncio.sleep(0)
+
+
+class PacedSource:
+    """Frames at a fixed rate from a list of images (cycled), like a camera: `count` frames or until closed.
+
+    A tick that the event loop misses is not made up with a burst, as a camera would not either.
+    """
+
+    realtime = True
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        fps: float,
+        count: int | None = None,
+        name: str = "paced",
+        clock_ms: Callable[[], float] = wall_clock_ms,
+    ) -> None:
+        if not images:
+            raise ValueError("PacedSource needs at least one image")
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.images = list(images)
+        self.fps = fps
+        self.count = count
+        self.name = name
+        self.clock_ms = clock_ms
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def __aiter__(self) -> AsyncIterator[Frame]:
+        period_s = 1.0 / self.fps
+        next_tick = time.monotonic()
+        for index in itertools.count():
+            if self._closed or (self.count is not None and index >= self.count):
+                return
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_tick = time.monotonic()  # late: no catch-up burst
+            next_tick += period_s
+            if self._closed:
+                return
+            yield Frame(index + 1, self.images[index % len(self.images)], self.clock_ms(), 0.0, f"{self.name}#{index + 1}")
+
+
+class VideoSource:
+    """Frames decoded by PyAV from a video file, a camera (`format="v4l2"`, `avfoundation`, `dshow`) or any
+    URL FFmpeg opens (RTSP, ...). Decoding runs on its own thread.
+
+    `realtime=True` for a live camera or stream; for a file it also paces the frames at their timestamps,
+    i.e. plays the file like a camera (30 fps file -> 30 frames per second). `realtime=False` decodes as
+    fast as the pipeline takes frames. `loop` restarts a file at its end; `max_frames` stops early.
+    """
+
+    def __init__(
+        self,
+        url: str | Path,
+        realtime: bool = False,
+        format: str | None = None,
+        options: dict[str, str] | None = None,
+        loop: bool = False,
+        max_frames: int | None = None,
+        clock_ms: Callable[[], float] = wall_clock_ms,
+    ) -> None:
+        self.url = str(url)
+        self.realtime = realtime
+        self.format = format
+        self.options = dict(options or {})
+        self.loop = loop
+        self.max_frames = max_frames
+        self.clock_ms = clock_ms
+        self.name = Path(self.url).name if format is None else self.url
+        self._stop = threading.Event()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _read(self, out: "queue.Queue[object]") -> None:
+        """Decoder thread: puts (pixels, capture_ms), an exception, or _END_OF_STREAM."""
+        try:
+            import av
+        except ImportError as exc:
+            out.put(ImportError("video sources need PyAV: pip install 'splitrt[webrtc]' (or pip install av)"))
+            return
+        try:
+            produced = 0
+            paced_file = self.realtime and self.format is None
+            while not self._stop.is_set():
+                with av.open(self.url, format=self.format, options=self.options) as container:
+                    if not container.streams.video:
+                        raise ValueError(f"{self.url} has no video stream")
+                    stream = container.streams.video[0]
+                    start = time.monotonic()
+                    first_time: float | None = None
+                    for frame in container.decode(stream):
+                        if self._stop.is_set() or (self.max_frames is not None and produced >= self.max_frames):
+                            out.put(_END_OF_STREAM)
+                            return
+                        if paced_file and frame.time is not None:
+                            first_time = frame.time if first_time is None else first_time
+                            delay = start + (frame.time - first_time) - time.monotonic()
+                            if delay > 0 and self._stop.wait(delay):
+                                break
+                        item = (frame.to_ndarray(format="rgb24"), self.clock_ms())
+                        if self.realtime:
+                            out.put(item)  # never blocks the decoder: the runtime keeps only the newest
+                        else:
+                            while not self._stop.is_set():
+                                try:
+                                    out.put(item, timeout=0.1)
+                                    break
+                                except queue.Full:
+                                    continue
+                        produced += 1
+                if not self.loop:
+                    break
+            out.put(_END_OF_STREAM)
+        except Exception as exc:  # handed to the async side, which raises it
+            out.put(exc)
+
+    async def __aiter__(self) -> AsyncIterator[Frame]:
+        self._stop.clear()
+        items: queue.Queue[object] = queue.Queue(maxsize=0 if self.realtime else 2)
+        thread = threading.Thread(target=self._read, args=(items,), name="splitrt-decode", daemon=True)
+        thread.start()
+        loop = asyncio.get_running_loop()
+        frame_ids = itertools.count(1)
+        try:
+            while True:
+                item = await loop.run_in_executor(None, _get_or_end, items, self._stop)
+                if item is _END_OF_STREAM:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                pixels, capture_ms = item  # type: ignore[misc]
+                frame_id = next(frame_ids)
+                yield Frame(frame_id, pixels, capture_ms, 0.0, f"{self.name}#{frame_id}")
+        finally:
+            self._stop.set()
+
+
+_END_OF_STREAM = object()
+
+
+def _get_or_end(items: "queue.Queue[object]", stop: threading.Event) -> object:
+    while True:
+        try:
+            return items.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _END_OF_STREAM
+
+
+def video_file_source(path: str | Path, realtime: bool = False, loop: bool = False, max_frames: int | None = None) -> VideoSource:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file {path}")
+    return VideoSource(path, realtime=realtime, loop=loop, max_frames=max_frames)
+
+
+def camera_source(device: str = "/dev/video0", format: str = "v4l2", fps: int = 30, size: str = "640x480") -> VideoSource:
+    """A live camera through FFmpeg's capture device (`v4l2` on Linux): always real-time."""
+    return VideoSource(device, realtime=True, format=format, options={"framerate": str(fps), "video_size": size})
+
+
+def write_test_clip(path: str | Path, frames: int = 30, fps: int = 30, size: tuple[int, int] = (96, 64)) -> Path:
+    """Encode a short synthetic clip (moving gradient and box) with PyAV; for tests and demos without a camera."""
+    import av
+
+    path = Path(path)
+    width, height = size
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        ys, xs = np.mgrid[0:height, 0:width]
+        for index in range(frames):
+            pixels = np.empty((height, width, 3), dtype=np.uint8)
+            pixels[..., 0] = (xs * 255 // max(1, width - 1) + index * 8) % 256
+            pixels[..., 1] = ys * 255 // max(1, height - 1)
+            pixels[..., 2] = 64
+            x0 = (index * 3) % max(1, width - 16)
+            pixels[8:24, x0 : x0 + 16] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

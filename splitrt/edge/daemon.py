@@ -1,0 +1,275 @@
+"""`splitrt edge daemon --config edge.toml`: the unattended edge agent.
+
+It streams a source (camera, video, images) through the runtime with failover to local inference, and
+writes every frame's outcome: results to stdout, a JSON-lines file or a ZeroMQ PUB socket; the full
+per-frame trace as JSON lines; Prometheus metrics on `/metrics`; structured (JSON) logs on stderr.
+SIGTERM or SIGINT stops the source; the frame being processed finishes (it is bounded by its deadline),
+the outputs are flushed and closed, and the process exits 0. Under systemd: `deploy/splitrt-edge.service`.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import signal
+import sys
+from collections import Counter
+from typing import IO, Any, Protocol
+
+from splitrt.edge.config import DaemonConfig, SourceConfig
+from splitrt.frame import FrameOutcome
+
+log = logging.getLogger("splitrt.edge.daemon")
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, and any `extra={...}` fields of the record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str, fmt: str, stream: IO[str] = sys.stderr) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        JsonLogFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def result_record(outcome: FrameOutcome, top_k: int) -> dict[str, object]:
+    """What a consumer of results needs: the frame, how it ended, and the top-k classes."""
+    return {
+        "frame_id": outcome.frame_id,
+        "source": outcome.source,
+        "capture_ms": round(outcome.capture_ms, 3),
+        "status": outcome.status.value,
+        "action": outcome.action,
+        "planned": outcome.planned,
+        "reason": outcome.reason,
+        "top": [{"label": p.label, "class_index": p.class_index, "confidence": round(p.confidence, 5)}
+                for p in outcome.top[:top_k]],
+        "latency_ms": round(outcome.latency_ms, 3),
+        "age_ms": round(outcome.age_ms, 3),
+    }
+
+
+class Sink(Protocol):
+    def write(self, record: dict[str, object]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    def __init__(self, stream: IO[str], owned: bool) -> None:
+        self.stream = stream
+        self.owned = owned
+
+    def write(self, record: dict[str, object]) -> None:
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+        if self.owned:
+            self.stream.close()
+
+
+class ZmqPubSink:
+    """Results on a PUB socket: two frames, the topic `splitrt.result` and the JSON record."""
+
+    TOPIC = b"splitrt.result"
+
+    def __init__(self, bind: str) -> None:
+        import zmq
+
+        self._socket = zmq.Context.instance().socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 500)
+        self._socket.setsockopt(zmq.SNDHWM, 1000)  # a slow subscriber loses old results, never stalls the edge
+        self._socket.bind(bind)
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def write(self, record: dict[str, object]) -> None:
+        import zmq
+
+        try:
+            self._socket.send_multipart([self.TOPIC, json.dumps(record).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+class NullSink:
+    def write(self, record: dict[str, object]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def open_results_sink(config: DaemonConfig) -> Sink:
+    results = config.results
+    if results.sink == "stdout":
+        return JsonLinesSink(sys.stdout, owned=False)
+    if results.sink == "jsonl":
+        return JsonLinesSink(open(results.path, "a", encoding="utf-8"), owned=True)
+    if results.sink == "zmq":
+        sink = ZmqPubSink(results.bind)
+        log.info("publishing results on %s", sink.endpoint, extra={"event": "results_bound", "endpoint": sink.endpoint})
+        return sink
+    return NullSink()
+
+
+def open_source(config: SourceConfig) -> Any:
+    from splitrt.edge.sources import ImageFolderSource, VideoSource, camera_source
+
+    if config.kind == "images":
+        return ImageFolderSource(config.path, repeat=10**9 if config.loop else 1)
+    if config.kind == "video":
+        return VideoSource(config.path, realtime=config.realtime, loop=config.loop, max_frames=config.max_frames)
+    source = camera_source(config.path or "/dev/video0", config.format, config.fps, config.size)
+    source.max_frames = config.max_frames
+    return source
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+class EdgeDaemon:
+    """Runs until `stop` is set (SIGTERM/SIGINT from `main`), or the source ends.
+
+    `device` is the integration point for `splitrt.devices`: an object with optional
+    `intra_op_threads` (int) and `apply()` (e.g. put the process under the profile's CPU quota);
+    `None` runs as configured.
+    """
+
+    def __init__(self, config: DaemonConfig, device: Any | None = None) -> None:
+        self.config = config
+        self.device = device
+        self.counts: Counter[str] = Counter()
+
+    async def run(self, stop: asyncio.Event) -> int:
+        from splitrt.bundle import Bundle
+        from splitrt.edge.runtime import EdgeRuntime
+
+        config = self.config
+        if self.device is not None and hasattr(self.device, "apply"):
+            self.device.apply()
+        threads = int(getattr(self.device, "intra_op_threads", config.pipeline.threads) or config.pipeline.threads)
+        bundle = Bundle.load(config.pipeline.bundle)
+        metrics = self._metrics()
+        link = self._link(bundle, metrics)
+        runtime = EdgeRuntime(bundle, link, intra_op_threads=threads, action=config.pipeline.action,
+                              fallback=config.pipeline.fallback)
+        results = open_results_sink(config)
+        trace = open(config.trace.path, "a", encoding="utf-8") if config.trace.path else None
+        try:
+            runtime.warm_up()
+            if link is not None and config.cloud.connect_timeout_ms > 0:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, link.wait_up, config.cloud.connect_timeout_ms / 1000.0)
+            source = open_source(config.source)
+            log.info("started: %s on %s, fallback %s, budget %.0f ms", config.pipeline.action.describe(),
+                     config.source.kind, config.pipeline.fallback.describe() if config.pipeline.fallback else "none",
+                     config.pipeline.budget_ms,
+                     extra={"event": "started", "bundle": bundle.model_id, "cloud": config.cloud.endpoint or ""})
+            async for outcome in runtime.run(source, budget_ms=config.pipeline.budget_ms, stop=stop):
+                self.counts[outcome.status.value] += 1
+                if outcome.planned:
+                    self.counts["fallback"] += 1
+                if metrics is not None:
+                    metrics.observe(outcome)
+                    if link is not None and link.heartbeat_rtt_ms is not None:
+                        metrics.heartbeat_rtt.set(link.heartbeat_rtt_ms / 1000.0)
+                results.write(result_record(outcome, config.results.top_k))
+                if trace is not None:
+                    record = outcome.to_json()
+                    record["link"] = link.state.value if link is not None else "none"
+                    trace.write(json.dumps(record) + "\n")
+                    trace.flush()
+        finally:
+            runtime.close()
+            results.close()
+            if trace is not None:
+                trace.close()
+            if link is not None:
+                link.close()
+            if metrics is not None:
+                metrics.close()
+            log.info("stopped", extra={"event": "stopped", "frames": dict(self.counts)})
+        return 0
+
+    def _metrics(self) -> Any:
+        if not self.config.metrics.port:
+            return None
+        from splitrt.edge.metrics import EdgeMetrics
+
+        metrics = EdgeMetrics()
+        port = metrics.serve(self.config.metrics.port, self.config.metrics.bind)
+        log.info("metrics on http://%s:%d/metrics", self.config.metrics.bind, port,
+                 extra={"event": "metrics_bound", "port": port})
+        return metrics
+
+    def _link(self, bundle: Any, metrics: Any) -> Any:
+        cloud = self.config.cloud
+        if not cloud.endpoint:
+            return None
+        from splitrt.edge.failover import ResilientLink
+        from splitrt.edge.health import HeartbeatConfig
+
+        link = ResilientLink(cloud.endpoint, bundle.content_hash, HeartbeatConfig(
+            interval_ms=cloud.heartbeat_interval_ms, down_after_intervals=cloud.down_after_intervals,
+            backoff_initial_ms=cloud.reconnect_initial_ms, backoff_max_ms=cloud.reconnect_max_ms))
+
+        def on_state(state: Any, _now_ms: float) -> None:
+            log.info("cloud link %s", state.value, extra={"event": "link", "state": state.value, "endpoint": cloud.endpoint})
+            if metrics is not None:
+                metrics.link_state(state, link.heartbeat_rtt_ms)
+
+        link.add_listener(on_state)
+        if metrics is not None:
+            metrics.cloud_up.set(0)
+        return link.start()
+
+
+def main(config: DaemonConfig, device: Any | None = None) -> int:
+    """Run the daemon in this process until SIGTERM/SIGINT; returns the exit code."""
+    setup_logging(config.log.level, config.log.format)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _stopping, stop, signum)
+        return await EdgeDaemon(config, device).run(stop)
+
+    return asyncio.run(run())
+
+
+def _stopping(stop: asyncio.Event, signum: int) -> None:
+    log.info("%s: stopping", signal.Signals(signum).name, extra={"event": "stopping", "signal": signal.Signals(signum).name})
+    stop.set()
+

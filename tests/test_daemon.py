@@ -1,0 +1,175 @@
+"""The edge daemon: configuration errors name the bad key; a real daemon process streams, serves metrics,
+writes results and traces, and stops cleanly on SIGTERM."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from splitrt.actions import Local, Split
+from splitrt.bundle import Bundle
+from splitrt.edge.config import ConfigError, load_config, parse_config
+from tests.conftest import RunningService
+
+SPLITRT = [sys.executable, "-m", "splitrt"]
+MINIMAL = {"pipeline": {"bundle": "b"}, "source": {"kind": "images", "path": "p"}}
+
+
+def with_(section: str, **values: object) -> dict[str, dict[str, object]]:
+    document = {name: dict(table) for name, table in MINIMAL.items()}
+    document.setdefault(section, {}).update(values)
+    return document
+
+
+def test_a_minimal_config_gets_the_defaults() -> None:
+    config = parse_config(MINIMAL)
+    assert config.pipeline.action == Local() and config.pipeline.fallback == Local()
+    assert config.cloud.endpoint is None and config.metrics.port == 0 and config.results.sink == "stdout"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (with_("cloud", heartbeat_interval=100), r"\[cloud\] heartbeat_interval: unknown key; did you mean 'heartbeat_interval_ms'"),
+        (with_("pipeline", budget_ms="fast"), r"\[pipeline\] budget_ms: expected a number, got 'fast'"),
+        (with_("pipeline", budget_ms=0), r"\[pipeline\] budget_ms: expected a number > 0"),
+        (with_("pipeline", threads=1.5), r"\[pipeline\] threads: expected an integer"),
+        (with_("source", kind="usb"), r"\[source\] kind: expected one of images, video, camera, got 'usb'"),
+        (with_("pipeline", action="b4/fp16"), r"\[cloud\] endpoint: action split@b4/fp16 needs the cloud's endpoint"),
+        (with_("pipeline", fallback="b4"), r"\[pipeline\] fallback: the fallback runs on the device"),
+        (with_("cloud", endpoint="cloud:5555"), r"\[cloud\] endpoint: expected an endpoint starting with tcp://"),
+        (with_("cloud", endpoint="tcp://c:1", down_after_intervals=3), r"\[cloud\] down_after_intervals: must be below 3"),
+        (with_("results", sink="jsonl"), r"\[results\] path: the jsonl sink needs a path"),
+        (with_("metrics", port=True), r"\[metrics\] port: expected an integer"),
+        ({**MINIMAL, "metric": {"port": 1}}, r"\[metric\]: unknown section; did you mean 'metrics'"),
+        ({"source": {"kind": "images", "path": "p"}}, r"\[pipeline\]: missing section"),
+        ({"pipeline": {"action": "local"}, "source": {"kind": "video", "path": "v"}}, r"\[pipeline\] bundle: missing required key"),
+        (with_("source", path=""), r"\[source\] path: a images source needs a path"),
+    ],
+)
+def test_config_errors_name_the_bad_key(document: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^edge\.toml: " + message):
+        parse_config(document)
+
+
+def test_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[pipeline\nbundle = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+    example = load_config(Path(__file__).parents[1] / "deploy" / "edge.toml")
+    assert example.pipeline.action == Split("b4", "fp16") and example.cloud.heartbeat_interval_ms == 100
+
+
+def test_check_reports_a_bad_key_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text('[pipeline]\nbundle = "b"\nbudget = 100\n[source]\nkind = "images"\npath = "x"\n')
+    result = subprocess.run([*SPLITRT, "edge", "daemon", "--config", str(config), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "[pipeline] budget: unknown key; did you mean 'budget_ms'?" in result.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_daemon_streams_with_metrics_and_stops_cleanly_on_sigterm(
+    service: RunningService, tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    pytest.importorskip("av")
+    pytest.importorskip("prometheus_client")
+    from splitrt.edge.sources import write_test_clip
+
+    clip = write_test_clip(tmp_path / "clip.mp4", frames=30, fps=30)
+    port = free_port()
+    results, trace = tmp_path / "results.jsonl", tmp_path / "trace.jsonl"
+    config = tmp_path / "edge.toml"
+    config.write_text(f"""
+[pipeline]
+bundle = "{tiny_bundle.root}"
+action = "res/fp16"
+budget_ms = 500
+[cloud]
+endpoint = "{service.endpoint}"
+connect_timeout_ms = 5000
+[source]
+kind = "video"
+path = "{clip}"
+loop = true
+[results]
+sink = "jsonl"
+path = "{results}"
+[trace]
+path = "{trace}"
+[metrics]
+port = {port}
+""")
+    daemon = subprocess.Popen([*SPLITRT, "edge", "daemon", "--config", str(config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and daemon.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= 20:
+                break
+            time.sleep(0.1)
+        assert daemon.poll() is None, daemon.stderr.read()  # type: ignore[union-attr]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert 'splitrt_edge_frames_total{action="split@res/fp16",status="ok"}' in body
+        assert "splitrt_edge_cloud_up 1.0" in body and "splitrt_edge_result_age_seconds_bucket" in body
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    logs = [json.loads(line) for line in daemon.stderr.read().splitlines() if line.startswith("{")]  # type: ignore[union-attr]
+    events = [entry.get("event") for entry in logs]
+    assert "started" in events and "stopping" in events and events[-1] == "stopped"
+    assert all({"ts", "level", "logger", "msg"} <= set(entry) for entry in logs)
+    records = [json.loads(line) for line in results.read_text().splitlines()]  # every line is whole JSON
+    traces = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(records) == len(traces) >= 20
+    ids = [r["frame_id"] for r in records]
+    assert len(set(ids)) == len(ids)  # every frame ended exactly once
+    assert {r["status"] for r in records} <= {"ok", "dropped"}
+    ok = [r for r in records if r["status"] == "ok"]
+    assert ok and all(r["action"] == "split@res/fp16" and len(r["top"]) == 3 for r in ok)
+    assert all("trace_ms" in t and t["link"] == "up" for t in traces if t["status"] == "ok")
+    assert logs[-1]["frames"]["ok"] == len(ok)
+
+
+def test_results_on_a_zeromq_pub_socket() -> None:
+    import zmq
+
+    from splitrt.edge.daemon import ZmqPubSink
+
+    sink = ZmqPubSink("tcp://127.0.0.1:*")
+    subscriber = zmq.Context.instance().socket(zmq.SUB)
+    subscriber.setsockopt(zmq.LINGER, 0)
+    subscriber.setsockopt(zmq.SUBSCRIBE, ZmqPubSink.TOPIC)
+    subscriber.connect(sink.endpoint)
+    try:
+        deadline = time.monotonic() + 10
+        received = None
+        while received is None and time.monotonic() < deadline:  # PUB drops until the subscription arrives
+            sink.write({"frame_id": 7, "status": "ok"})
+            if subscriber.poll(50):
+                received = subscriber.recv_multipart()
+        assert received is not None
+        assert received[0] == b"splitrt.result" and json.loads(received[1]) == {"frame_id": 7, "status": "ok"}
+    finally:
+        subscriber.close()
+        sink.close()

@@ -1,0 +1,125 @@
+"""The streaming SDK: `EdgeRuntime.run` over real sources; every frame ends once, real-time sources never lag."""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitrt.actions import Local
+from splitrt.bundle import Bundle
+from splitrt.edge.runtime import EdgeRuntime
+from splitrt.edge.sources import ImageFolderSource, PacedSource, VideoSource, video_file_source
+from splitrt.edge.stream import LatestFrameSlot
+from splitrt.frame import Frame, FrameOutcome, Status
+
+
+def collect(runtime: EdgeRuntime, source: object, **kwargs: object) -> list[FrameOutcome]:
+    async def main() -> list[FrameOutcome]:
+        return [o async for o in runtime.run(source, **kwargs)]  # type: ignore[arg-type]
+
+    return asyncio.run(main())
+
+
+def frame(i: int) -> Frame:
+    return Frame(i, np.zeros((1, 1, 3), np.uint8), capture_ms=float(i), deadline_ms=0.0)
+
+
+def test_latest_frame_slot_keeps_the_newest_and_hands_back_the_replaced() -> None:
+    slot = LatestFrameSlot()
+    assert slot.take() is None and len(slot) == 0
+    assert slot.put(frame(1)) is None
+    replaced = slot.put(frame(2))
+    assert replaced is not None and replaced.frame_id == 1
+    assert slot.put(frame(3)).frame_id == 2  # type: ignore[union-attr]
+    assert slot.take().frame_id == 3  # type: ignore[union-attr]
+    assert slot.take() is None and slot.dropped == 2
+
+
+@pytest.fixture()
+def runtime(tiny_bundle: Bundle):
+    runtime = EdgeRuntime(tiny_bundle, action=Local())
+    runtime.warm_up()
+    yield runtime
+    runtime.close()
+
+
+def test_image_folder_waits_for_the_pipeline(runtime: EdgeRuntime, sample_images: Path) -> None:
+    outcomes = collect(runtime, ImageFolderSource(sample_images, repeat=2), budget_ms=5000)
+    assert len(outcomes) == 2 * len(list(sample_images.iterdir()))
+    assert all(o.ok and o.top for o in outcomes)
+    assert [o.frame_id for o in outcomes] == list(range(1, len(outcomes) + 1))
+
+
+def test_video_file_source_on_a_generated_clip(runtime: EdgeRuntime, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from splitrt.edge.sources import write_test_clip
+
+    clip = write_test_clip(tmp_path / "clip.mp4", frames=24, fps=30, size=(96, 64))
+    outcomes = collect(runtime, video_file_source(clip), budget_ms=5000)
+    assert len(outcomes) == 24 and all(o.ok for o in outcomes)
+    assert outcomes[0].source == "clip.mp4#1" and outcomes[0].capture_ms > 0
+    # Played like a camera (paced at its 30 fps): every frame still ends, ok or dropped, and quickly.
+    paced = collect(runtime, VideoSource(clip, realtime=True, max_frames=12), budget_ms=5000)
+    assert sorted(o.frame_id for o in paced) == list(range(1, 13))
+    assert {o.status for o in paced} <= {Status.OK, Status.DROPPED}
+    with pytest.raises(FileNotFoundError):
+        video_file_source(tmp_path / "missing.mp4")
+
+
+def test_a_realtime_source_faster_than_the_pipeline_drops_the_stale_frames(runtime: EdgeRuntime) -> None:
+    # Full-HD frames take a few ms each to crop and resize; 400 fps is far faster than that.
+    big = np.random.default_rng(0).integers(0, 256, size=(1080, 1920, 3), dtype=np.uint8)
+    outcomes = collect(runtime, PacedSource([big], fps=400, count=120), budget_ms=5000)
+    ids = Counter(o.frame_id for o in outcomes)
+    assert sorted(ids) == list(range(1, 121)) and set(ids.values()) == {1}  # each frame ends exactly once
+    statuses = Counter(o.status for o in outcomes)
+    assert statuses[Status.DROPPED] > 0 and statuses[Status.OK] > 0
+    assert set(statuses) <= {Status.OK, Status.DROPPED}
+    dropped = [o for o in outcomes if o.status is Status.DROPPED]
+    assert all("latest frame wins" in o.reason for o in dropped)
+    # No backlog: a result is never older than a frame waiting behind one running (plus a wide margin).
+    done = [o for o in outcomes if o.ok]
+    slowest_ms = max(o.latency_ms for o in done)
+    assert max(o.age_ms for o in done) <= 2 * slowest_ms + 250
+
+
+def test_stop_ends_a_live_stream_after_the_frames_taken(runtime: EdgeRuntime) -> None:
+    image = np.zeros((64, 64, 3), np.uint8)
+
+    async def main() -> list[FrameOutcome]:
+        stop = asyncio.Event()
+        outcomes = []
+        async for outcome in runtime.run(PacedSource([image], fps=100), stop=stop):
+            outcomes.append(outcome)
+            if len(outcomes) == 5:
+                stop.set()
+        return outcomes
+
+    outcomes = asyncio.run(asyncio.wait_for(main(), 20))
+    assert 5 <= len(outcomes) <= 8
+    assert len({o.frame_id for o in outcomes}) == len(outcomes)
+
+
+def test_webrtc_track_over_a_loopback_peer_connection(runtime: EdgeRuntime, sample_images: Path) -> None:
+    pytest.importorskip("aiortc")
+    from splitrt.edge.sources import image_source
+    from splitrt.edge.webrtc import ArrayVideoTrack, TrackSource, loopback
+
+    images = [pixels[:240, :320] for _, pixels in list(image_source(sample_images))[:3]]
+
+    async def main() -> list[FrameOutcome]:
+        link = await loopback(ArrayVideoTrack(images, fps=30, count=40))
+        try:
+            source = TrackSource(link.remote, name="drone", max_frames=15)
+            return [o async for o in runtime.run(source, budget_ms=5000)]
+        finally:
+            await link.close()
+
+    outcomes = asyncio.run(asyncio.wait_for(main(), 60))
+    assert sorted(o.frame_id for o in outcomes) == list(range(1, 16))
+    ok = [o for o in outcomes if o.ok]
+    assert len(ok) >= 5 and all(o.top and o.source.startswith("drone#") for o in ok)
+    assert {o.status for o in outcomes} <= {Status.OK, Status.DROPPED}
