@@ -120,10 +120,15 @@ def test_deadline_policy_takes_the_most_accurate_action_that_fits() -> None:
     assert policy.decide(200.0, OPTIONS, view(10e6, cloud_up=False)).option == LOCAL
 
 
-def test_latency_policy_ignores_accuracy() -> None:
+def test_latency_policy_minimises_latency_among_full_accuracy_options_whatever_the_deadline() -> None:
     fast_offload = ActionOption(Offload("jpeg-q50"), edge_ms=1.0, payload_bytes=2_000, cloud_ms=2.0, accuracy=0.5)
-    assert LatencyPolicy().decide(200.0, [*OPTIONS, fast_offload], view(50e6)).option == fast_offload
-    assert DeadlinePolicy().decide(200.0, [*OPTIONS, fast_offload], view(50e6)).option == SPLIT
+    exact_split = ActionOption(Split("pool", "fp16"), edge_ms=55.0, payload_bytes=2_000, cloud_ms=0.1, accuracy=0.88)
+    options = [*OPTIONS, fast_offload, exact_split]
+    assert LatencyPolicy().decide(200.0, options, view(50e6)).option == SPLIT  # 20 + 2.4 + 40 + 5 ms
+    # LOCAL here is a lossy variant (0.70): never considered, however fast; nor is the deadline.
+    assert LatencyPolicy().decide(200.0, options, view(0.2e6)).option == exact_split  # 55 + 80 + 40 ms
+    assert LatencyPolicy().decide(10.0, options, view(0.2e6)).option == exact_split
+    assert DeadlinePolicy().decide(200.0, options, view(50e6)).option == SPLIT
 
 
 def test_static_and_named_policies() -> None:

@@ -1,8 +1,10 @@
 """`splitrt bench policy`: replay mahimahi uplink traces against measured action costs and per-image
 correctness, for every static action, `latency`, `deadline` and `oracle`.
 
-Costs: the head (or exit, or JPEG encode) of each action is timed with ONNX Runtime on this machine and
-scaled to the device profile; the tail is timed unthrottled (the cloud). Bytes are the real encoded
+Costs: the head (or exit, or JPEG encode) of each action is timed with ONNX Runtime on this machine as CPU
+time of its one thread, which other processes' load does not inflate, and divided by the device profile's
+CPU share (what its CPU quota gives: `splitrt.devices.profiles`); the tail's CPU time is the cloud's time
+(a cloud core to itself). Bytes are the real encoded
 payloads. Correctness is each action's real top-1 on every evaluation image (odd `class_index`, so early
 exits are judged on images they were not trained on). Frames cycle through the images in order.
 """
@@ -33,19 +35,17 @@ COLUMNS = ("policy", "frames", "deadline_hit", "accuracy", "accuracy_at_deadline
            "latency_p95_ms", "bytes_mean")
 DEFAULT_SPLITS = ("b4", "b7", "b10", "b14", "pool")
 DEFAULT_OFFLOAD = ("jpeg-q90", "jpeg-q75", "jpeg-q50")
-# How much slower than one ONNX Runtime thread of this machine each emulated device runs EfficientNet-class
-# models; replaced by measurements under the profile's CPU quota where a bundle carries a profile.
-DEVICE_SLOWDOWN = {"x86": 1.0, "jetson-orin-nano": 1.5, "pi5": 2.5, "jetson-nano": 5.0, "pi4": 6.0}
 
 
 def _median_ms(run, repeats: int = 15) -> float:  # type: ignore[no-untyped-def]
+    """Median CPU time of `run` on this thread (ONNX Runtime with one intra-op thread runs on the caller's)."""
     for _ in range(2):
         run()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.thread_time()
         run()
-        times.append((time.perf_counter() - start) * 1000)
+        times.append((time.thread_time() - start) * 1000)
     return float(np.median(times))
 
 
@@ -57,9 +57,9 @@ def candidate_actions(bundle: Bundle, splits: Sequence[str], offload: Sequence[s
     return actions
 
 
-def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Action], slowdown: float,
+def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Action], slowdown: float = 1.0,
                     limit: int | None = None) -> tuple[list[ActionOption], dict[str, np.ndarray]]:
-    """Cost of each action (edge scaled by `slowdown`) and its correctness on every odd-class image."""
+    """Cost of each action (edge CPU ms times `slowdown`) and its correctness on every odd-class image."""
     items = [i for i in read_labelled_images(images_dir) if i.class_index % 2 == 1][:limit]
     crops = [crop_for_model(load_rgb(i.path), bundle.manifest.preprocess)[None] for i in items]
     labels = np.array([i.class_index for i in items])
@@ -78,7 +78,7 @@ def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Ac
         elif isinstance(action, Local):
             session = create_session(bundle.path(manifest.exit(action.exit).file))
             edge_ms = _median_ms(lambda: session.run(None, {HEAD_INPUT_NAME: probe}))
-            top1 = np.array([int(session.run(None, {HEAD_INPUT_NAME: c})[1].argmax()) for c in crops])
+            top1 = np.array([int(session.run(None, {HEAD_INPUT_NAME: c})[-1].argmax()) for c in crops])  # logits last
             options.append(ActionOption(action, edge_ms * slowdown, accuracy=float((top1 == labels).mean())))
             correctness[key] = top1 == labels
         elif isinstance(action, Split):
@@ -111,6 +111,42 @@ def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Ac
     return options, correctness
 
 
+def action_from_key(key: str) -> Action:
+    """The inverse of `Action.describe()` for local, local@exit, split@point/codec and offload/codec."""
+    if key == "local":
+        return Local()
+    if key.startswith("local@"):
+        return Local(key.removeprefix("local@"))
+    if key.startswith("split@"):
+        point, _, codec = key.removeprefix("split@").partition("/")
+        return Split(point, codec)
+    if key.startswith("offload/"):
+        return Offload(key.removeprefix("offload/"))
+    raise ValueError(f"not an action key: {key!r}")
+
+
+def cached_options(bundle: Bundle, images: str | Path, cache: Path | None, limit: int | None
+                   ) -> tuple[list[ActionOption], dict[str, np.ndarray]]:
+    """Measured options at this machine's speed (one thread), from `cache` when it matches the bundle."""
+    if cache is not None and cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("bundle_hash") == bundle.content_hash and data.get("limit") == limit:
+            options = [ActionOption(action_from_key(o["action"]), o["edge_ms"], o["payload_bytes"], o["cloud_ms"],
+                                    o["accuracy"]) for o in data["options"]]
+            return options, {k: np.array(v, dtype=bool) for k, v in data["correctness"].items()}
+    options, correctness = measure_options(bundle, images, candidate_actions(bundle, DEFAULT_SPLITS, DEFAULT_OFFLOAD),
+                                           1.0, limit)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({
+            "bundle_hash": bundle.content_hash, "limit": limit,
+            "options": [{"action": o.key, "edge_ms": o.edge_ms, "payload_bytes": o.payload_bytes,
+                         "cloud_ms": o.cloud_ms, "accuracy": o.accuracy} for o in options],
+            "correctness": {k: v.astype(int).tolist() for k, v in correctness.items()},
+        }))
+    return options, correctness
+
+
 def run_policy_bench(
     traces: Sequence[str | Path],
     bundle_dir: str | Path,
@@ -120,17 +156,17 @@ def run_policy_bench(
     deadline_ms: float,
     fps: float,
     rtt_ms: float,
-    slowdown: float | None = None,
     plot: str | Path | None = None,
     limit: int | None = None,
 ) -> dict[str, list[dict[str, object]]]:
+    from splitrt.devices.profiles import get_profile
+
     bundle = Bundle.load(bundle_dir)
-    if slowdown is None:
-        if device_profile not in DEVICE_SLOWDOWN:
-            raise ValueError(f"unknown device profile {device_profile!r}: use one of {', '.join(DEVICE_SLOWDOWN)}")
-        slowdown = DEVICE_SLOWDOWN[device_profile]
-    options, correctness = measure_options(bundle, images, candidate_actions(bundle, DEFAULT_SPLITS, DEFAULT_OFFLOAD),
-                                           slowdown, limit)
+    profile = get_profile(device_profile)
+    slowdown = 1.0 / profile.cpu_share
+    cache = Path(".cache") / f"policy-options-{bundle.content_hash[7:19]}.json"
+    measured, correctness = cached_options(bundle, images, cache, limit)
+    options = [ActionOption(o.action, o.edge_ms * slowdown, o.payload_bytes, o.cloud_ms, o.accuracy) for o in measured]
     print(format_table([{"action": o.key, "edge_ms": o.edge_ms, "bytes": o.payload_bytes, "cloud_ms": o.cloud_ms,
                          "accuracy": o.accuracy} for o in options], ["action", "edge_ms", "bytes", "cloud_ms", "accuracy"]))
     config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms)
@@ -154,7 +190,7 @@ def run_policy_bench(
     write_json(json_out, "policy", [r for rows in results.values() for r in rows],
                options=[{"action": o.key, "edge_ms": o.edge_ms, "payload_bytes": o.payload_bytes,
                          "cloud_ms": o.cloud_ms, "accuracy": o.accuracy} for o in options],
-               settings={"device_profile": device_profile, "device_slowdown": slowdown, "deadline_ms": deadline_ms,
+               settings={"device_profile": device_profile, "cpu_share": profile.cpu_share, "deadline_ms": deadline_ms,
                          "fps": fps, "rtt_ms": rtt_ms, "evaluation_images": int(len(next(iter(correctness.values()))))})
     if plot:
         plot_timelines(timelines, options, plot)
@@ -194,7 +230,7 @@ def plot_timelines(timelines: dict[str, tuple[UplinkTrace, list]], options: Sequ
 def _run(args: argparse.Namespace) -> int:
     traces = [t for t in args.trace.split(",") if t]
     run_policy_bench(traces, args.bundle, args.images, args.json, args.device_profile, args.deadline_ms, args.fps,
-                     args.rtt_ms, args.device_slowdown, args.plot, args.limit)
+                     args.rtt_ms, args.plot, args.limit)
     return 0
 
 
@@ -203,10 +239,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--trace", required=True, help="mahimahi uplink trace(s), comma-separated")
     parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
     parser.add_argument("--images", default="../shared/data/imagenet-sample", help="labelled images (odd classes used)")
-    parser.add_argument("--device-profile", default="pi4", help=f"one of {', '.join(DEVICE_SLOWDOWN)}")
-    parser.add_argument("--device-slowdown", type=float, help="override the profile's slowdown factor")
-    parser.add_argument("--deadline-ms", type=float, default=150.0)
-    parser.add_argument("--fps", type=float, default=10.0)
+    # Defaults: a deadline below the device's full-model time, so that the choice matters (with a looser one,
+    # local EfficientNet-Lite0 meets every deadline on every profile and is the best action everywhere).
+    parser.add_argument("--device-profile", default="jetson-nano", help="emulated device (`splitrt devices profiles`)")
+    parser.add_argument("--deadline-ms", type=float, default=70.0)
+    parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--rtt-ms", type=float, default=40.0)
     parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
     parser.add_argument("--plot", help="PNG of the deadline policy's actions over the traces' bandwidth")

@@ -97,13 +97,17 @@ class StaticPolicy:
 
 @dataclass(frozen=True)
 class LatencyPolicy:
-    """The least expected latency with the current (point) estimates, whatever the accuracy."""
+    """Neurosurgeon's rule with live estimates: among the ways to run the full model (accuracy within
+    `tolerance` of the best), the one with the least expected latency; deadlines and lossy variants ignored."""
 
     name: str = "latency"
     uses_link_estimates: bool = True
+    tolerance: float = 0.005
 
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         usable = _usable(options, link)
+        best_accuracy = max(o.accuracy for o in usable)
+        usable = [o for o in usable if o.accuracy >= best_accuracy - self.tolerance]
         scored = [(predict_ms(o, link.bandwidth_bps, link.rtt_ms, link.queue_ms), o) for o in usable]
         predicted, best = min(scored, key=lambda pair: (pair[0], -pair[1].accuracy))
         return Decision(best, predicted, "least expected latency")

@@ -1,0 +1,38 @@
+"""`bench policy` end to end on the tiny model: real measurements, a generated trace, JSON and plot out."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from splitrt.bench.policy import action_from_key, run_policy_bench
+from splitrt.bundle import Bundle
+
+
+def test_policy_bench_writes_a_row_per_policy(tiny_bundle: Bundle, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the options cache goes under ./.cache
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["file,class_index"]
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        lines.append(f"{i}.png,{2 * (i % 5) + 1}")  # odd classes: the evaluation half
+    (images / "labels.csv").write_text("\n".join(lines) + "\n")
+    trace = tmp_path / "two-mbps.up"
+    trace.write_text("\n".join(str(t) for t in range(1, 3001, 6)) + "\n")  # one packet per 6 ms: 2 Mbit/s
+    bundle = shutil.copytree(tiny_bundle.root, tmp_path / "bundle")
+    out = tmp_path / "policy.json"
+    results = run_policy_bench([trace], bundle, images, out, "pi4", deadline_ms=100, fps=5, rtt_ms=20,
+                               plot=tmp_path / "policy.png")
+    rows = results["two-mbps.up"]
+    names = [r["policy"] for r in rows]
+    assert {"latency", "deadline", "oracle", "static:local", "static:offload/jpeg-q90"} <= set(names)
+    assert all(0.0 <= r["accuracy_at_deadline"] <= r["deadline_hit"] + 1e-9 for r in rows)
+    document = json.loads(out.read_text())
+    assert document["scenario"] == "policy" and document["settings"]["device_profile"] == "pi4"
+    assert (tmp_path / "policy.png").stat().st_size > 10_000
+    assert action_from_key("split@pool/fp16").describe() == "split@pool/fp16"
