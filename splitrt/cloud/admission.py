@@ -9,7 +9,7 @@ from typing import Callable
 
 from splitrt.bundle import INPUT_POINT, Bundle, UnknownSplit
 from splitrt.cloud.tails import TailExecutor
-from splitrt.codecs import CodecError, UnknownCodec, get_codec
+from splitrt.codecs import CodecError, UnknownCodec, codec_for_point
 from splitrt.protocol import (
     Envelope,
     Heartbeat,
@@ -23,7 +23,7 @@ from splitrt.protocol import (
     tensor_payload,
 )
 
-SUPPORTED_CODECS = ("fp32", "fp16", "jpeg-qN", "webp-qN")
+SUPPORTED_CODECS = ("fp32", "fp16", "q8", "q6", "q4", "q8c", "q6c", "q4c", "+zstd", "+lz4", "jpeg-qN", "webp-qN", "ans")
 MAX_DETAIL_CHARS = 200
 
 
@@ -55,7 +55,7 @@ def handshake(message: Hello, bundles: dict[str, Bundle], server_id: str) -> Rep
     welcome = Welcome(
         server_id=server_id,
         bundle_hash=bundle.content_hash,
-        splits=tuple(bundle.manifest.split_names),
+        splits=tuple(bundle.manifest.split_names) + tuple(b.name for b in bundle.manifest.bottlenecks),
         codecs=SUPPORTED_CODECS,
     )
     return Reply(welcome)
@@ -86,9 +86,15 @@ def admit(
     except UnknownSplit:
         return reject(frame_id, RejectReason.UNKNOWN_SPLIT, f"{bundle.model_id} has no split {infer.split!r}")
     try:
-        codec = get_codec(infer.codec)
+        codec = codec_for_point(bundle, point.name, infer.codec)
     except UnknownCodec:
-        return reject(frame_id, RejectReason.UNKNOWN_CODEC, f"unknown codec {infer.codec!r}")
+        return reject(frame_id, RejectReason.UNKNOWN_CODEC, f"unknown codec {infer.codec!r} for split {point.name}")
+    if infer.codec_hash and infer.codec_hash != codec.version_hash:
+        return reject(
+            frame_id,
+            RejectReason.UNKNOWN_CODEC,
+            f"codec {infer.codec} with hash {infer.codec_hash[:16]} is not held here (this end has {codec.version_hash})",
+        )
     wants_image = point.name == INPUT_POINT
     if (codec.kind == "image") != wants_image:
         return reject(
@@ -122,7 +128,8 @@ def execute(work: Work, tails: TailExecutor, clock_ms: Callable[[], float], queu
             reject(infer.frame_id, RejectReason.EXPIRED, f"waited {started_ms - work.received_ms:.1f} ms, deadline passed")
         )
     try:
-        activation = get_codec(infer.codec).decode(work.payload, infer.tensor)
+        bundle = tails.bundles[infer.bundle_hash]
+        activation = codec_for_point(bundle, infer.split, infer.codec).decode(work.payload, infer.tensor)
         if infer.split == INPUT_POINT and activation.ndim == 3:
             activation = activation[None]
     except CodecError as exc:
