@@ -52,8 +52,8 @@ class EntropyTables:
             raise TableError(f"{channels} channels need {channels} offsets and tables, got "
                              f"{len(self.offsets)} and {len(self.frequencies)}")
         for c, table in enumerate(self.frequencies):
-            if not 1 <= len(table) <= MAX_SYMBOLS:
-                raise TableError(f"channel {c}: {len(table)} symbols, must be 1..{MAX_SYMBOLS}")
+            if not 2 <= len(table) <= MAX_SYMBOLS:
+                raise TableError(f"channel {c}: {len(table)} symbols, must be 2..{MAX_SYMBOLS}")
             if any((not isinstance(f, int)) or f < 1 for f in table) or sum(table) > 2**FREQUENCY_BITS:
                 raise TableError(f"channel {c}: frequencies must be positive ints summing to <= 2**{FREQUENCY_BITS}")
 
@@ -112,7 +112,7 @@ def fit_tables(latents: np.ndarray, max_symbols: int = 255, total: int = 2**16) 
     tables: list[tuple[int, ...]] = []
     for c in range(channels):
         values = latents[:, c].ravel()
-        low, high = int(values.min()), int(values.max())
+        low, high = int(values.min()), max(int(values.max()), int(values.min()) + 1)  # >= 2 symbols
         if high - low + 1 > max_symbols:
             centre = int(np.median(values))
             low = max(low, centre - max_symbols // 2)
