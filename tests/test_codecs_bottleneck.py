@@ -207,10 +207,11 @@ def test_unknown_codec_or_table_hash_is_rejected(bn_service: RunningService, bot
     socket.connect(bn_service.endpoint)
 
     def send(**fields: object) -> Reject:
+        body = fields.pop("payload", payload)
         base = dict(frame_id=9, bundle_hash=bottleneck_bundle.content_hash, split=name, codec="ans", tensor=spec,
                     deadline_ms=time.time() * 1000 + 5000, codec_hash=codec.version_hash)
         base.update(fields)
-        socket.send_multipart(encode(Infer(**base), [fields.pop("payload", payload)]))  # type: ignore[arg-type]
+        socket.send_multipart(encode(Infer(**base), [body]))  # type: ignore[arg-type,list-item]
         assert socket.poll(5000)
         message = decode(socket.recv_multipart()).message
         assert isinstance(message, Reject), message

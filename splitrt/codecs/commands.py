@@ -13,7 +13,7 @@ def _train(args: argparse.Namespace) -> int:
     configs = [
         TrainConfig(model=args.model, split=args.split, latent_channels=c, beta_per_kbit=b,
                     views_per_image=args.views, phase1_epochs=args.epochs, phase2_steps=args.kd_steps,
-                    batch_size=args.batch_size, seed=args.seed)
+                    batch_size=args.batch_size, seed=args.seed, init_from=args.init_from or "")
         for c in channels for b in betas
     ]
     run_training(args.images, args.out, configs, cache_dir=args.cache, steps=_steps(args.latent_steps))
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--kd-steps", type=int, default=40, help="phase 2 steps (+ logits through the frozen tail)")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init-from", help="a trained bottleneck folder to fine-tune from (e.g. at a lower beta)")
     train.add_argument("--cache", default=".cache/bottleneck-teacher", help="where the teacher's outputs are cached")
     train.add_argument("--latent-steps", default="1", help="quantisation steps of the latent: one operating point each")
     train.add_argument("--out", required=True, help="output folder: one sub-folder per operating point")

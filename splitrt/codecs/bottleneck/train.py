@@ -45,6 +45,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
+    init_from: str = ""  # a trained bottleneck folder to start from (fine-tuning at another beta)
 
     @property
     def name(self) -> str:
@@ -135,9 +136,15 @@ def train_bottleneck(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     channels = activations.shape[1]
-    net = Bottleneck(channels, config.latent_channels)
     sample = activations[rng.permutation(len(activations))[:512]].astype(np.float32)
-    net.set_statistics(torch.from_numpy(sample.mean(axis=(0, 2, 3))), torch.from_numpy(sample.std(axis=(0, 2, 3)) + 1e-3))
+    if config.init_from:
+        net, _ = load_artifact(config.init_from)
+        if (net.channels, net.latent_channels) != (channels, config.latent_channels):
+            raise ValueError(f"{config.init_from} has {net.latent_channels} latent channels for {net.channels}, "
+                             f"this run wants {config.latent_channels} for {channels}")
+    else:
+        net = Bottleneck(channels, config.latent_channels)
+        net.set_statistics(torch.from_numpy(sample.mean(axis=(0, 2, 3))), torch.from_numpy(sample.std(axis=(0, 2, 3)) + 1e-3))
     variance = float(np.var(sample))
     tail = model.tail(config.split)
     for parameter in tail.parameters():
@@ -172,7 +179,7 @@ def train_bottleneck(
             teacher_logits = torch.from_numpy(logits[index].astype(np.float32)) if with_logits else None
             distortion = distillation_loss(restored, target, student_logits, teacher_logits, variance)
             kbits = bits.mean() / 1000.0
-            warm_up = min(1.0, (epoch * steps_per_epoch + step) / steps_per_epoch)  # the rate term ramps up
+            warm_up = 1.0 if config.init_from else min(1.0, (epoch * steps_per_epoch + step) / steps_per_epoch)
             loss = distortion + warm_up * config.beta_per_kbit * kbits
             optimizer.zero_grad()
             loss.backward()
