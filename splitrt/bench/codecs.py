@@ -75,6 +75,24 @@ def _jobs(bundle: Bundle, codecs: Sequence[str], splits: Sequence[str] | None,
     return jobs
 
 
+def _included_rows(paths: Sequence[str | Path], parity: str, frames: int,
+                   present: set[tuple[str, str]]) -> list[dict[str, object]]:
+    import json
+
+    rows: list[dict[str, object]] = []
+    for path in paths:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        if document.get("parity", "all") != parity or document.get("frames") != frames:
+            raise ValueError(f"{path}: measured on {document.get('frames')} images ({document.get('parity', 'all')}), "
+                             f"this run has {frames} ({parity}); only rows on the same images can be compared")
+        for row in document["rows"]:
+            key = (str(row["split"]), str(row["codec"]))
+            if key not in present:
+                rows.append(row)
+                present.add(key)
+    return rows
+
+
 def run_codec_bench(
     bundle_dir: str | Path,
     images: str | Path,
@@ -86,7 +104,9 @@ def run_codec_bench(
     parity: str = "all",
     bottlenecks: Sequence[str] | None = None,
     plot_out: str | Path | None = None,
+    include: Sequence[str | Path] = (),
 ) -> list[dict[str, object]]:
+    """`include`: JSON files of earlier runs on the same images and parity whose rows join this table and plot."""
     labelled: list[LabelledImage] = select_parity(read_labelled_images(images), parity)[:limit]
     bundle = load_or_export(bundle_dir, model)
     jobs = _jobs(bundle, codecs, splits, bottlenecks)
@@ -169,6 +189,7 @@ def run_codec_bench(
             "round_trip_ms_p50": p50(stats["round_trip_ms"]),
             "failed": len(stats["failed"]),
         })
+    rows += _included_rows(include, parity, len(labelled), {(str(r["split"]), str(r["codec"])) for r in rows})
     print(format_table(rows, COLUMNS))
     write_json(json_out, "codecs", rows, images=str(images), frames=len(labelled), parity=parity)
     print(f"wrote {json_out}")

@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     run_codec_bench(
         bundle_dir=args.bundle,
         images=args.images,
-        codecs=[c for c in args.codecs.split(",") if c],
+        codecs=[c for c in args.codecs.split(",") if c and c != "none"],
         splits=[s for s in args.splits.split(",") if s] if args.splits else None,
         limit=args.limit,
         json_out=args.json,
@@ -21,6 +21,7 @@ def _run(args: argparse.Namespace) -> int:
         parity=args.parity,
         bottlenecks=bottlenecks,
         plot_out=args.plot,
+        include=args.include or (),
     )
     return 0
 
@@ -39,4 +40,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     codecs.add_argument("--limit", type=int, help="use only the first N images")
     codecs.add_argument("--json", required=True, help="output JSON path")
     codecs.add_argument("--plot", help="also write the rate-accuracy PNG here")
+    codecs.add_argument("--include", nargs="+", help="JSON of earlier runs on the same images: their rows join the table")
     codecs.set_defaults(func=_run)

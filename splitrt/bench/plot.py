@@ -8,12 +8,19 @@ from typing import Sequence
 def _series(row: dict[str, object]) -> str:
     codec, split = str(row["codec"]), str(row["split"])
     if split.startswith("bn-"):
-        return "learned bottleneck (ans)"
+        return f"learned bottleneck {split[3:].rsplit('-s', 1)[0]} (ans)"
     if codec.startswith("jpeg-"):
         return "offload JPEG"
     if codec.startswith("webp-"):
         return "offload WebP"
     return f"split {split}, tensor codecs"
+
+
+def _label(row: dict[str, object]) -> str:
+    codec, split = str(row["codec"]), str(row["split"])
+    if split.startswith("bn-"):
+        return "step " + split.rsplit("-s", 1)[1]
+    return codec.split("-")[-1] if codec.startswith(("jpeg-", "webp-")) else ""
 
 
 def rate_accuracy_plot(rows: Sequence[dict[str, object]], out: str | Path, title: str = "") -> None:
@@ -30,7 +37,7 @@ def rate_accuracy_plot(rows: Sequence[dict[str, object]], out: str | Path, title
             reference = float(row["top1"])  # type: ignore[arg-type]
             continue
         groups.setdefault(_series(row), []).append(
-            (float(row["bytes_p50"]), 100 * float(row["top1"]), str(row["codec"])))  # type: ignore[arg-type]
+            (float(row["bytes_p50"]), 100 * float(row["top1"]), _label(row)))  # type: ignore[arg-type]
     figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
     markers = iter("os^vDP*Xhp<>")
     for name, points in sorted(groups.items()):
@@ -39,8 +46,7 @@ def rate_accuracy_plot(rows: Sequence[dict[str, object]], out: str | Path, title
         line = "-" if name.startswith(("learned", "offload")) else ":"
         axes.plot(xs, ys, line, marker=next(markers, "o"), label=name, linewidth=2 if name.startswith("learned") else 1)
         if name.startswith(("offload", "learned")):
-            for x, y, codec in points:
-                label = codec.split("-")[-1] if name.startswith("offload") else ""
+            for x, y, label in points:
                 if label:
                     axes.annotate(label, (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
     if reference is not None:
