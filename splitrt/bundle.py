@@ -74,6 +74,37 @@ class ExitPoint:
 
 
 @dataclass(frozen=True)
+class BottleneckPoint:
+    """A learned bottleneck at teacher split `split`: the edge runs `encoder_file` (uint8 image -> float latent),
+    codes the rounded latent with `codec` and the integer tables in `tables_file` (hash `table_hash`), and
+    the cloud runs `tail_file` (latent -> output). Actions name it like a split point, by `name`."""
+
+    name: str
+    split: str
+    encoder_file: str
+    tail_file: str
+    latent: TensorSpec  # per sample, without the batch dimension
+    codec: str
+    tables_file: str
+    table_hash: str
+
+    def as_split_point(self) -> SplitPoint:
+        return SplitPoint(self.name, -1, self.encoder_file, self.tail_file, self.latent, self.latent.nbytes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "split": self.split,
+            "encoder": self.encoder_file,
+            "tail": self.tail_file,
+            "latent": {"dtype": self.latent.dtype, "shape": list(self.latent.shape)},
+            "codec": self.codec,
+            "tables": self.tables_file,
+            "table_hash": self.table_hash,
+        }
+
+
+@dataclass(frozen=True)
 class Manifest:
     model_id: str
     content_hash: str
@@ -87,6 +118,7 @@ class Manifest:
     profiles: dict[str, Any] = field(default_factory=dict)
     exits: tuple[ExitPoint, ...] = ()
     format_version: int = FORMAT_VERSION
+    bottlenecks: tuple[BottleneckPoint, ...] = ()  # optional section "bottlenecks"; absent in older bundles
 
     def exit(self, name: str) -> ExitPoint:
         for point in self.exits:
@@ -99,9 +131,18 @@ class Manifest:
         for point in self.splits:
             if point.name == name:
                 return point
+        bottleneck = self.bottleneck(name)
+        if bottleneck is not None:
+            return bottleneck.as_split_point()
         raise UnknownSplit(
             f"bundle {self.model_id} has no split point {name!r}; it has: {', '.join(p.name for p in self.splits)}"
         )
+
+    def bottleneck(self, name: str) -> BottleneckPoint | None:
+        for point in self.bottlenecks:
+            if point.name == name:
+                return point
+        return None
 
     @property
     def split_names(self) -> list[str]:
@@ -120,8 +161,9 @@ class Manifest:
             "splits": [p.to_json() for p in self.splits],
             "files": dict(sorted(self.files.items())),
             "profiles": self.profiles,
-            "exits": [e.to_json() for e in self.exits],
-        }
+        } | ({"exits": [e.to_json() for e in self.exits]} if self.exits else {}) | (
+            {"bottlenecks": [b.to_json() for b in self.bottlenecks]} if self.bottlenecks else {}
+        )  # optional sections are left out when empty, so older manifests keep their content hash
 
 
 def sha256_file(path: Path) -> str:
@@ -182,11 +224,31 @@ def parse_manifest(data: Any) -> Manifest:
                           float(e["accuracy"]))
                 for e in data.get("exits") or []
             ),
+            bottlenecks=tuple(
+                BottleneckPoint(
+                    name=str(b["name"]),
+                    split=str(b["split"]),
+                    encoder_file=str(b["encoder"]),
+                    tail_file=str(b["tail"]),
+                    latent=_spec(b["latent"], f"bottlenecks[{i}].latent"),
+                    codec=str(b["codec"]),
+                    tables_file=str(b["tables"]),
+                    table_hash=str(b["table_hash"]),
+                )
+                for i, b in enumerate(data.get("bottlenecks") or [])
+            ),
         )
     except KeyError as exc:
         raise BundleError(f"manifest: missing key {exc.args[0]!r}") from exc
     except (TypeError, ValueError, AttributeError) as exc:
         raise BundleError(f"manifest: malformed ({exc})") from exc
+    split_names = {p.name for p in splits}
+    for bottleneck in manifest.bottlenecks:
+        if bottleneck.name in split_names or bottleneck.split not in split_names:
+            raise BundleError(f"manifest: bottleneck {bottleneck.name!r} must have a new name and an existing split")
+        for name in (bottleneck.encoder_file, bottleneck.tail_file, bottleneck.tables_file):
+            if name not in manifest.files:
+                raise BundleError(f"manifest: bottleneck {bottleneck.name}: file {name} is not in the file list")
     for point in splits:
         expected = point.activation.nbytes
         if point.raw_bytes != expected:

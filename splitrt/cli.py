@@ -8,6 +8,7 @@ import sys
 from splitrt.bench import commands as bench_commands
 from splitrt.cloud import commands as cloud_commands
 from splitrt.devices import commands as devices_commands
+from splitrt.codecs import commands as codecs_commands
 from splitrt.edge import commands as edge_commands
 from splitrt.partition import commands as partition_commands
 from splitrt.partition import train_commands
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge_commands.register(commands)
     bench_commands.register(commands)
     devices_commands.register(commands)
+    codecs_commands.register(commands)
     demo = commands.add_parser("demo", help="cloud + edge on loopback, a real model, real images")
     demo.add_argument("--bundle", default=edge_commands.DEFAULT_BUNDLE, help="bundle directory (exported if missing)")
     demo.add_argument("--model", default="efficientnet-lite0")

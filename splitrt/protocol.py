@@ -217,6 +217,7 @@ class Infer:
     codec: str
     tensor: TensorSpec  # dtype/shape of the tensor the codec decodes to
     deadline_ms: float  # absolute, unix epoch milliseconds
+    codec_hash: str = ""  # the codec's version/table hash; optional on the wire, checked by the cloud when set
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,8 @@ _KEYS: dict[MessageType, frozenset[str]] = {
     MessageType.REJECT: frozenset({"frame_id", "reason", "detail"}),
     MessageType.HEARTBEAT: frozenset({"seq", "sent_ms"}),
 }
+# Fields a message may carry but need not (absent from older peers' messages).
+_OPTIONAL_KEYS: dict[MessageType, frozenset[str]] = {MessageType.INFER: frozenset({"codec_hash"})}
 _SPEC_KEYS = frozenset({"dtype", "shape"})
 
 
@@ -406,12 +409,14 @@ def _check_spec(value: object, what: str, limits: Limits) -> TensorSpec:
     return spec
 
 
-def _check_keys(meta: dict[Any, Any], expected: frozenset[str], what: str) -> None:
+def _check_keys(
+    meta: dict[Any, Any], expected: frozenset[str], what: str, optional: frozenset[str] = frozenset()
+) -> None:
     keys = set(meta)
     missing = expected - keys
     if missing:
         raise MalformedMessage(f"{what}: missing field(s) {sorted(missing)}")
-    extra = keys - expected
+    extra = keys - expected - optional
     if extra:
         names = sorted(_short(k) for k in extra)
         raise MalformedMessage(f"{what}: unknown field(s) {_clip(', '.join(names), 120)}")
@@ -453,6 +458,7 @@ def _parse_infer(meta: dict[str, Any], limits: Limits) -> Infer:
         codec=_str_field(meta, "codec", limits),
         tensor=_check_spec(meta["tensor"], "tensor", limits),
         deadline_ms=_float_field(meta, "deadline_ms"),
+        codec_hash=_str_field(meta, "codec_hash", limits) if "codec_hash" in meta else "",
     )
 
 
@@ -508,7 +514,7 @@ def _parse_meta(
     """Validate a metadata map; return the message and its payload CRCs."""
     if not isinstance(meta, dict):
         raise MalformedMessage(f"metadata: expected map, got {_short(meta)}")
-    _check_keys(meta, _KEYS[mtype], mtype.name)
+    _check_keys(meta, _KEYS[mtype], mtype.name, _OPTIONAL_KEYS.get(mtype, frozenset()))
     message = _PARSERS[mtype](meta, limits)
     crcs = _crc_field(meta, limits) if "crc32" in meta else ()
     return message, crcs
@@ -587,7 +593,7 @@ def _meta_of(message: Message) -> dict[str, Any]:
             "codec": message.codec,
             "tensor": spec(message.tensor),
             "deadline_ms": message.deadline_ms,
-        }
+        } | ({"codec_hash": message.codec_hash} if message.codec_hash != "" else {})
     if isinstance(message, Result):
         outputs: object = message.outputs
         if isinstance(outputs, (tuple, list)):

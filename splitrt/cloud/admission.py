@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from splitrt.bundle import INPUT_POINT, Bundle, UnknownSplit
-from splitrt.codecs import UnknownCodec, get_codec
+from splitrt.codecs import Codec, UnknownCodec, codec_for_point
 from splitrt.protocol import (
     Envelope,
     Heartbeat,
@@ -18,7 +18,7 @@ from splitrt.protocol import (
     Welcome,
 )
 
-SUPPORTED_CODECS = ("fp32", "fp16", "jpeg-qN", "webp-qN")
+SUPPORTED_CODECS = ("fp32", "fp16", "q8", "q6", "q4", "q8c", "q6c", "q4c", "+zstd", "+lz4", "jpeg-qN", "webp-qN", "ans")
 MAX_DETAIL_CHARS = 200
 
 
@@ -35,6 +35,7 @@ class Work:
     infer: Infer
     payload: memoryview
     received_ms: float
+    codec: Codec | None = None  # resolved at admission (a bottleneck's tables come from its bundle)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def handshake(message: Hello, bundles: dict[str, Bundle], server_id: str) -> Rep
     welcome = Welcome(
         server_id=server_id,
         bundle_hash=bundle.content_hash,
-        splits=tuple(bundle.manifest.split_names),
+        splits=tuple(bundle.manifest.split_names) + tuple(b.name for b in bundle.manifest.bottlenecks),
         codecs=SUPPORTED_CODECS,
     )
     return Reply(welcome)
@@ -83,9 +84,15 @@ def admit(
     except UnknownSplit:
         return reject(frame_id, RejectReason.UNKNOWN_SPLIT, f"{bundle.model_id} has no split {infer.split!r}")
     try:
-        codec = get_codec(infer.codec)
+        codec = codec_for_point(bundle, point.name, infer.codec)
     except UnknownCodec:
-        return reject(frame_id, RejectReason.UNKNOWN_CODEC, f"unknown codec {infer.codec!r}")
+        return reject(frame_id, RejectReason.UNKNOWN_CODEC, f"unknown codec {infer.codec!r} for split {point.name}")
+    if infer.codec_hash and infer.codec_hash != codec.version_hash:
+        return reject(
+            frame_id,
+            RejectReason.UNKNOWN_CODEC,
+            f"codec {infer.codec} with hash {infer.codec_hash[:16]} is not held here (this end has {codec.version_hash})",
+        )
     wants_image = point.name == INPUT_POINT
     if (codec.kind == "image") != wants_image:
         return reject(
@@ -113,4 +120,4 @@ def admit(
             RejectReason.OVERLOADED,
             f"this client has {client_inflight} requests in flight (limit {max_inflight_per_client}); wait for replies",
         )
-    return Work(client=client, infer=infer, payload=envelope.payloads[0], received_ms=now_ms)
+    return Work(client=client, infer=infer, payload=envelope.payloads[0], received_ms=now_ms, codec=codec)

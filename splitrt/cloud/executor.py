@@ -29,7 +29,8 @@ class BatchOutcome:
 
 def decode_activation(work: Work) -> np.ndarray:
     """The request's tensor as the tail takes it (N, ...); raises CodecError on a bad payload."""
-    activation = get_codec(work.infer.codec).decode(work.payload, work.infer.tensor)
+    codec = work.codec if work.codec is not None else get_codec(work.infer.codec)
+    activation = codec.decode(work.payload, work.infer.tensor)
     if work.infer.split == INPUT_POINT and activation.ndim == 3:
         activation = activation[None]
     return activation

@@ -42,6 +42,10 @@ class Codec(ABC):
     def decode(self, data: Buffer, spec: TensorSpec) -> np.ndarray:
         """Decode into an array of `spec`; raises CodecError on a payload that does not fit it."""
 
+    def max_encoded_bytes(self, spec: TensorSpec) -> int | None:
+        """The largest payload this codec writes for `spec` (None: unbounded); bounds lossless stages."""
+        return None
+
     def max_abs_error(self, array: np.ndarray) -> float:
         """The largest absolute error a round trip of `array` may have."""
         return 0.0

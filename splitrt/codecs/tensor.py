@@ -31,6 +31,9 @@ class Float32Codec(Codec):
         check_length(data, _element_count(spec) * 4, self.codec_id)
         return np.frombuffer(data, dtype="<f4").reshape(spec.shape)
 
+    def max_encoded_bytes(self, spec: TensorSpec) -> int:
+        return _element_count(spec) * 4
+
 
 class Float16Codec(Codec):
     """Half precision: half the bytes; values beyond the fp16 range are clipped to it, not sent as inf."""
@@ -49,6 +52,9 @@ class Float16Codec(Codec):
             raise CodecError(f"fp16 decodes to float32 tensors, the request declares {spec.dtype}")
         check_length(data, _element_count(spec) * 2, self.codec_id)
         return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(spec.shape)
+
+    def max_encoded_bytes(self, spec: TensorSpec) -> int:
+        return _element_count(spec) * 2
 
     def max_abs_error(self, array: np.ndarray) -> float:
         # Round-to-nearest: relative error 2**-11 for normal values, 2**-25 absolute in the subnormal range.

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from splitrt.actions import Action, Local, Offload, Skip, Split
 from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, TAIL_INPUT_NAME, Bundle, BundleError
-from splitrt.codecs import CodecError, UnknownCodec, get_codec
+from splitrt.codecs import CodecError, UnknownCodec, codec_for_point
 from splitrt.devices.ort import create_session
 from splitrt.edge.link import Link, LinkError
 from splitrt.frame import Frame, FrameOutcome, Prediction, Status
@@ -246,7 +246,7 @@ class EdgeRuntime:
             return
 
         point = manifest.split(INPUT_POINT if isinstance(action, Offload) else action.point)
-        codec = get_codec(action.codec)
+        codec = codec_for_point(self.bundle, point.name, action.codec)  # a bottleneck's encoder is its head
         if (codec.kind == "image") != (point.name == INPUT_POINT):
             raise ValueError(f"codec {codec.codec_id} ({codec.kind}) cannot carry split {point.name}")
         if point.head_file is None:
@@ -259,10 +259,11 @@ class EdgeRuntime:
         payload = codec.encode(activation)
         trace["encode"] = _since_ms(t)
         spec = TensorSpec(point.activation.dtype, (1, *point.activation.shape))
-        self._send(point.name, codec.codec_id, spec, payload, deadline_ms, outcome)
+        self._send(point.name, codec.codec_id, spec, payload, deadline_ms, outcome, codec.version_hash)
 
     def _send(
-        self, split: str, codec_id: str, spec: TensorSpec, payload: object, deadline_ms: float, outcome: FrameOutcome
+        self, split: str, codec_id: str, spec: TensorSpec, payload: object, deadline_ms: float, outcome: FrameOutcome,
+        codec_hash: str = "",
     ) -> None:
         if self.link is None:
             outcome.status, outcome.reason = Status.FAILED, "no cloud link configured for a split/offload action"
@@ -274,6 +275,7 @@ class EdgeRuntime:
             codec=codec_id,
             tensor=spec,
             deadline_ms=deadline_ms,
+            codec_hash=codec_hash,
         )
         frames = encode(infer, [payload])  # type: ignore[list-item]
         outcome.bytes_sent = sum(memoryview(f).nbytes for f in frames)

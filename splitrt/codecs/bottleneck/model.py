@@ -1,0 +1,146 @@
+"""The student networks (torch): a compressor that turns the teacher's activation at a split point into a
+few-channel latent at half the resolution, and a decompressor that restores the activation for the tail.
+
+The rate term of the training loss comes from a factorized prior: one logistic density per latent channel
+(learned location and scale), integrated over each quantisation bin. At export the prior is replaced by
+integer frequency tables (see `entropy.py`), so the bitstream never depends on floating-point maths.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Compressor(nn.Module):
+    """activation (N, C_in, H, W) -> latent (N, C_latent, H/2, W/2), before rounding."""
+
+    def __init__(self, in_channels: int, latent_channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, latent_channels, 1),
+        )
+        with torch.no_grad():  # start with latents spread over several integers, not all rounded to zero
+            self.net[-1].weight.mul_(8.0)
+        self.register_buffer("mean", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, in_channels, 1, 1))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean.view_as(self.mean))
+        self.std.copy_(std.view_as(self.std))
+
+    def forward(self, activation: torch.Tensor) -> torch.Tensor:
+        return self.net((activation - self.mean) / self.std)
+
+
+class Decompressor(nn.Module):
+    """rounded latent (N, C_latent, H/2, W/2) -> activation (N, C_out, H, W)."""
+
+    def __init__(self, latent_channels: int, out_channels: int, hidden: int = 128, upsampled: int = 48) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(latent_channels, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, 4 * upsampled, 1),
+            nn.PixelShuffle(2),
+            nn.ReLU(),
+            nn.Conv2d(upsampled, out_channels, 3, padding=1),
+        )
+        self.register_buffer("mean", torch.zeros(1, out_channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, out_channels, 1, 1))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean.view_as(self.mean))
+        self.std.copy_(std.view_as(self.std))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.net(latent) * self.std + self.mean
+
+
+class FactorizedLogistic(nn.Module):
+    """Per-channel logistic prior; `bits(y)` is -log2 P(bin of y), the rate a coder would spend."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(channels))
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+
+    def bits(self, y: torch.Tensor) -> torch.Tensor:
+        loc = self.loc.view(1, -1, 1, 1)
+        scale = torch.exp(self.log_scale).view(1, -1, 1, 1) + 1e-3
+        upper = torch.sigmoid((y + 0.5 - loc) / scale)
+        lower = torch.sigmoid((y - 0.5 - loc) / scale)
+        probability = torch.clamp(upper - lower, min=1e-9)
+        return -torch.log(probability) / math.log(2.0)
+
+
+class Bottleneck(nn.Module):
+    """Compressor + prior + decompressor; `forward` returns (restored activation, bits per sample)."""
+
+    def __init__(self, channels: int, latent_channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.latent_channels = latent_channels
+        self.compressor = Compressor(channels, latent_channels)
+        self.decompressor = Decompressor(latent_channels, channels)
+        self.prior = FactorizedLogistic(latent_channels)
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel statistics of the teacher's activation: the student works on the standardised one."""
+        self.compressor.set_statistics(mean, std)
+        self.decompressor.set_statistics(mean, std)
+
+    def forward(self, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent = self.compressor(activation)
+        if self.training:
+            noisy = latent + torch.empty_like(latent).uniform_(-0.5, 0.5)
+            bits = self.prior.bits(noisy).flatten(1).sum(1)
+            rounded = latent + (torch.round(latent) - latent).detach()  # straight-through rounding
+        else:
+            rounded = torch.round(latent)
+            bits = self.prior.bits(rounded).flatten(1).sum(1)
+        return self.decompressor(rounded), bits
+
+
+class EdgeEncoder(nn.Module):
+    """What the edge runs: the teacher's head up to the split, then the compressor; the float latent comes out
+    divided by the operating point's quantisation step (the codec rounds it)."""
+
+    def __init__(self, head: nn.Module, compressor: Compressor, step: float = 1.0) -> None:
+        super().__init__()
+        self.head, self.compressor, self.step = head, compressor, float(step)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.compressor(self.head(image)) / self.step
+
+
+class CloudTail(nn.Module):
+    """What the cloud runs: the latent times the step, the decompressor, then the teacher's tail."""
+
+    def __init__(self, decompressor: Decompressor, tail: nn.Module, step: float = 1.0) -> None:
+        super().__init__()
+        self.decompressor, self.tail, self.step = decompressor, tail, float(step)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.decompressor(latent * self.step))
+
+
+def distillation_loss(
+    restored: torch.Tensor, target: torch.Tensor, student_logits: torch.Tensor | None, teacher_logits: torch.Tensor | None,
+    target_variance: float, temperature: float = 1.0,
+) -> torch.Tensor:
+    """Normalised activation MSE, plus KL(teacher || student) on the logits when they are given."""
+    loss = F.mse_loss(restored, target) / target_variance
+    if student_logits is not None and teacher_logits is not None:
+        teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+        student = F.log_softmax(student_logits / temperature, dim=1)
+        loss = loss + F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
+    return loss
