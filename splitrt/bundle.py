@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,3 +315,12 @@ class Bundle:
         if 0 <= class_index < len(self.labels):
             return self.labels[class_index]
         return f"class {class_index}"
+
+
+def publish(staging: Path, out_dir: Path) -> Bundle:
+    """Replace `out_dir` with a finished staging directory in one rename, so a reader never sees half a bundle."""
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (a service account)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return Bundle.load(out_dir)

@@ -20,13 +20,7 @@ WEIGHTS = SHARED / "models" / "cifar10-resnet"
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_dir(), reason=f"no CIFAR-10 ResNet weights at {WEIGHTS}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """One intra-op thread: small convolutions only lose to thread hand-offs on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_missing_weights_say_what_to_do(tmp_path: Path) -> None:

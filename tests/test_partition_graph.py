@@ -19,13 +19,7 @@ from splitrt.partition.traced import TracedModel
 PREPROCESS = Preprocess(resize_short_side=16, crop=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """One intra-op thread: small convolutions only lose to thread hand-offs on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TwoBranch(nn.Module):

@@ -12,13 +12,7 @@ from splitrt.partition.models import load_model  # noqa: E402
 from splitrt.partition.traced import TracedModel  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """One intra-op thread: small convolutions only lose to thread hand-offs on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

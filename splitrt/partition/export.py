@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -25,6 +24,7 @@ from splitrt.bundle import (
     TAIL_INPUT_NAME,
     Bundle,
     content_hash,
+    publish,
     sha256_file,
 )
 from splitrt.bundle import BundleError
@@ -127,14 +127,10 @@ def export_bundle(
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if verify:
             verify_bundle(Bundle.load(staging), image.numpy())
-        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (a service account)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        return publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Bundle.load(out_dir)
 
 
 def verify_bundle(bundle: Bundle, image: np.ndarray, rtol: float = 1e-3, atol: float = 1e-4) -> None:

@@ -3,7 +3,6 @@ from the bundle's tables at run time (numpy + constriction only)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -12,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from splitrt.bundle import MANIFEST_NAME, BottleneckPoint, Bundle, BundleError, content_hash, sha256_file
+from splitrt.bundle import MANIFEST_NAME, BottleneckPoint, Bundle, BundleError, content_hash, publish, sha256_file
 from splitrt.codecs.bottleneck.entropy import ENTROPY_CODEC_ID, EntropyCodec, EntropyTables, TableError
 
 _CODECS: dict[tuple[str, str], EntropyCodec] = {}
@@ -83,13 +82,10 @@ def add_bottlenecks(bundle_dir: str | Path, artifacts: Sequence[Path], out_dir: 
         data["content_hash"] = content_hash(data)
         (staging / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         check_bottlenecks(Bundle.load(staging))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        return publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Bundle.load(out_dir)
 
 
 def check_bottlenecks(bundle: Bundle, seed: int = 0) -> None:
