@@ -42,7 +42,8 @@ class RunningService:
 
 
 def start_service(bundles: list[Bundle], **config: object) -> RunningService:
-    service = TailService(bundles, ServiceConfig(bind="tcp://127.0.0.1:*", **config))  # type: ignore[arg-type]
+    config.setdefault("bind", "tcp://127.0.0.1:*")
+    service = TailService(bundles, ServiceConfig(**config))  # type: ignore[arg-type]
     thread = threading.Thread(target=service.serve, daemon=True)
     thread.start()
     assert service.wait_ready(10), "service did not start"

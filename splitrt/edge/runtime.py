@@ -83,6 +83,10 @@ class EdgeRuntime:
         self._frame_ids = itertools.count(1)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
+    def next_frame_id(self) -> int:
+        """A fresh frame id, for outcomes made outside `infer` (a prefilter's skip)."""
+        return next(self._frame_ids)
+
     def _session(self, file_name: str) -> ort.InferenceSession:
         session = self._sessions.get(file_name)
         if session is None:
