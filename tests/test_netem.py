@@ -67,6 +67,8 @@ class Sink:
         return (inside[-1][1] - inside[0][1]) * 8 / (inside[-1][0] - inside[0][0])
 
 
+GOODPUT_SHARE = 1448 / 1500  # TCP payload per 1500-byte IP packet (with timestamps): both modes count IP bytes
+
 SENDER = """
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
@@ -108,7 +110,7 @@ def test_schedule_follows_trace() -> None:
     assert len(schedule) == 20 and schedule[0][0] == 0 and schedule[-1][0] == 1900
     assert {rate for _, rate in schedule[:10]} == {2.4e6} and {rate for _, rate in schedule[10:]} == {7.2e6}
     assert step_rate_bps(trace, 20, 100) == 2.4e6  # the trace loops
-    assert tbf_rate_bps(0) == namespaces.MIN_TBF_RATE_BPS and tbf_rate_bps(4e6) == 4_000_000
+    assert tbf_rate_bps(0) == namespaces.MIN_TBF_RATE_BPS and tbf_rate_bps(1.5e6) == 1_514_000
 
 
 def test_follower_sets_each_step_then_stops() -> None:
@@ -234,7 +236,8 @@ def test_relay_mode_limits_rate_within_15pct() -> None:
         _send_for(relay.address, 2.0)
         sink.thread.join(5)
     rate = sink.rate_bps(t0 + 0.3, t0 + 2.0)
-    print(f"relay mode: set 4.00 Mbit/s, measured {rate / 1e6:.2f} Mbit/s ({(rate / 4e6 - 1) * 100:+.1f}%)")
+    print(f"relay mode: set 4.00 Mbit/s, TCP goodput {rate / 1e6:.3f} Mbit/s ({(rate / 4e6 - 1) * 100:+.1f}%; "
+          f"{(rate / (4e6 * GOODPUT_SHARE) - 1) * 100:+.1f}% of the 1448/1500 goodput)")
     assert abs(rate / 4e6 - 1) <= 0.15
 
 
@@ -261,9 +264,10 @@ def test_tbf_rate_within_10pct() -> None:
         result = link.run_in_namespace([sys.executable, "-c", SENDER, link.cloud_ip, str(sink.address[1]), "2.5"])
         assert result.returncode == 0, result.stderr
         sink.thread.join(5)
-        assert "rate 4Mbit" in link.qdisc_stats()
+        assert "rate 4037Kbit" in link.qdisc_stats()
     rate = sink.rate_bps(t0 + 0.5, t0 + 3.0)  # after the process start and the first burst
-    print(f"netns+tbf: set 4.00 Mbit/s, TCP goodput {rate / 1e6:.3f} Mbit/s ({(rate / 4e6 - 1) * 100:+.1f}%)")
+    print(f"netns+tbf: set 4.00 Mbit/s, TCP goodput {rate / 1e6:.3f} Mbit/s ({(rate / 4e6 - 1) * 100:+.1f}%; "
+          f"{(rate / (4e6 * GOODPUT_SHARE) - 1) * 100:+.1f}% of the 1448/1500 goodput)")
     assert abs(rate / 4e6 - 1) <= 0.10
 
 
@@ -287,7 +291,7 @@ def test_follower_changes_tbf_rate() -> None:
             sender.kill()
             sender.wait()
         sink.thread.join(5)
-    assert "rate 2400Kbit" in slow_stats and "rate 7200Kbit" in fast_stats
+    assert "rate 2422Kbit" in slow_stats and "rate 7267Kbit" in fast_stats  # x 1514/1500: frames
     slow_bps = sink.rate_bps(start + 0.3, start + 0.95)
     fast_bps = sink.rate_bps(start + 1.3, start + 1.95)
     print(f"follower: 2.4 Mbit/s phase {slow_bps / 1e6:.2f}, 7.2 Mbit/s phase {fast_bps / 1e6:.2f} Mbit/s")
