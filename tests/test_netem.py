@@ -256,25 +256,28 @@ def test_emulation_relay_mode_follows_trace() -> None:
 # ---------------------------------------------------------------- namespaces + tbf (root)
 
 
-def test_tbf_rate_within_10pct() -> None:
+@pytest.mark.parametrize("qdisc", ["htb", "tbf"])
+def test_fixed_rate_within_10pct(qdisc: str) -> None:
     _namespaces_or_skip()
-    with EmulatedLink(rate_bps=4e6) as link:
-        sink = Sink(link.cloud_ip, read_for_s=2.5)
+    with EmulatedLink(rate_bps=4e6, qdisc=qdisc) as link:
+        assert link.mode == f"netns+{qdisc}"
+        sink = Sink(link.cloud_ip, read_for_s=2.0)
         t0 = time.monotonic()
-        result = link.run_in_namespace([sys.executable, "-c", SENDER, link.cloud_ip, str(sink.address[1]), "2.5"])
+        result = link.run_in_namespace([sys.executable, "-c", SENDER, link.cloud_ip, str(sink.address[1]), "2.0"])
         assert result.returncode == 0, result.stderr
         sink.thread.join(5)
         assert "rate 4037Kbit" in link.qdisc_stats()
     rate = sink.rate_bps(t0 + 0.5, t0 + 3.0)  # after the process start and the first burst
-    print(f"netns+tbf: set 4.00 Mbit/s, TCP goodput {rate / 1e6:.3f} Mbit/s ({(rate / 4e6 - 1) * 100:+.1f}%; "
+    print(f"netns+{qdisc}: set 4.00 Mbit/s, TCP goodput {rate / 1e6:.3f} Mbit/s ({(rate / 4e6 - 1) * 100:+.1f}%; "
           f"{(rate / (4e6 * GOODPUT_SHARE) - 1) * 100:+.1f}% of the 1448/1500 goodput)")
     assert abs(rate / 4e6 - 1) <= 0.10
 
 
-def test_follower_changes_tbf_rate() -> None:
+@pytest.mark.parametrize("qdisc", ["htb", "tbf"])
+def test_follower_changes_rate(qdisc: str) -> None:
     _namespaces_or_skip()
     trace = _two_phase(5, 3, 1000)  # 2.4 Mbit/s for one second, then 7.2 Mbit/s
-    with EmulatedLink() as link:
+    with EmulatedLink(qdisc=qdisc) as link:
         sink = Sink(link.cloud_ip, read_for_s=2.1)
         sender = link.popen([sys.executable, "-c", SENDER, link.cloud_ip, str(sink.address[1]), "2.2"])
         try:
@@ -294,7 +297,7 @@ def test_follower_changes_tbf_rate() -> None:
     assert "rate 2422Kbit" in slow_stats and "rate 7267Kbit" in fast_stats  # x 1514/1500: frames
     slow_bps = sink.rate_bps(start + 0.3, start + 0.95)
     fast_bps = sink.rate_bps(start + 1.3, start + 1.95)
-    print(f"follower: 2.4 Mbit/s phase {slow_bps / 1e6:.2f}, 7.2 Mbit/s phase {fast_bps / 1e6:.2f} Mbit/s")
+    print(f"follower {qdisc}: 2.4 Mbit/s phase {slow_bps / 1e6:.2f}, 7.2 Mbit/s phase {fast_bps / 1e6:.2f} Mbit/s")
     assert 2.5 < fast_bps / slow_bps < 3.5
 
 
@@ -311,17 +314,19 @@ def test_cleanup_after_exit_and_exception() -> None:
     assert "srt" not in subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
 
 
-def test_cleanup_on_sigterm_and_stale() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_cleanup_on_signal_and_stale(signum: int) -> None:
     _namespaces_or_skip()
     code = (
         "import time\nfrom splitrt.bench.netem.namespaces import EmulatedLink\n"
         "with EmulatedLink():\n    print('up', flush=True)\n    time.sleep(30)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, cwd=os.getcwd())
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "up"
         assert _own_leftovers(child.pid)
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(signum)
         child.wait(10)
     finally:
         child.kill()
@@ -335,11 +340,31 @@ def test_cleanup_on_sigterm_and_stale() -> None:
     assert _own_leftovers(dead) == []
 
 
+def test_emulation_netns_mode_follows_trace() -> None:
+    """Through the relay, with the rate re-set every 100 ms (the constant trace alternates 66 and 67
+    packets a step): htb keeps its tokens across changes, so the goodput stays at the trace's."""
+    _namespaces_or_skip()
+    sink = Sink("127.0.0.1", read_for_s=1.5)
+    with Emulation(sink.address, UplinkTrace.constant("const-8M", 8e6), one_way_delay_ms=5.0) as emulation:
+        assert emulation.mode == "netns+htb" and emulation.link is not None
+        host, port = emulation.relay.address
+        assert host == emulation.link.cloud_ip
+        t0 = time.monotonic()
+        sender = emulation.popen([sys.executable, "-c", SENDER, host, str(port), "1.6"])
+        assert sender.wait(10) == 0
+        sink.thread.join(5)
+    rate = sink.rate_bps(t0 + 0.6, t0 + 2.0)
+    print(f"emulation netns+htb: trace 8 Mbit/s, goodput {rate / 1e6:.3f} Mbit/s "
+          f"({(rate / (8e6 * GOODPUT_SHARE) - 1) * 100:+.1f}% of the 1448/1500 goodput)")
+    assert abs(rate / (8e6 * GOODPUT_SHARE) - 1) <= 0.10
+    assert _own_leftovers() == []
+
+
 def test_choose_mode() -> None:
     with pytest.raises(ValueError):
         choose_mode("netem")
     assert choose_mode("relay") == "relay"
-    expected = "netns+tbf"
+    expected = "netns+htb"
     try:
         namespaces.check_available()
     except NamespaceUnavailable:

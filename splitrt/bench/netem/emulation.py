@@ -1,6 +1,6 @@
 """One object for a benchmark: an emulated uplink that follows a trace, with delay and jitter, between an
 edge process and a cloud endpoint. `mode` says which emulation ran ("netns+tbf" or "relay"), so results
-can be labelled with it."""
+can be labelled with it ("netns+htb", "netns+tbf" or "relay")."""
 from __future__ import annotations
 
 import contextlib
@@ -11,11 +11,11 @@ from splitrt.bench.netem.namespaces import EmulatedLink, NamespaceUnavailable, c
 from splitrt.bench.netem.relay import DelayRelay, Direction
 from splitrt.policies.trace import UplinkTrace
 
-MODES = ("auto", "netns+tbf", "relay")
+MODES = ("auto", "netns+htb", "netns+tbf", "relay")
 
 
 def choose_mode(mode: str = "auto") -> str:
-    """"auto" is "netns+tbf" when namespaces can be created here, else "relay"."""
+    """"auto" is "netns+htb" when namespaces can be created here, else "relay"."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode != "auto":
@@ -24,13 +24,13 @@ def choose_mode(mode: str = "auto") -> str:
         check_available()
     except NamespaceUnavailable:
         return "relay"
-    return "netns+tbf"
+    return "netns+htb"
 
 
 class Emulation:
     """Edge -> (shaped uplink) -> relay (delay, jitter) -> cloud `target` (host, port).
 
-    The edge connects to `endpoint`. In "netns+tbf" mode the edge must run inside the namespace
+    The edge connects to `endpoint`. In a "netns+..." mode the edge must run inside the namespace
     (`edge_command(argv)`, `popen(argv)`); in "relay" mode it runs as is and the relay limits the rate.
     """
 
@@ -40,8 +40,8 @@ class Emulation:
         self.link: EmulatedLink | None = None
         direction = Direction(one_way_delay_ms, jitter_ms)
         with contextlib.ExitStack() as stack:
-            if self.mode == "netns+tbf":
-                self.link = stack.enter_context(EmulatedLink())
+            if self.mode.startswith("netns+"):
+                self.link = stack.enter_context(EmulatedLink(qdisc=self.mode.removeprefix("netns+")))
                 self.relay = stack.enter_context(DelayRelay(target, (self.link.cloud_ip, 0), direction, direction, seed=seed))
                 set_rate = self.link.set_rate_bps
             else:
