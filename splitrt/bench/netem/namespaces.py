@@ -40,6 +40,11 @@ FRAME_BYTES_PER_IP_BYTE = (MTU_BYTES + ETHERNET_HEADER_BYTES) / MTU_BYTES
 MIN_TBF_RATE_BPS = 8
 DEFAULT_BURST_BYTES = 16 * 1024
 QDISCS = ("htb", "tbf")
+# htb charges a packet once it has left, as a debt in time that a later rate change does not rescale: one
+# 1514-byte frame at 8 bit/s stalls the class for its 60 s maximum, long after an outage has ended. So in
+# htb mode no rate goes below one frame per 100 ms (a follower step): an outage then leaks at most one
+# packet per 100 ms (121 kbit/s) instead of stalling the link for a minute.
+HTB_MIN_RATE_BPS = 121_120
 DEFAULT_LIMIT_BYTES = 256 * 1024
 SUBNET_PREFIX = "10.231"
 
@@ -164,7 +169,7 @@ class EmulatedLink:
             self._tbf("add", rate)
         else:
             self._tc("qdisc", "add", "root", "handle", "1:", "htb", "default", "1")
-            self._htb_class("add", rate)
+            self._htb_class("add", max(HTB_MIN_RATE_BPS, rate))
             self._tc("qdisc", "add", "parent", "1:1", "handle", "2:", "bfifo", "limit", str(self.limit_bytes))
 
     def _tc(self, obj: str, verb: str, *args: str) -> None:
@@ -180,13 +185,14 @@ class EmulatedLink:
                  "quantum", str(MTU_BYTES + ETHERNET_HEADER_BYTES))
 
     def set_rate_bps(self, rate_bps: float) -> None:
-        """Change the uplink rate now (0 becomes MIN_TBF_RATE_BPS); safe while traffic flows."""
+        """Change the uplink rate now; safe while traffic flows. 0 (an outage) becomes MIN_TBF_RATE_BPS with
+        tbf, and any rate below HTB_MIN_RATE_BPS becomes that with htb."""
         if self._closed:
             raise RuntimeError("link is closed")
         if self.qdisc == "tbf":
             self._tbf("change", tbf_rate_bps(rate_bps))
         else:
-            self._htb_class("change", tbf_rate_bps(rate_bps))
+            self._htb_class("change", max(HTB_MIN_RATE_BPS, tbf_rate_bps(rate_bps)))
         self.rate_bps = float(rate_bps)
 
     def qdisc_stats(self) -> str:
