@@ -253,6 +253,26 @@ def test_emulation_relay_mode_follows_trace() -> None:
     assert abs(sink.rate_bps(t0 + 0.2, t0 + 1.0) / 8e6 - 1) <= 0.15
 
 
+def test_relay_mode_follows_trace_with_outages() -> None:
+    """4.8 Mbit/s for 400 ms, then nothing for 600 ms, looped: delivered bytes match the trace's."""
+    busy = np.repeat(np.arange(5, 401, 5), 5)  # 5 packets every 5 ms
+    trace = UplinkTrace.from_opportunities("on-off", np.append(busy, 1000))
+    sink = Sink("127.0.0.1", read_for_s=2.2)
+    with Emulation(sink.address, trace, mode="relay") as emulation:
+        start = emulation.follower.start_s
+        assert start is not None
+        _send_for(emulation.relay.address, 2.2)
+        sink.thread.join(5)
+
+    def delivered(t: float) -> int:
+        return max([m[1] for m in sink.marks if m[0] <= start + t], default=0)
+
+    got = delivered(2.0) - delivered(1.0)
+    capacity = trace.throughput_bps(1000, 2000) / 8 * GOODPUT_SHARE
+    print(f"relay mode, on-off trace: {got} B in the second second, trace {capacity:.0f} B ({(got / capacity - 1) * 100:+.1f}%)")
+    assert abs(got / capacity - 1) <= 0.05
+
+
 # ---------------------------------------------------------------- namespaces + tbf (root)
 
 
@@ -345,7 +365,7 @@ def test_emulation_netns_mode_follows_trace() -> None:
     packets a step): htb keeps its tokens across changes, so the goodput stays at the trace's."""
     _namespaces_or_skip()
     sink = Sink("127.0.0.1", read_for_s=1.5)
-    with Emulation(sink.address, UplinkTrace.constant("const-8M", 8e6), one_way_delay_ms=5.0) as emulation:
+    with Emulation(sink.address, UplinkTrace.constant("const-8M", 8e6), one_way_delay_ms=5.0, mode="netns+htb") as emulation:
         assert emulation.mode == "netns+htb" and emulation.link is not None
         host, port = emulation.relay.address
         assert host == emulation.link.cloud_ip
@@ -363,10 +383,11 @@ def test_emulation_netns_mode_follows_trace() -> None:
 def test_choose_mode() -> None:
     with pytest.raises(ValueError):
         choose_mode("netem")
-    assert choose_mode("relay") == "relay"
-    expected = "netns+htb"
+    assert choose_mode("relay") == "relay" and choose_mode() == "relay"
     try:
         namespaces.check_available()
     except NamespaceUnavailable:
-        expected = "relay"
-    assert choose_mode() == expected
+        with pytest.raises(NamespaceUnavailable, match="use mode='relay'"):
+            choose_mode("netns+htb")
+    else:
+        assert choose_mode("netns+htb") == "netns+htb"
