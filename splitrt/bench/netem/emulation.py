@@ -18,9 +18,10 @@ def choose_mode(mode: str = "auto") -> str:
     """"auto" is "relay": on this project's kernel only the relay follows a real trace faithfully.
 
     Measured with a bulk TCP transfer over 7 s of each shared trace (100 ms steps), goodput against the
-    trace's: relay -0.2..0.0% on all four; netns+tbf -12.7..+80.5% (`tc qdisc change` refills the tbf
-    bucket at every step); netns+htb -98.3..+4.9% (the class stalls for seconds after an outage on
-    ATT-LTE-driving-2016). At a fixed rate all three are within 0.5%. The netns modes stay available by
+    trace's: relay -0.2..0.0% on all four; netns+tbf +7.3..+93.7% (`tc qdisc change` refills the tbf
+    bucket at every step); netns+htb -77.1..+4.9% (TCP in the namespace backs off for seconds after the
+    outages of ATT-LTE-driving-2016; the relay's sender never sees them). At a fixed rate all three are
+    within 0.5%. The netns modes stay available by
     name, for fixed rates and for real TCP loss dynamics; they need root.
     """
     if mode not in MODES:

@@ -8,7 +8,8 @@ edge-side veth's egress by an htb class (default) or a `tbf` qdisc; `set_rate_bp
 The downlink is not shaped. A rate means IP bytes, like a mahimahi trace's 1500-byte packets (the qdiscs
 count Ethernet frames, so their rate is scaled by 1514/1500): TCP goodput is 1448/1500 = 96.5% of it.
 The burst (16 KiB by default: about 11 packets) is what the bucket holds after an idle period; the limit
-(256 KiB) is the queue in front of it, beyond which packets are dropped.
+(8 MiB, deep like mahimahi's default drop-tail queue) is the queue in front of it, beyond which packets
+are dropped. A 256 KiB queue made TCP lose packets in outages and back off for seconds.
 
 This kernel has no `netem`: delay and jitter come from the user-space relay (`relay.py`); random loss,
 when wanted, would come from an nftables rule (`numgen random mod 100 < P drop`) in the edge namespace,
@@ -45,7 +46,7 @@ QDISCS = ("htb", "tbf")
 # htb mode no rate goes below one frame per 100 ms (a follower step): an outage then leaks at most one
 # packet per 100 ms (121 kbit/s) instead of stalling the link for a minute.
 HTB_MIN_RATE_BPS = 121_120
-DEFAULT_LIMIT_BYTES = 256 * 1024
+DEFAULT_LIMIT_BYTES = 8 * 1024 * 1024
 SUBNET_PREFIX = "10.231"
 
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)([nce])(\d+)$")
