@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
 
 import numpy as np
 import pytest
