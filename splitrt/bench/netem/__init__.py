@@ -1,0 +1,10 @@
+"""Network emulation for end-to-end benchmarks (this kernel has no netem).
+
+- `emulation.Emulation`: edge -> shaped uplink -> delay/jitter relay -> cloud, with `mode` to label results.
+- `relay.DelayRelay`: user-space TCP relay, per-direction delay and jitter without reordering, and
+  optionally a token-bucket rate ("relay" mode, no root needed; the default, and the only mode that
+  follows a real trace faithfully on this kernel: see `emulation.choose_mode`).
+- `namespaces.EmulatedLink`: an edge network namespace joined to the root namespace by a veth pair,
+  the uplink shaped by htb or tbf ("netns+htb" / "netns+tbf", root only; accurate at fixed rates).
+- `follower.TraceFollower`: re-sets a rate every 100 ms to a mahimahi trace's capacity over that step.
+"""
