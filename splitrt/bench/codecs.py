@@ -15,7 +15,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from splitrt.bench.common import LabelledImage, format_table, p50, read_labelled_images, write_json
+from splitrt.bench.common import (
+    PARITIES,
+    LabelledImage,
+    format_table,
+    p50,
+    read_labelled_images,
+    select_parity,
+    write_json,
+)
 from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, Bundle, SplitPoint
 from splitrt.cloud.service import ServiceConfig, TailService
 from splitrt.codecs import Codec, codec_for_point, get_codec
@@ -28,7 +36,6 @@ from splitrt.protocol import Infer, Result, TensorSpec, encode, tensor_from_payl
 
 COLUMNS = ("split", "codec", "frames", "bytes_p50", "top1", "top1_agreement", "head_ms_p50", "encode_ms_p50",
            "decode_ms_p50", "round_trip_ms_p50", "failed")
-PARITIES = ("all", "even", "odd")
 
 
 def reference_top1(model_id: str, crops: list[np.ndarray]) -> np.ndarray:
@@ -42,15 +49,6 @@ def reference_top1(model_id: str, crops: list[np.ndarray]) -> np.ndarray:
             answers.append(model.reference(normalize(batch)).argmax(1).numpy())
     return np.concatenate(answers)
 
-
-def select_parity(labelled: list[LabelledImage], parity: str) -> list[LabelledImage]:
-    """All images, or those whose class index is even / odd (the bottleneck trains on even, is scored on odd)."""
-    if parity not in PARITIES:
-        raise ValueError(f"parity must be one of {', '.join(PARITIES)}, got {parity!r}")
-    if parity == "all":
-        return labelled
-    keep = 0 if parity == "even" else 1
-    return [item for item in labelled if item.class_index % 2 == keep]
 
 
 def _jobs(bundle: Bundle, codecs: Sequence[str], splits: Sequence[str] | None,

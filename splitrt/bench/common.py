@@ -43,6 +43,21 @@ def read_labelled_images(folder: str | Path, limit: int | None = None) -> list[L
     return rows
 
 
+# Images are split by class: the learned parts (bottlenecks, exits) train on even class indices and are
+# scored on odd ones, so that no evaluated class was seen in training.
+PARITIES = ("all", "even", "odd")
+
+
+def select_parity(labelled: list[LabelledImage], parity: str) -> list[LabelledImage]:
+    """All images, or those whose class index is even / odd."""
+    if parity not in PARITIES:
+        raise ValueError(f"parity must be one of {', '.join(PARITIES)}, got {parity!r}")
+    if parity == "all":
+        return labelled
+    keep = 0 if parity == "even" else 1
+    return [item for item in labelled if item.class_index % 2 == keep]
+
+
 def p50(values: Sequence[float]) -> float:
     return float(np.median(values)) if len(values) else float("nan")
 

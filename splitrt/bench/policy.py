@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -20,10 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from splitrt.actions import Action, Local, Offload, Split
-from splitrt.bench.common import format_table, read_labelled_images, write_json
+from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
 from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle
 from splitrt.codecs import get_codec
 from splitrt.devices.ort import create_session
+from splitrt.devices.timing import time_calls_ms
 from splitrt.edge.commands import DEFAULT_BUNDLE
 from splitrt.imaging import crop_for_model, load_rgb
 from splitrt.policies.policies import ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy
@@ -37,16 +37,11 @@ DEFAULT_SPLITS = ("b4", "b7", "b10", "b14", "pool")
 DEFAULT_OFFLOAD = ("jpeg-q90", "jpeg-q75", "jpeg-q50")
 
 
-def _median_ms(run, repeats: int = 15) -> float:  # type: ignore[no-untyped-def]
+def _median_ms(run) -> float:  # type: ignore[no-untyped-def]
     """Median CPU time of `run` on this thread (ONNX Runtime with one intra-op thread runs on the caller's)."""
-    for _ in range(2):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        run()
-        times.append((time.thread_time() - start) * 1000)
-    return float(np.median(times))
+    cpu_ms = time_calls_ms(run, repeats=15, warmup=2).cpu_p50_ms
+    assert cpu_ms is not None
+    return cpu_ms
 
 
 def candidate_actions(bundle: Bundle, splits: Sequence[str], offload: Sequence[str]) -> list[Action]:
@@ -60,7 +55,7 @@ def candidate_actions(bundle: Bundle, splits: Sequence[str], offload: Sequence[s
 def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Action], slowdown: float = 1.0,
                     limit: int | None = None) -> tuple[list[ActionOption], dict[str, np.ndarray]]:
     """Cost of each action (edge CPU ms times `slowdown`) and its correctness on every odd-class image."""
-    items = [i for i in read_labelled_images(images_dir) if i.class_index % 2 == 1][:limit]
+    items = select_parity(read_labelled_images(images_dir), "odd")[:limit]
     crops = [crop_for_model(load_rgb(i.path), bundle.manifest.preprocess)[None] for i in items]
     labels = np.array([i.class_index for i in items])
     manifest = bundle.manifest

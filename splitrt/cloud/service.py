@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 
 import zmq
 
+from splitrt.clock import wall_clock_ms
 from splitrt.bundle import Bundle
 from splitrt.cloud.admission import Reply, Work, admit, handshake, heartbeat_reply, reject
 from splitrt.cloud.batcher import Batch, Batcher, CostModel
@@ -54,9 +55,6 @@ UNREAD_MESSAGES_PER_CLIENT = 16
 QUIET_BEFORE_EXIT_S = 0.1
 RECEIVE_BUFFER_BYTES = 256 * 1024
 
-
-def wall_clock_ms() -> float:
-    return time.time() * 1000.0
 
 
 class TailService:

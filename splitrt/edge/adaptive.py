@@ -11,21 +11,18 @@ that came back is noticed, at the cost of one frame's risk per interval.
 from __future__ import annotations
 
 import collections
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
+from splitrt.clock import wall_clock_ms
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import FrameOutcome, Status
 from splitrt.policies.estimators import EwmaEstimator, ThroughputEstimator
 from splitrt.policies.policies import ActionOption, Decision, LinkView, Policy, predict_ms
 from splitrt.policies.prefilter import Prefilter
 
-
-def wall_clock_ms() -> float:
-    return time.time() * 1000.0
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable
 import numpy as np
 import onnxruntime as ort
 
+from splitrt.clock import wall_clock_ms
 from splitrt.actions import Action, Local, Offload, Skip, Split
 from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, TAIL_INPUT_NAME, Bundle, BundleError
 from splitrt.codecs import CodecError, UnknownCodec, codec_for_point
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 
     from splitrt.edge.sources import FrameSource
 
-
-def wall_clock_ms() -> float:
-    return time.time() * 1000.0
 
 
 def softmax_top(logits: np.ndarray, labels: Callable[[int], str], k: int = 5) -> list[Prediction]:

@@ -14,6 +14,7 @@ from typing import AsyncIterator, Callable, Iterator, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from splitrt.clock import wall_clock_ms
 from splitrt.frame import Frame
 from splitrt.imaging import list_images, load_rgb
 
@@ -57,9 +58,6 @@ def write_sample_images(folder: str | Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- streaming sources (async)
 
-
-def wall_clock_ms() -> float:
-    return time.time() * 1000.0
 
 
 class FrameSource(Protocol):

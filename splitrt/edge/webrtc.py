@@ -17,6 +17,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
+from splitrt.clock import wall_clock_ms
 from splitrt.frame import Frame
 
 try:
@@ -28,9 +29,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 VIDEO_CLOCK_RATE = 90_000  # RTP clock for video
 
-
-def wall_clock_ms() -> float:
-    return time.time() * 1000.0
 
 
 class TrackSource:

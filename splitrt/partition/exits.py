@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from splitrt.bundle import HEAD_INPUT_NAME, MANIFEST_NAME, TAIL_INPUT_NAME, Bundle, content_hash, sha256_file
-from splitrt.imaging import crop_for_model, load_rgb
+from splitrt.imaging import Preprocess, crop_for_model, load_rgb
 from splitrt.partition.models import StagedModel
 
 EXIT_OUTPUT_NAME = "exit_logits"
@@ -109,30 +109,24 @@ class ExitReport:
     file: str
 
 
-def augmented_crops(paths: Sequence[Path], copies: int, crop: int, resize: int, seed: int) -> list[np.ndarray]:
+def augmented_crops(paths: Sequence[Path], copies: int, prep: Preprocess, seed: int) -> list[np.ndarray]:
     """The center crop of each image plus `copies - 1` random resized crops with flips (uint8 HWC)."""
     rng = random.Random(seed)
     out = []
     for path in paths:
         pixels = load_rgb(path)
         image = Image.fromarray(pixels)
-        out.append(crop_for_model(pixels, _prep(resize, crop)))
+        out.append(crop_for_model(pixels, prep))
         for _ in range(copies - 1):
             width, height = image.size
             scale = rng.uniform(0.35, 1.0)
             side = int(min(width, height) * math.sqrt(scale))
             left, top = rng.randint(0, width - side), rng.randint(0, height - side)
-            patch = image.crop((left, top, left + side, top + side)).resize((crop, crop), Image.BILINEAR)
+            patch = image.crop((left, top, left + side, top + side)).resize((prep.crop, prep.crop), Image.BILINEAR)
             if rng.random() < 0.5:
                 patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
             out.append(np.asarray(patch, dtype=np.uint8))
     return out
-
-
-def _prep(resize: int, crop: int):  # type: ignore[no-untyped-def]
-    from splitrt.imaging import Preprocess
-
-    return Preprocess(resize_short_side=resize, crop=crop)
 
 
 @torch.no_grad()
@@ -250,11 +244,11 @@ def _activation_sides(model: StagedModel) -> list[int]:
 
 def _split_labelled(images_dir: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[tuple[Path, int]]]:
     """Even class_index: training (4 of 5) and calibration (1 of 5) images; odd class_index: evaluation."""
-    from splitrt.bench.common import read_labelled_images
+    from splitrt.bench.common import read_labelled_images, select_parity
 
-    items = [(i.path, i.class_index) for i in read_labelled_images(images_dir)]
-    even = [item for item in items if item[1] % 2 == 0]
-    odd = [item for item in items if item[1] % 2 == 1]
+    items = read_labelled_images(images_dir)
+    even = [(i.path, i.class_index) for i in select_parity(items, "even")]
+    odd = [(i.path, i.class_index) for i in select_parity(items, "odd")]
     calibration = even[::5]
     train = [item for index, item in enumerate(even) if index % 5 != 0]
     return train, calibration, odd
@@ -262,19 +256,11 @@ def _split_labelled(images_dir: Path) -> tuple[list[tuple[Path, int]], list[tupl
 
 def measure_ms(path: Path, image: np.ndarray, runs: int = 30) -> float:
     """Median ONNX Runtime time (one thread) of a model taking the uint8 image."""
-    import time
-
     from splitrt.devices.ort import create_session
+    from splitrt.devices.timing import time_calls_ms
 
     session = create_session(path)
-    for _ in range(3):
-        session.run(None, {HEAD_INPUT_NAME: image})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {HEAD_INPUT_NAME: image})
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+    return time_calls_ms(lambda: session.run(None, {HEAD_INPUT_NAME: image}), repeats=runs).p50_ms
 
 
 def train_exits(
@@ -298,7 +284,7 @@ def train_exits(
         saved = torch.load(cache, weights_only=True)
         acts, features, logits = saved["acts"], saved["features"], saved["logits"]
     else:
-        crops = augmented_crops([p for p, _ in train], copies, prep.crop, prep.resize_short_side, seed=0)
+        crops = augmented_crops([p for p, _ in train], copies, prep, seed=0)
         acts, features, logits = teacher_pass(model, crops, points, desc="teacher (training crops)")
         torch.save({"acts": acts, "features": features, "logits": logits}, cache)
     calib_crops = [crop_for_model(load_rgb(p), prep) for p, _ in calibration]

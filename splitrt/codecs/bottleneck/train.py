@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -54,14 +53,9 @@ class TrainConfig:
 
 def split_images(images_dir: str | Path, parity: str) -> list[Path]:
     """Images of `labels.csv` whose class_index is even (`parity="even"`) or odd; all for `"all"`."""
-    folder = Path(images_dir)
-    labels = folder / "labels.csv"
-    if not labels.is_file():
-        raise FileNotFoundError(f"{labels} not found: --images needs a folder with a labels.csv (file,class_index,...)")
-    keep = {"even": 0, "odd": 1}.get(parity)
-    with open(labels, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return [folder / r["file"] for r in rows if keep is None or int(r["class_index"]) % 2 == keep]
+    from splitrt.bench.common import read_labelled_images, select_parity
+
+    return [item.path for item in select_parity(read_labelled_images(images_dir), parity)]
 
 
 def augmented_views(paths: Sequence[Path], model: StagedModel, views_per_image: int, seed: int) -> Iterator[np.ndarray]:
