@@ -317,11 +317,13 @@ def test_follower_changes_rate(qdisc: str) -> None:
     slow_bps = sink.rate_bps(start + 0.3, start + 0.95)
     fast_bps = sink.rate_bps(start + 1.3, start + 1.95)
     print(f"follower {qdisc}: 2.4 Mbit/s phase {slow_bps / 1e6:.2f}, 7.2 Mbit/s phase {fast_bps / 1e6:.2f} Mbit/s")
-    # htb keeps its tokens as time across a change: after 2.4 -> 7.2 Mbit/s they are worth 3x the bytes,
-    # so its fast phase measured 6.8..7.8 Mbit/s in repeated runs (tbf: 6.95)
-    # The rate change itself is shown by the qdisc above; the measured ratio (3 expected) only has to tell
-    # the phases apart, with room for a loaded machine (2.3 was seen while the whole suite ran).
-    assert 2.0 < fast_bps / slow_bps < 3.8
+    # The qdisc readings above prove the rate change. What the sender measures only has to agree with them:
+    # neither phase beyond its set rate (a shaper caps; a loaded machine can only send less), and the fast
+    # phase clearly faster. htb keeps its tokens as time across a change, so right after 2.4 -> 7.2 Mbit/s
+    # they are worth 3x the bytes: its fast phase measured 6.8..7.8 Mbit/s in repeated runs (tbf: 6.95).
+    # The slow phase has read as low as 1.84 Mbit/s on a busy CI machine (TCP backing off after drops).
+    assert slow_bps <= 2.4e6 * 1.10 and fast_bps <= 7.2e6 * 1.15
+    assert fast_bps / slow_bps > 1.5
 
 
 def test_cleanup_after_exit_and_exception() -> None:
