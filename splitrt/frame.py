@@ -56,6 +56,7 @@ class FrameOutcome:
     capture_ms: float = 0.0  # unix epoch ms when the frame was captured (0: unknown)
     deadline_ms: float = 0.0  # absolute, unix epoch ms (0: none)
     done_ms: float = 0.0  # unix epoch ms when the frame ended
+    predicted_ms: float = 0.0  # the latency the policy expected of its choice when it decided (0: no policy chose)
 
     @property
     def age_ms(self) -> float:
@@ -94,4 +95,5 @@ class FrameOutcome:
             "trace_ms": {k: round(v, 3) for k, v in self.trace_ms.items()},
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
+            "predicted_ms": round(self.predicted_ms, 3),
         }

@@ -11,6 +11,7 @@ SCENARIOS = (
     "splitrt.bench.prefilter",
     "splitrt.bench.policy",
     "splitrt.bench.failover",
+    "splitrt.bench.e2e",
 )
 
 

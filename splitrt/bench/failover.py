@@ -46,10 +46,12 @@ def free_tcp_port() -> int:
 class CloudProcess:
     """A `splitrt cloud serve` subprocess on a fixed loopback port, which can be killed and started again."""
 
-    def __init__(self, bundle_dir: str | Path, port: int, workers: int = 1, nice: int = 0) -> None:
+    def __init__(self, bundle_dir: str | Path, port: int, workers: int = 1, nice: int = 0,
+                 extra_args: Sequence[str] = ()) -> None:
         self.bundle_dir = str(bundle_dir)
         self.port = port
         self.workers = workers
+        self.extra_args = list(extra_args)  # more `splitrt cloud serve` options, e.g. --no-batching
         self.nice = nice  # on one machine, a lower priority keeps the cloud's restart from starving the edge
         self.process: subprocess.Popen[str] | None = None
 
@@ -65,7 +67,7 @@ class CloudProcess:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "splitrt", "cloud", "serve", "--bundle", self.bundle_dir, "--bind", self.endpoint,
-             "--workers", str(self.workers), "--warm-up", "--ready-json"],
+             "--workers", str(self.workers), "--warm-up", "--ready-json", *self.extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

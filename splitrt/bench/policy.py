@@ -1,10 +1,10 @@
 """`splitrt bench policy`: replay mahimahi uplink traces against measured action costs and per-image
 correctness, for every static action, `latency`, `deadline` and `oracle`.
 
-Costs: the head (or exit, or JPEG encode) of each action is timed with ONNX Runtime on this machine as CPU
-time of its one thread, which other processes' load does not inflate, and divided by the device profile's
-CPU share (what its CPU quota gives: `splitrt.devices.profiles`); the tail's CPU time is the cloud's time
-(a cloud core to itself). Bytes are the real encoded
+Costs: each action's edge part (crop, head or exit, encode) is run as `EdgeRuntime.infer` runs it, under the
+device profile's CPU quota, paced like the frames (`splitrt.bench.device_costs`): the simulator draws every
+frame's device time from those samples (CPU time / share without a writable cgroup). The tail's CPU time
+is the cloud's time (a cloud core to itself). Bytes are the real encoded
 payloads. Correctness is each action's real top-1 on every evaluation image (odd `class_index`, so early
 exits are judged on images they were not trained on). Frames cycle through the images in order.
 """
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from splitrt.actions import Action, Local, Offload, Split
 from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
+from splitrt.bench.device_costs import device_options
 from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle
 from splitrt.codecs import get_codec
 from splitrt.devices.ort import create_session
@@ -158,10 +159,11 @@ def run_policy_bench(
 
     bundle = Bundle.load(bundle_dir)
     profile = get_profile(device_profile)
-    slowdown = 1.0 / profile.cpu_share
     cache = Path(".cache") / f"policy-options-{bundle.content_hash[7:19]}.json"
     measured, correctness = cached_options(bundle, images, cache, limit)
-    options = [ActionOption(o.action, o.edge_ms * slowdown, o.payload_bytes, o.cloud_ms, o.accuracy) for o in measured]
+    options, cost_model = device_options(
+        bundle, measured, profile, load_rgb(select_parity(read_labelled_images(images), "odd")[0].path),
+        Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile.name}.json", interval_ms=1000.0 / fps)
     print(format_table([{"action": o.key, "edge_ms": o.edge_ms, "bytes": o.payload_bytes, "cloud_ms": o.cloud_ms,
                          "accuracy": o.accuracy} for o in options], ["action", "edge_ms", "bytes", "cloud_ms", "accuracy"]))
     config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms)
@@ -185,7 +187,8 @@ def run_policy_bench(
     write_json(json_out, "policy", [r for rows in results.values() for r in rows],
                options=[{"action": o.key, "edge_ms": o.edge_ms, "payload_bytes": o.payload_bytes,
                          "cloud_ms": o.cloud_ms, "accuracy": o.accuracy} for o in options],
-               settings={"device_profile": device_profile, "cpu_share": profile.cpu_share, "deadline_ms": deadline_ms,
+               settings={"device_profile": device_profile, "cpu_share": profile.cpu_share, "edge_cost_model": cost_model,
+                         "deadline_ms": deadline_ms,
                          "fps": fps, "rtt_ms": rtt_ms, "evaluation_images": int(len(next(iter(correctness.values()))))})
     if plot:
         plot_timelines(timelines, options, plot)

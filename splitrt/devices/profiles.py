@@ -19,7 +19,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 10_000
@@ -202,6 +202,10 @@ class CpuQuota:
     def add_process(self, pid: int) -> None:
         self.procs_file.write_text(str(pid))
 
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` wrapped so that its process joins this cgroup before it execs: it never runs unthrottled."""
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.procs_file), *argv]
+
     def close(self) -> None:
         if not self.path.exists():
             return
@@ -271,9 +275,14 @@ def run_under_profile(
 ) -> subprocess.CompletedProcess:
     """Run a command under the profile: the process joins the cgroup before it execs, so it never runs
     unthrottled; SPLITRT_THREADS tells splitrt inside it how many inference threads to use."""
-    env = dict(popen.pop("env", None) or os.environ)  # type: ignore[arg-type]
+    env = profile_environment(profile, popen.pop("env", None))  # type: ignore[arg-type]
+    with CpuQuota(profile.cpu_share, layout or find_cgroup_layout(), label=profile.name) as quota:
+        return subprocess.run(quota.command(argv), env=env, timeout=timeout_s, check=False, **popen)  # type: ignore[call-overload]
+
+
+def profile_environment(profile: DeviceProfile, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process that runs as `profile`: SPLITRT_THREADS sets its inference threads."""
+    env = dict(base or os.environ)
     env["SPLITRT_THREADS"] = str(profile.threads)
     env["SPLITRT_DEVICE_PROFILE"] = profile.name
-    with CpuQuota(profile.cpu_share, layout or find_cgroup_layout(), label=profile.name) as quota:
-        wrapped = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(quota.procs_file), *argv]
-        return subprocess.run(wrapped, env=env, timeout=timeout_s, check=False, **popen)  # type: ignore[call-overload]
+    return env

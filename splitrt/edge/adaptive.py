@@ -4,25 +4,29 @@ The estimators learn only from what frames observe. A remote frame's `network` s
 cloud's queue and compute) is the RTT plus the upload: the smallest recent value stands for the RTT (a
 windowed minimum, as BBR keeps) and the rest is the transfer. A frame that timed out bounds the rate from
 above, and every Result carries the cloud's queue delay. When no remote frame has measured the link for
-`probe_interval_ms` and the policy keeps a frame local, the frame runs the cheapest remote action instead,
-if that would still meet its deadline at the rate the link was first believed to have: this is how a link
-that came back is noticed, at the cost of one frame's risk per interval.
+`probe_interval_ms` and the policy keeps a frame local, the frame runs what the policy would choose if the
+link were as fast as first believed, when that is remote (`probe_decision`): this is how a link that came
+back is noticed, at the cost of one frame's risk per interval. The simulator models the same probes.
 """
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
 from splitrt.clock import wall_clock_ms
 from splitrt.edge.runtime import EdgeRuntime
-from splitrt.frame import FrameOutcome, Status
+from splitrt.frame import Frame, FrameOutcome, Status
 from splitrt.policies.estimators import EwmaEstimator, ThroughputEstimator
-from splitrt.policies.policies import ActionOption, Decision, LinkView, Policy, predict_ms
+from splitrt.policies.policies import ActionOption, Decision, LinkView, Policy, probe_decision
 from splitrt.policies.prefilter import Prefilter
 
+if TYPE_CHECKING:
+    import asyncio
+
+    from splitrt.edge.sources import FrameSource
 
 
 @dataclass
@@ -100,7 +104,7 @@ class AdaptiveRuntime:
         self.probe_interval_ms = probe_interval_ms
         self.clock_ms = clock_ms
         self.last: FrameOutcome | None = None
-        self.decisions: list[Decision] = []
+        self.decisions: collections.deque[Decision] = collections.deque(maxlen=1000)  # the latest ones
 
     def _cloud_up(self) -> bool:
         link = self.runtime.link
@@ -110,25 +114,28 @@ class AdaptiveRuntime:
         view = self.estimates.view(self._cloud_up(), self.clock_ms())
         decision = self.policy.decide(budget_ms, self.options, view)
         stale = self.clock_ms() - self.estimates.throughput.last_sample_ms >= self.probe_interval_ms
-        if decision.option.remote or not stale or not view.cloud_up or not self.policy.uses_link_estimates:
+        if decision.option.remote or not stale or not self.policy.uses_link_estimates:
             return decision
-        # Probe: the link has not been measured for a while; try the cheapest remote action if it would fit
-        # the deadline at the rate the link had before it was last doubted.
-        remote = [o for o in self.options if o.remote]
-        if not remote:
+        probe = probe_decision(self.policy, budget_ms, self.options, view, self.estimates.throughput.initial_bps)
+        if probe is None:
             return decision
-        probe = min(remote, key=lambda o: o.payload_bytes)
-        hopeful_ms = predict_ms(probe, max(self.estimates.throughput.initial_bps, view.bandwidth_bps), view.rtt_ms,
-                                view.queue_ms)
-        if hopeful_ms <= budget_ms:
-            self.estimates.throughput.last_sample_ms = self.clock_ms()  # one probe per interval
-            return Decision(probe, hopeful_ms, "probe: the link has not been measured lately")
-        return decision
+        self.estimates.throughput.last_sample_ms = self.clock_ms()  # one probe per interval
+        return probe
 
-    def infer(self, pixels: np.ndarray, budget_ms: float, source: str = "") -> FrameOutcome:
-        if self.prefilter is not None and self.last is not None and not self.prefilter.admit(pixels):
-            outcome = FrameOutcome(
-                frame_id=self.runtime.next_frame_id(),
+    def infer(self, pixels: np.ndarray | Frame, budget_ms: float = 1000.0, source: str = "") -> FrameOutcome:
+        """One frame (HWC uint8 pixels, or a `Frame`, whose deadline then sets the budget: the time it waited
+        for the pipeline counts) with the action the policy picks now."""
+        frame = pixels if isinstance(pixels, Frame) else None
+        if frame is not None:
+            image, source = frame.pixels, frame.source
+            if frame.deadline_ms > 0:
+                budget_ms = frame.deadline_ms - self.clock_ms()
+        else:
+            image = pixels
+        if self.prefilter is not None and self.last is not None and not self.prefilter.admit(image):
+            now_ms = self.clock_ms()
+            return FrameOutcome(
+                frame_id=frame.frame_id if frame is not None else self.runtime.next_frame_id(),
                 action="skip",
                 status=Status.SKIPPED,
                 reason=f"prefilter ({self.prefilter.feature}): no change since frame {self.last.frame_id}; "
@@ -136,14 +143,27 @@ class AdaptiveRuntime:
                 top=list(self.last.top),
                 logits=self.last.logits,
                 source=source,
+                capture_ms=frame.capture_ms if frame is not None else now_ms,
+                deadline_ms=frame.deadline_ms if frame is not None else now_ms + budget_ms,
+                done_ms=now_ms,
             )
-            return outcome
         if self.prefilter is not None and self.last is None:
-            self.prefilter.admit(pixels)  # the first frame becomes the reference
+            self.prefilter.admit(image)  # the first frame becomes the reference
         decision = self._decide(budget_ms)
         self.decisions.append(decision)
         outcome = self.runtime.infer(pixels, decision.option.action, budget_ms=budget_ms, source=source)
+        outcome.predicted_ms = decision.predicted_ms
         self.estimates.observe(self.clock_ms(), outcome)
         if outcome.ok:
             self.last = outcome
         return outcome
+
+    def run(
+        self, source: "FrameSource", budget_ms: float = 1000.0, stop: "asyncio.Event | None" = None, max_queue: int = 4
+    ) -> AsyncIterator[FrameOutcome]:
+        """`EdgeRuntime.run` with the action of every frame chosen by the policy (latest frame wins for a
+        real-time source: a replaced frame ends `dropped`)."""
+        from splitrt.edge.stream import run_stream
+
+        return run_stream(self.runtime, source, budget_ms=budget_ms, stop=stop, max_queue=max_queue,
+                          infer=self.infer, planned=f"policy:{self.policy.name}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from splitrt.actions import Action
 from splitrt.frame import Frame, FrameOutcome, Status
@@ -64,10 +64,14 @@ async def run_stream(
     budget_ms: float = 1000.0,
     stop: asyncio.Event | None = None,
     max_queue: int = 4,
+    infer: Callable[[Frame], FrameOutcome] | None = None,
+    planned: str | None = None,
 ) -> AsyncIterator[FrameOutcome]:
-    """See `EdgeRuntime.run`."""
+    """See `EdgeRuntime.run`. `infer` replaces `runtime.infer(frame, action)` (an `AdaptiveRuntime` chooses
+    each frame's action itself; `planned` then names what a dropped frame would have run)."""
     loop = asyncio.get_running_loop()
-    planned = (action or runtime.action).describe()
+    run_frame = infer or (lambda frame: runtime.infer(frame, action))
+    planned = planned or (action or runtime.action).describe()
     outcomes: asyncio.Queue[object] = asyncio.Queue()
     realtime = bool(getattr(source, "realtime", False))
     slot = LatestFrameSlot()
@@ -117,7 +121,7 @@ async def run_stream(
                 frame = await next_frame()
                 if frame is None:
                     return
-                outcome = await loop.run_in_executor(runtime.executor, runtime.infer, frame, action)
+                outcome = await loop.run_in_executor(runtime.executor, run_frame, frame)
                 outcomes.put_nowait(outcome)
         finally:
             outcomes.put_nowait(_END)

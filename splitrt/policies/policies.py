@@ -6,8 +6,11 @@ estimates, else the best local fallback) and `oracle` (offline: knows the true f
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
+
+import numpy as np
 
 from splitrt.actions import Action, Local, Skip
 
@@ -21,10 +24,17 @@ class ActionOption:
     payload_bytes: int = 0  # on the uplink (0: nothing is sent)
     cloud_ms: float = 0.0  # decode + tail on the cloud
     accuracy: float = 0.0  # measured top-1 on real images
+    # Measured edge times on the device (wall clock, ms), when known: a simulator draws each frame's from these.
+    edge_samples_ms: tuple[float, ...] = ()
 
     @property
     def key(self) -> str:
         return self.action.describe()
+
+    @functools.cached_property
+    def cautious_edge_ms(self) -> float:
+        """The edge time exceeded only one frame in ten (p90 of the samples); the point estimate without them."""
+        return float(np.percentile(self.edge_samples_ms, 90)) if self.edge_samples_ms else self.edge_ms
 
     @property
     def remote(self) -> bool:
@@ -50,12 +60,15 @@ class Decision:
     reason: str
 
 
-def predict_ms(option: ActionOption, bandwidth_bps: float, rtt_ms: float, queue_ms: float) -> float:
-    """Expected capture-to-result latency of an option at a given link state."""
+def predict_ms(option: ActionOption, bandwidth_bps: float, rtt_ms: float, queue_ms: float,
+               edge_ms: float | None = None) -> float:
+    """Expected capture-to-result latency of an option at a given link state (`edge_ms`: instead of the
+    option's own estimate of its device time)."""
+    edge_ms = option.edge_ms if edge_ms is None else edge_ms
     if not option.remote:
-        return option.edge_ms
+        return edge_ms
     transfer_ms = option.payload_bytes * 8 / max(bandwidth_bps, 1.0) * 1000.0
-    return option.edge_ms + transfer_ms + rtt_ms + queue_ms + option.cloud_ms
+    return edge_ms + transfer_ms + rtt_ms + queue_ms + option.cloud_ms
 
 
 class Policy(Protocol):
@@ -117,8 +130,9 @@ class LatencyPolicy:
 class DeadlinePolicy:
     """The most accurate action whose cautious latency meets the budget; else the best local fallback.
 
-    Cautious means the bandwidth estimate minus `deviations` mean deviations and the RTT plus its
-    deviations, so that "meets the deadline" holds with high probability, not on average. Among equally
+    Cautious means the bandwidth estimate minus `deviations` mean deviations, the RTT plus its deviations
+    and the device time that nine frames in ten stay under (when the option carries measured samples), so
+    that "meets the deadline" holds with high probability, not on average. Among equally
     accurate actions the fastest wins, which leaves room for the unexpected.
     """
 
@@ -129,7 +143,8 @@ class DeadlinePolicy:
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         usable = _usable(options, link)
         budget = budget_ms - self.margin_ms
-        scored = [(predict_ms(o, link.cautious_bandwidth_bps, link.cautious_rtt_ms, link.queue_ms), o) for o in usable]
+        scored = [(predict_ms(o, link.cautious_bandwidth_bps, link.cautious_rtt_ms, link.queue_ms, o.cautious_edge_ms), o)
+                  for o in usable]
         feasible = [(p, o) for p, o in scored if p <= budget]
         if feasible:
             predicted, best = max(feasible, key=lambda pair: (pair[1].accuracy, -pair[0]))
@@ -140,6 +155,22 @@ class DeadlinePolicy:
             return Decision(best, predicted, "nothing meets the deadline: fastest local")
         predicted, best = min(scored, key=lambda pair: pair[0])
         return Decision(best, predicted, "nothing meets the deadline: fastest")
+
+
+def probe_decision(policy: Policy, budget_ms: float, options: Sequence[ActionOption], link: LinkView,
+                   hopeful_bps: float) -> Decision | None:
+    """For a frame that `policy` keeps local while the link has not been measured lately: what the policy
+    would choose if the link were as fast as `hopeful_bps` (the rate believed before it was doubted), when that
+    is remote. Running the frame that way measures the link again, at the risk of that one frame; a remote
+    action no better than local under that hope is never tried."""
+    if not link.cloud_up:
+        return None
+    hopeful = replace(link, bandwidth_bps=max(hopeful_bps, link.bandwidth_bps),
+                      cautious_bandwidth_bps=max(hopeful_bps, link.cautious_bandwidth_bps))
+    decision = policy.decide(budget_ms, options, hopeful)
+    if not decision.option.remote:
+        return None
+    return Decision(decision.option, decision.predicted_ms, "probe: the link has not been measured lately")
 
 
 TrueLatency = Callable[[ActionOption], float]

@@ -5,7 +5,9 @@ is busy replaces any older waiting one (latest frame wins: the older ends `dropp
 queues its bytes on the uplink behind earlier transfers; the edge waits for a reply no longer than the
 frame's deadline (it ends `timeout`), but bytes already sent still occupy the link. Estimators see a
 transfer only when its reply would have arrived, and a timeout as an upper bound on the rate. While no
-transfer has been seen for `probe_interval_ms`, a small probe request measures the link (its bytes count).
+transfer has been seen for `probe_interval_ms` and the policy keeps a frame local, the frame runs what the
+policy would choose at the link's initial rate, when that is remote (`probe_decision`, as the edge does).
+An option with measured device times (`edge_samples_ms`) takes a random one of them per frame (seeded).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from splitrt.policies.estimators import RttEstimator, ThroughputEstimator
-from splitrt.policies.policies import ActionOption, LinkView, OraclePolicy, Policy
+from splitrt.policies.policies import ActionOption, LinkView, OraclePolicy, Policy, probe_decision
 from splitrt.policies.trace import UplinkTrace
 
 
@@ -28,10 +30,10 @@ class SimConfig:
     duration_s: float | None = None  # default: the trace's length
     rtt_ms: float = 40.0
     queue_ms: float = 0.0
-    probe_interval_ms: float = 500.0
-    probe_bytes: int = 3000
+    probe_interval_ms: float = 1000.0  # the edge runtime's default
     initial_bps: float = 1e6
     cautious_deviations: float = 1.0
+    seed: int = 0  # for the draws of edge times from options' measured samples
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def simulate(
     link = _Link(trace)
     seen = _Observations(ThroughputEstimator(initial_bps=config.initial_bps), RttEstimator(initial_ms=config.rtt_ms))
     records: list[FrameRecord] = []
+    rng = np.random.default_rng(config.seed)
     edge_free_ms = 0.0
     for frame_id, capture_ms in enumerate(captures):
         start_ms = max(capture_ms, edge_free_ms)
@@ -121,20 +124,21 @@ def simulate(
         if isinstance(policy, OraclePolicy):
             policy.true_latency_ms = lambda o, s=start_ms, c=capture_ms: _true_end_ms(o, s, link, config) - c
         option = policy.decide(deadline_ms - start_ms, options, view).option
+        stale = start_ms - seen.throughput.last_sample_ms >= config.probe_interval_ms
+        if not option.remote and stale and policy.uses_link_estimates:
+            probe = probe_decision(policy, deadline_ms - start_ms, options, view, config.initial_bps)
+            if probe is not None:  # as the edge runtime does: this frame measures the link
+                option = probe.option
+                seen.throughput.last_sample_ms = start_ms
         key = option.key
+        edge_ms = float(rng.choice(option.edge_samples_ms)) if option.edge_samples_ms else option.edge_ms
         correct = bool(correctness[key][frame_id % images])
         bytes_sent = 0
         if not option.remote:
-            end_ms = start_ms + option.edge_ms
+            end_ms = start_ms + edge_ms
             status = "ok" if end_ms <= deadline_ms else "late"
-            stale = start_ms - seen.throughput.last_sample_ms >= config.probe_interval_ms
-            if policy.uses_link_estimates and stale and link.free_at_ms <= start_ms:
-                send_ms, sent_ms = link.send(start_ms, config.probe_bytes)
-                seen.at(sent_ms + config.rtt_ms, "transfer", config.probe_bytes, sent_ms - send_ms, config.rtt_ms)
-                seen.throughput.last_sample_ms = start_ms  # one probe in flight at a time
-                bytes_sent = config.probe_bytes
         else:
-            send_ms, sent_ms = link.send(start_ms + option.edge_ms, option.payload_bytes)
+            send_ms, sent_ms = link.send(start_ms + edge_ms, option.payload_bytes)
             reply_ms = sent_ms + config.rtt_ms + config.queue_ms + option.cloud_ms
             seen.at(reply_ms, "transfer", option.payload_bytes, sent_ms - send_ms, config.rtt_ms)
             bytes_sent = option.payload_bytes

@@ -1,0 +1,400 @@
+"""`splitrt bench e2e`: the real edge and cloud processes through an emulated uplink, on an emulated device.
+
+For every trace and policy: a `splitrt cloud serve` process (no batching, as the simulator assumes no queue),
+an emulated link in front of it (`splitrt.bench.netem.Emulation`: the trace's rate, half the RTT each way)
+and an edge process (`splitrt.bench.e2e_edge`) under the device profile's CPU quota that runs the policy live
+on paced frames of the odd-class images. The edge starts, connects and warms up before it joins the quota and
+before the trace starts; then trace time 0 is its first frame. Each row is measured the same way as a
+`bench policy` row and is put beside what the simulator predicts for the same settings, trace window,
+options and images (`simulated_*`, and `difference_pp` of accuracy at deadline).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from splitrt.bench.common import format_table, p50, read_labelled_images, select_parity, write_json
+from splitrt.bench.failover import CloudProcess, free_tcp_port
+from splitrt.bench.netem.emulation import MODES, Emulation
+from splitrt.bench.device_costs import device_options
+from splitrt.bench.e2e_edge import option_to_json
+from splitrt.bench.policy import cached_options
+from splitrt.bundle import Bundle
+from splitrt.devices.profiles import CgroupUnavailable, CpuQuota, DeviceProfile, find_cgroup_layout, get_profile, profile_environment
+from splitrt.edge.commands import DEFAULT_BUNDLE
+from splitrt.imaging import load_rgb
+from splitrt.policies.policies import ActionOption, make_policy
+from splitrt.policies.simulate import FrameRecord, SimConfig, simulate, summarize
+from splitrt.policies.trace import UplinkTrace
+
+COLUMNS = ("policy", "frames", "deadline_hit", "accuracy_at_deadline", "simulated_accuracy_at_deadline",
+           "difference_pp", "latency_p50_ms", "latency_p95_ms", "predicted_latency_p50_ms", "bytes_mean")
+ADAPTIVE_POLICIES = ("latency", "deadline")
+FAMILIES = ("local@", "split@", "offload/")  # one best static action of each, besides plain `local`
+
+
+@dataclass(frozen=True)
+class E2ESettings:
+    device_profile: str
+    deadline_ms: float
+    fps: float
+    rtt_ms: float
+    duration_s: float
+    mode: str = "auto"
+    initial_bps: float = SimConfig.initial_bps
+    probe_interval_ms: float = 1000.0
+    allow_thread_fallback: bool = False
+    edge_cost_samples: int = 40  # device-time samples per action for the simulator (`bench.device_costs`)
+
+    def sim_config(self) -> SimConfig:
+        return SimConfig(fps=self.fps, deadline_ms=self.deadline_ms, duration_s=self.duration_s, rtt_ms=self.rtt_ms,
+                         initial_bps=self.initial_bps, probe_interval_ms=self.probe_interval_ms)
+
+    @property
+    def frames(self) -> int:
+        return len(np.arange(0.0, self.duration_s * 1000.0, 1000.0 / self.fps))
+
+
+# --------------------------------------------------------------------------- which policies
+
+
+def default_policies(options: Sequence[ActionOption], correctness: dict[str, np.ndarray],
+                     traces: Sequence[UplinkTrace], config: SimConfig) -> list[str]:
+    """`static:local`, the best static action of each family (exit, split, offload) by simulated accuracy at
+    deadline averaged over the traces, then `latency` and `deadline`."""
+    def score(key: str) -> float:
+        policy = make_policy(f"static:{key}")
+        return float(np.mean([summarize(policy.name, simulate(policy, options, correctness, t, config))["accuracy_at_deadline"]
+                              for t in traces]))
+
+    chosen = ["static:local"]
+    for prefix in FAMILIES:
+        family = [o.key for o in options if o.key.startswith(prefix)]
+        if family:
+            chosen.append(f"static:{max(family, key=score)}")
+    return chosen + list(ADAPTIVE_POLICIES)
+
+
+def actions_for(policy: str, options: Sequence[ActionOption]) -> list[ActionOption]:
+    """The options a policy may pick: a static policy only its own (the edge then warms up just that one)."""
+    if policy.startswith("static:"):
+        key = policy.removeprefix("static:")
+        picked = [o for o in options if o.key == key]
+        if not picked:
+            raise ValueError(f"{policy}: no such action among {[o.key for o in options]}")
+        return picked
+    make_policy(policy)  # a clear error for an unknown name
+    return list(options)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class EdgeRun:
+    outcomes: list[dict[str, object]]
+    trace_start_wall_ms: float
+    quota: str  # "cgroup" or "threads only"
+
+
+@contextlib.contextmanager
+def _device_quota(profile: DeviceProfile, allow_thread_fallback: bool) -> Iterator[CpuQuota | None]:
+    try:
+        quota = CpuQuota(profile.cpu_share, find_cgroup_layout(), label=f"e2e-{profile.name}")
+    except (CgroupUnavailable, OSError) as exc:
+        if not allow_thread_fallback:
+            raise CgroupUnavailable(f"device profile {profile.name}: no CPU quota ({exc}); run as root, or pass "
+                                    "--allow-thread-fallback to emulate the device by thread count only") from exc
+        yield None
+        return
+    with quota:
+        yield quota
+
+
+class _EdgeProcess:
+    """The edge subprocess and a thread that reads its JSON events (stderr goes to a file: never blocks it)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], stderr_path: Path) -> None:
+        self._stderr = open(stderr_path, "w+", encoding="utf-8")
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                        text=True, env=env)
+        self.events: queue.Queue[dict[str, object]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.events.put(json.loads(line))
+        self.events.put({"event": "exit", "detail": f"the edge process exited (code {self.process.wait()})"})
+
+    def expect(self, name: str, timeout_s: float) -> None:
+        try:
+            event = self.events.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TimeoutError(f"the edge process did not report '{name}' within {timeout_s:.0f} s") from None
+        if event.get("event") != name:
+            raise RuntimeError(f"edge process: {event.get('detail', event)}; stderr: {self.stderr_tail()}")
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def stderr_tail(self, chars: int = 2000) -> str:
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return self._stderr.read()[-chars:].strip()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._stderr.close()
+
+
+def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: DeviceProfile,
+                     allow_thread_fallback: bool, timeout_s: float) -> EdgeRun:
+    """Start the edge, wait until it is warm, put it under the quota, start the trace, let it run."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = profile_environment(profile)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="splitrt-e2e-") as scratch, \
+            _device_quota(profile, allow_thread_fallback) as quota:
+        spec_path = Path(scratch) / "spec.json"
+        spec_path.write_text(json.dumps({**spec, "out": str(Path(scratch) / "outcomes.jsonl")}), encoding="utf-8")
+        argv = emulation.edge_command([sys.executable, "-m", "splitrt.bench.e2e_edge", str(spec_path)])
+        edge = _EdgeProcess(argv, env, Path(scratch) / "stderr.txt")
+        try:
+            edge.expect("ready", 300.0)
+            if quota is not None:
+                quota.add_process(edge.process.pid)  # every thread of it: the device is this slow from now on
+            emulation.start_trace()
+            trace_start_wall_ms = time.time() * 1000.0
+            edge.send("go")
+            edge.expect("done", timeout_s)
+            edge.process.wait(30)
+        finally:
+            edge.close()
+        lines = (Path(scratch) / "outcomes.jsonl").read_text(encoding="utf-8").splitlines()
+    return EdgeRun([json.loads(line) for line in lines], trace_start_wall_ms, "cgroup" if quota else "threads only")
+
+
+def measured_records(run: EdgeRun, labels: Sequence[int]) -> list[FrameRecord]:
+    """The edge's outcomes as simulator records: times from the trace's start, correctness from the labels."""
+    records = []
+    for o in sorted(run.outcomes, key=lambda o: int(o["frame_id"])):  # type: ignore[arg-type]
+        index = int(o["frame_id"]) - 1  # type: ignore[arg-type]
+        status = str(o["status"])
+        if status == "ok":
+            status = "late" if o["missed_deadline"] else "ok"
+        elif status not in ("timeout", "dropped"):
+            status = "failed"  # rejected, expired or failed: ended without a result
+        top = o["top"]
+        answered = status in ("ok", "late") and bool(top)
+        correct = answered and int(top[0]["class_index"]) == labels[index % len(labels)]  # type: ignore[index]
+        records.append(FrameRecord(
+            frame_id=index,
+            capture_ms=float(o["capture_ms"]) - run.trace_start_wall_ms,  # type: ignore[arg-type]
+            action="" if status == "dropped" else str(o["action"]),
+            status=status,
+            latency_ms=float(o["age_ms"]),  # type: ignore[arg-type]
+            correct=bool(correct),
+            bytes_sent=int(o["bytes_sent"]),  # type: ignore[arg-type]
+        ))
+    return records
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def run_e2e_bench(
+    traces: Sequence[str | Path],
+    bundle_dir: str | Path,
+    images: str | Path,
+    json_out: str | Path,
+    settings: E2ESettings,
+    policies: Sequence[str] | None = None,
+    plot: str | Path | None = None,
+    limit: int | None = None,
+) -> list[dict[str, object]]:
+    bundle = Bundle.load(bundle_dir)
+    profile = get_profile(settings.device_profile)
+    cache = Path(".cache") / f"policy-options-{bundle.content_hash[7:19]}.json"
+    measured, correctness = cached_options(bundle, images, cache, limit)
+    items = select_parity(read_labelled_images(images), "odd")[:limit]
+    options, cost_model = device_options(bundle, measured, profile, load_rgb(items[0].path),
+                                         Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile.name}.json",
+                                         repeats=settings.edge_cost_samples, interval_ms=1000.0 / settings.fps)
+    labels = [i.class_index for i in items]
+    loaded = [UplinkTrace.load(t) for t in traces]
+    config = settings.sim_config()
+    policies = list(policies) if policies else default_policies(options, correctness, loaded, config)
+    print(f"policies: {', '.join(policies)}; {settings.frames} frames of {settings.duration_s:.0f} s per run; "
+          f"edge costs {cost_model}")
+    rows: list[dict[str, object]] = []
+    timelines: dict[str, dict[str, tuple[list[FrameRecord], list[FrameRecord]]]] = {}
+    cloud = CloudProcess(bundle_dir, free_tcp_port(), extra_args=["--no-batching"])
+    cloud.start()
+    try:
+        for trace_path, trace in zip(traces, loaded):
+            timelines[trace.name] = {}
+            for policy in policies:
+                picked = actions_for(policy, options)
+                spec = {
+                    "bundle": str(bundle_dir), "endpoint": "", "policy": policy,
+                    "options": [option_to_json(o) for o in picked],
+                    "images": [str(i.path) for i in items], "fps": settings.fps, "count": settings.frames,
+                    "deadline_ms": settings.deadline_ms, "rtt_ms": settings.rtt_ms,
+                    "initial_bps": settings.initial_bps, "probe_interval_ms": settings.probe_interval_ms,
+                }
+                with Emulation(("127.0.0.1", cloud.port), trace, one_way_delay_ms=settings.rtt_ms / 2.0,
+                               mode=settings.mode, follow_now=False) as emulation:
+                    spec["endpoint"] = emulation.endpoint
+                    run = run_edge_process(spec, emulation, profile, settings.allow_thread_fallback,
+                                           timeout_s=settings.duration_s + 60.0)
+                    mode = emulation.mode
+                records = measured_records(run, labels)
+                simulated = simulate(make_policy(policy), picked, correctness, trace, config)
+                row = _row(trace, policy, mode, run, records, simulated)
+                rows.append(row)
+                timelines[trace.name][policy] = (records, simulated)
+                print(format_table([row], COLUMNS), flush=True)
+    finally:
+        cloud.stop()
+    print()
+    print(format_table(rows, ("trace", *COLUMNS)))
+    write_json(json_out, "e2e", rows, settings={**asdict(settings), "traces": [str(t) for t in traces],
+               "evaluation_images": len(items), "cpu_share": profile.cpu_share,
+                         "edge_cost_model": cost_model},
+               options=[option_to_json(o) for o in options])
+    if plot:
+        plot_e2e(timelines, loaded, settings, plot)
+    return rows
+
+
+def _row(trace: UplinkTrace, policy: str, mode: str, run: EdgeRun, records: list[FrameRecord],
+         simulated: list[FrameRecord]) -> dict[str, object]:
+    measured = summarize(policy, records)
+    sim = summarize(policy, simulated)
+    predicted = [float(o["predicted_ms"]) for o in run.outcomes if o["status"] != "dropped"]  # type: ignore[arg-type]
+    first_capture = min((r.capture_ms for r in records), default=0.0)
+    return {
+        "trace": trace.name,
+        **measured,
+        "emulation": mode,
+        "device_quota": run.quota,
+        "predicted_latency_p50_ms": p50(predicted),
+        "simulated_accuracy_at_deadline": sim["accuracy_at_deadline"],
+        "simulated_deadline_hit": sim["deadline_hit"],
+        "simulated_latency_p50_ms": sim["latency_p50_ms"],
+        "simulated_bytes_mean": sim["bytes_mean"],
+        "simulated_actions": sim["actions"],
+        "difference_pp": 100.0 * (float(measured["accuracy_at_deadline"]) - float(sim["accuracy_at_deadline"])),  # type: ignore[arg-type]
+        "first_frame_after_trace_start_ms": first_capture,
+        "failed": sum(r.status == "failed" for r in records),
+    }
+
+
+def plot_e2e(timelines: dict[str, dict[str, tuple[list[FrameRecord], list[FrameRecord]]]],
+             traces: Sequence[UplinkTrace], settings: E2ESettings, path: str | Path, window_s: float = 5.0) -> None:
+    """Per trace: the uplink's capacity with each frame's measured latency under `deadline`, and every
+    policy's accuracy at deadline per window, measured (solid) and simulated (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = {t.name: t for t in traces}
+    figure, axes = plt.subplots(2 * len(timelines), 1, figsize=(12, 5.6 * len(timelines)), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    edges = np.arange(0.0, settings.duration_s + window_s, window_s)
+    for index, (name, runs) in enumerate(timelines.items()):
+        top, bottom = axes[2 * index, 0], axes[2 * index + 1, 0]
+        starts, rates = by_name[name].bandwidth_series(1000, int(settings.duration_s * 1000))
+        top.fill_between(starts / 1000, rates / 1e6, step="post", color="#cfe2f3", label="uplink capacity (1 s)")
+        top.set_ylabel("Mbit/s")
+        top.set_xlim(0, settings.duration_s)
+        top.set_title(f"{name}: measured latency of each frame under `deadline` ({settings.device_profile}, "
+                      f"deadline {settings.deadline_ms:.0f} ms, RTT {settings.rtt_ms:.0f} ms)")
+        twin = top.twinx()
+        records = runs.get("deadline", ([], []))[0]
+        keys = sorted({r.action for r in records if r.action})
+        for k, key in enumerate(keys):
+            points = [(r.capture_ms / 1000, r.latency_ms) for r in records if r.action == key]
+            twin.scatter(*zip(*points), s=5, color=colors[k % len(colors)], label=key)
+        twin.axhline(settings.deadline_ms, color="#c0392b", lw=0.8, ls="--", label="deadline")
+        twin.set_ylabel("latency ms")
+        twin.legend(loc="upper right", fontsize=7, markerscale=3)
+        for k, (policy, (measured, simulated)) in enumerate(runs.items()):
+            color = colors[k % len(colors)]
+            for records_, style, label in ((measured, "-", policy), (simulated, "--", None)):
+                times = np.array([r.capture_ms / 1000 for r in records_])
+                hits = np.array([r.correct and r.status == "ok" for r in records_], dtype=float)
+                values = [hits[(times >= a) & (times < b)].mean() if ((times >= a) & (times < b)).any() else np.nan
+                          for a, b in zip(edges[:-1], edges[1:])]
+                bottom.stairs(values, edges, color=color, ls=style, lw=1.2, label=label)
+        bottom.set_ylabel(f"accuracy at deadline ({window_s:.0f} s)")
+        bottom.set_ylim(-0.02, 1.02)
+        bottom.set_xlim(0, settings.duration_s)
+        bottom.legend(loc="lower left", fontsize=7, ncol=3, title="solid: measured, dashed: simulated", title_fontsize=7)
+    axes[-1, 0].set_xlabel("time since the trace's start (s)")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _run(args: argparse.Namespace) -> int:
+    from splitrt.bench import policy as defaults
+
+    settings = E2ESettings(
+        device_profile=args.device_profile or getattr(defaults, "DEFAULT_DEVICE_PROFILE", "jetson-nano"),
+        deadline_ms=args.deadline_ms or getattr(defaults, "DEFAULT_DEADLINE_MS", 70.0),
+        fps=args.fps or getattr(defaults, "DEFAULT_FPS", 5.0),
+        rtt_ms=args.rtt_ms if args.rtt_ms is not None else getattr(defaults, "DEFAULT_RTT_MS", 40.0),
+        duration_s=args.duration_s,
+        mode=args.emulation,
+        allow_thread_fallback=args.allow_thread_fallback,
+    )
+    policies = [p for p in (args.policies or "").split(",") if p]
+    run_e2e_bench([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json, settings,
+                  policies or None, args.plot, args.limit)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("e2e", help="real edge + cloud processes through an emulated uplink, per policy")
+    parser.add_argument("--trace", required=True, help="mahimahi uplink trace(s), comma-separated")
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
+    parser.add_argument("--images", default="../shared/data/imagenet-sample", help="labelled images (odd classes used)")
+    parser.add_argument("--device-profile", help="emulated device (default: bench policy's)")
+    parser.add_argument("--deadline-ms", type=float, help="default: bench policy's")
+    parser.add_argument("--fps", type=float, help="default: bench policy's")
+    parser.add_argument("--rtt-ms", type=float, help="round trip added by the relay, half each way (default: bench policy's)")
+    parser.add_argument("--duration-s", type=float, default=60.0, help="seconds of each trace per policy (from its start)")
+    parser.add_argument("--policies", help="comma-separated (static:<action>, latency, deadline); default: static:local, "
+                        "the best static exit, split and offload by simulation, latency, deadline")
+    parser.add_argument("--emulation", choices=MODES, default="auto", help="link emulation (auto: relay)")
+    parser.add_argument("--allow-thread-fallback", action="store_true",
+                        help="without a writable cgroup, emulate the device by thread count only (labelled)")
+    parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
+    parser.add_argument("--plot", help="PNG: capacity and latency over time, accuracy at deadline per window")
+    parser.add_argument("--json", required=True)
+    parser.set_defaults(func=_run)
