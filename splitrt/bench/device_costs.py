@@ -8,15 +8,15 @@ is checked at scheduler ticks, so each period overruns it a little; the profiles
 factor at ~0.83). A deadline near an action's latency turns both into whole percentage points of deadline
 hits, so the simulator draws each frame's edge time from these samples instead.
 
-A sample is one frame as `EdgeRuntime.infer` runs it on the device (crop, head or exit, encode, the request's
-encoding and checksum; local actions also the merge), started after an idle gap of random length, as frames
-paced by a camera are. The cloud's part is not included (the request is not sent).
+A sample is one frame of a paced stream as the SDK runs it on the device (`EdgeRuntime.run`: the hand-off to
+the inference thread, crop, head or exit, encode, the request's encoding and checksum; local actions also the
+merge), from capture to the moment the request would leave. The cloud's part is not included (nothing is
+sent).
 """
 from __future__ import annotations
 
+import asyncio
 import json
-import random
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +26,10 @@ import numpy as np
 
 from splitrt.actions import Action
 from splitrt.bundle import Bundle
-from splitrt.devices.profiles import PERIOD_US, CgroupUnavailable, DeviceProfile, cpu_limit
+from splitrt.devices.profiles import CgroupUnavailable, DeviceProfile, cpu_limit
 from splitrt.edge.runtime import EdgeRuntime
+from splitrt.edge.sources import PacedSource
+from splitrt.frame import Status
 from splitrt.policies.policies import ActionOption
 
 
@@ -41,25 +43,27 @@ class _UnsentLink:
 
 
 def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DeviceProfile, image: np.ndarray,
-                    repeats: int = 25, interval_ms: float = 200.0, seed: int = 0) -> dict[str, list[float]]:
-    """Wall-clock ms of each action's edge part, `repeats` samples each, on this thread under the profile's
-    CPU quota (raises `CgroupUnavailable` without one). Samples start `interval_ms` apart (the frame
-    interval), each at a random phase of the quota's period."""
+                    repeats: int = 40, interval_ms: float = 200.0) -> dict[str, list[float]]:
+    """Capture-to-end ms of each action's edge part, `repeats` frames each, streamed through the SDK
+    (`EdgeRuntime.run` on a `PacedSource` at the frame interval) under the profile's CPU quota (raises
+    `CgroupUnavailable` without one): the pipeline's own per-frame work counts, as on the device."""
     runtime = EdgeRuntime(bundle, _UnsentLink(), intra_op_threads=profile.threads)  # type: ignore[arg-type]
-    rng = random.Random(seed)
-    samples: dict[str, list[float]] = {}
-    for action in actions:  # warm outside the quota: session loading is not a frame's cost
+    for action in actions:  # sessions load outside the quota: loading is not a frame's cost
         runtime.infer(image, action, budget_ms=60_000.0)
-    with cpu_limit(profile):
-        for action in actions:
-            taken: list[float] = []
-            for _ in range(repeats + 1):
-                idle_ms = max(1.0, interval_ms - (taken[-1] if taken else 0.0)) + rng.uniform(0.0, PERIOD_US / 1000.0)
-                time.sleep(idle_ms / 1000.0)  # as between paced frames
-                start = time.perf_counter()
-                runtime.infer(image, action, budget_ms=60_000.0)
-                taken.append((time.perf_counter() - start) * 1000.0)
-            samples[action.describe()] = taken[1:]  # the first after the switch of action is not typical
+
+    async def stream(action: Action) -> list[float]:
+        source = PacedSource([image], 1000.0 / interval_ms, count=repeats + 1)
+        outcomes = [o async for o in runtime.run(source, action, budget_ms=60_000.0)]
+        ran = sorted((o for o in outcomes if o.status is not Status.DROPPED), key=lambda o: o.frame_id)
+        return [o.age_ms for o in ran[1:]]  # the first after a change of action is not typical
+
+    samples: dict[str, list[float]] = {}
+    try:
+        with cpu_limit(profile):  # the runtime's thread starts inside: it is limited too
+            for action in actions:
+                samples[action.describe()] = asyncio.run(stream(action))
+    finally:
+        runtime.close()
     return samples
 
 

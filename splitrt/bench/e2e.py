@@ -31,6 +31,7 @@ from splitrt.bench.failover import CloudProcess, free_tcp_port
 from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.device_costs import device_options
 from splitrt.bench.e2e_edge import option_to_json
+from splitrt.bench.payloads import offload_sizes
 from splitrt.bench.policy import cached_options
 from splitrt.bundle import Bundle
 from splitrt.devices.profiles import CgroupUnavailable, CpuQuota, DeviceProfile, find_cgroup_layout, get_profile, profile_environment
@@ -72,13 +73,13 @@ class E2ESettings:
 
 
 def default_policies(options: Sequence[ActionOption], correctness: dict[str, np.ndarray],
-                     traces: Sequence[UplinkTrace], config: SimConfig) -> list[str]:
+                     sizes: dict[str, np.ndarray], traces: Sequence[UplinkTrace], config: SimConfig) -> list[str]:
     """`static:local`, the best static action of each family (exit, split, offload) by simulated accuracy at
     deadline averaged over the traces, then `latency` and `deadline`."""
     def score(key: str) -> float:
         policy = make_policy(f"static:{key}")
-        return float(np.mean([summarize(policy.name, simulate(policy, options, correctness, t, config))["accuracy_at_deadline"]
-                              for t in traces]))
+        return float(np.mean([summarize(policy.name, simulate(policy, options, correctness, t, config, sizes))[
+            "accuracy_at_deadline"] for t in traces]))
 
     chosen = ["static:local"]
     for prefix in FAMILIES:
@@ -240,9 +241,10 @@ def run_e2e_bench(
                                          Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile.name}.json",
                                          repeats=settings.edge_cost_samples, interval_ms=1000.0 / settings.fps)
     labels = [i.class_index for i in items]
+    sizes = offload_sizes(bundle, images, options, limit)
     loaded = [UplinkTrace.load(t) for t in traces]
     config = settings.sim_config()
-    policies = list(policies) if policies else default_policies(options, correctness, loaded, config)
+    policies = list(policies) if policies else default_policies(options, correctness, sizes, loaded, config)
     print(f"policies: {', '.join(policies)}; {settings.frames} frames of {settings.duration_s:.0f} s per run; "
           f"edge costs {cost_model}")
     rows: list[dict[str, object]] = []
@@ -268,7 +270,7 @@ def run_e2e_bench(
                                            timeout_s=settings.duration_s + 60.0)
                     mode = emulation.mode
                 records = measured_records(run, labels)
-                simulated = simulate(make_policy(policy), picked, correctness, trace, config)
+                simulated = simulate(make_policy(policy), picked, correctness, trace, config, sizes)
                 row = _row(trace, policy, mode, run, records, simulated)
                 rows.append(row)
                 timelines[trace.name][policy] = (records, simulated)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from splitrt.actions import Action, Local, Offload, Split
 from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
 from splitrt.bench.device_costs import device_options
+from splitrt.bench.payloads import offload_sizes, request_bytes
 from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle
 from splitrt.codecs import get_codec
 from splitrt.devices.ort import create_session
@@ -30,7 +31,7 @@ from splitrt.imaging import crop_for_model, load_rgb
 from splitrt.policies.policies import ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
-from splitrt.protocol import Infer, TensorSpec, encode
+from splitrt.protocol import TensorSpec
 
 COLUMNS = ("policy", "frames", "deadline_hit", "accuracy", "accuracy_at_deadline", "latency_p50_ms",
            "latency_p95_ms", "bytes_mean")
@@ -90,7 +91,7 @@ def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Ac
                 int(tail.run(None, {TAIL_INPUT_NAME: codec.decode(codec.encode(head.run(None, {HEAD_INPUT_NAME: c})[0]), spec)})[0].argmax())
                 for c in crops
             ])
-            wire = sum(memoryview(f).nbytes for f in encode(Infer(1, bundle.content_hash, point.name, codec.codec_id, spec, 1.0), [payload]))
+            wire = request_bytes(bundle, point.name, codec.codec_id, spec, payload)
             options.append(ActionOption(action, edge_ms * slowdown, wire, cloud_ms, float((top1 == labels).mean())))
             correctness[key] = top1 == labels
         elif isinstance(action, Offload):
@@ -100,7 +101,7 @@ def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Ac
             edge_ms = _median_ms(lambda: codec.encode(probe))
             cloud_ms = _median_ms(lambda: full.run(None, {HEAD_INPUT_NAME: codec.decode(payloads[0], spec)}))
             top1 = np.array([int(full.run(None, {HEAD_INPUT_NAME: codec.decode(p, spec)})[0].argmax()) for p in payloads])
-            sizes = [sum(memoryview(f).nbytes for f in encode(Infer(1, bundle.content_hash, "input", codec.codec_id, spec, 1.0), [p])) for p in payloads]
+            sizes = [request_bytes(bundle, "input", codec.codec_id, spec, p) for p in payloads]
             options.append(ActionOption(action, edge_ms * slowdown, int(np.median(sizes)), cloud_ms,
                                         float((top1 == labels).mean())))
             correctness[key] = top1 == labels
@@ -164,6 +165,7 @@ def run_policy_bench(
     options, cost_model = device_options(
         bundle, measured, profile, load_rgb(select_parity(read_labelled_images(images), "odd")[0].path),
         Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile.name}.json", interval_ms=1000.0 / fps)
+    sizes = offload_sizes(bundle, images, options, limit)
     print(format_table([{"action": o.key, "edge_ms": o.edge_ms, "bytes": o.payload_bytes, "cloud_ms": o.cloud_ms,
                          "accuracy": o.accuracy} for o in options], ["action", "edge_ms", "bytes", "cloud_ms", "accuracy"]))
     config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms)
@@ -174,7 +176,7 @@ def run_policy_bench(
         policies = [StaticPolicy(o.key) for o in options] + [LatencyPolicy(), DeadlinePolicy(), OraclePolicy()]
         rows = []
         for policy in policies:
-            records = simulate(policy, options, correctness, trace, config)
+            records = simulate(policy, options, correctness, trace, config, sizes)
             rows.append({"trace": trace.name, **summarize(policy.name, records)})
             if policy.name == "deadline":
                 timelines[trace.name] = (trace, records)

@@ -96,8 +96,11 @@ def simulate(
     correctness: Mapping[str, np.ndarray],
     trace: UplinkTrace,
     config: SimConfig,
+    payload_bytes: Mapping[str, np.ndarray] | None = None,
 ) -> list[FrameRecord]:
-    """Run `policy` over the trace; `correctness[key][i]` says whether action `key` is right on image i."""
+    """Run `policy` over the trace; `correctness[key][i]` says whether action `key` is right on image i, and
+    `payload_bytes[key][i]`, where given, what it sends for image i (an image codec's size depends on the image;
+    otherwise every frame sends the option's `payload_bytes`)."""
     duration_ms = (config.duration_s or trace.duration_s) * 1000.0
     frame_gap_ms = 1000.0 / config.fps
     captures = np.arange(0.0, duration_ms, frame_gap_ms)
@@ -122,7 +125,8 @@ def simulate(
             queue_ms=config.queue_ms,
         )
         if isinstance(policy, OraclePolicy):
-            policy.true_latency_ms = lambda o, s=start_ms, c=capture_ms: _true_end_ms(o, s, link, config) - c
+            policy.true_latency_ms = lambda o, s=start_ms, c=capture_ms, f=frame_id: (
+                _true_end_ms(o, s, link, config, _frame_bytes(o, f, payload_bytes)) - c)
         option = policy.decide(deadline_ms - start_ms, options, view).option
         stale = start_ms - seen.throughput.last_sample_ms >= config.probe_interval_ms
         if not option.remote and stale and policy.uses_link_estimates:
@@ -138,25 +142,31 @@ def simulate(
             end_ms = start_ms + edge_ms
             status = "ok" if end_ms <= deadline_ms else "late"
         else:
-            send_ms, sent_ms = link.send(start_ms + edge_ms, option.payload_bytes)
+            size_bytes = _frame_bytes(option, frame_id, payload_bytes)
+            send_ms, sent_ms = link.send(start_ms + edge_ms, size_bytes)
             reply_ms = sent_ms + config.rtt_ms + config.queue_ms + option.cloud_ms
-            seen.at(reply_ms, "transfer", option.payload_bytes, sent_ms - send_ms, config.rtt_ms)
-            bytes_sent = option.payload_bytes
+            seen.at(reply_ms, "transfer", size_bytes, sent_ms - send_ms, config.rtt_ms)
+            bytes_sent = size_bytes
             if reply_ms <= deadline_ms:
                 end_ms, status = reply_ms, "ok"
             else:
                 end_ms, status = deadline_ms, "timeout"
-                seen.at(deadline_ms, "timeout", option.payload_bytes, max(deadline_ms - send_ms - config.rtt_ms, 0.1))
+                seen.at(deadline_ms, "timeout", size_bytes, max(deadline_ms - send_ms - config.rtt_ms, 0.1))
                 correct = False
         edge_free_ms = end_ms
         records.append(FrameRecord(frame_id, capture_ms, key, status, end_ms - capture_ms, correct, bytes_sent))
     return records
 
 
-def _true_end_ms(option: ActionOption, start_ms: float, link: _Link, config: SimConfig) -> float:
+def _frame_bytes(option: ActionOption, frame_id: int, payload_bytes: Mapping[str, np.ndarray] | None) -> int:
+    sizes = None if payload_bytes is None else payload_bytes.get(option.key)
+    return option.payload_bytes if sizes is None else int(sizes[frame_id % len(sizes)])
+
+
+def _true_end_ms(option: ActionOption, start_ms: float, link: _Link, config: SimConfig, size_bytes: int) -> float:
     if not option.remote:
         return start_ms + option.edge_ms
-    sent_ms = link.peek_end(start_ms + option.edge_ms, option.payload_bytes)
+    sent_ms = link.peek_end(start_ms + option.edge_ms, size_bytes)
     return sent_ms + config.rtt_ms + config.queue_ms + option.cloud_ms
 
 
