@@ -33,6 +33,9 @@ from splitrt.frame import Status
 from splitrt.policies.policies import ActionOption
 
 
+SAMPLING_METHOD = "paced stream through EdgeRuntime.run"  # a cache made another way is not reused
+
+
 class _UnsentLink:
     """Takes a request and answers nothing at once: the frame's edge part runs in full, nothing is sent."""
 
@@ -80,7 +83,7 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
     stored = document.get("samples_ms")
     valid = (document.get("bundle_hash") == bundle.content_hash and document.get("profile") == profile.name
              and document.get("cpu_share") == profile.cpu_share and document.get("interval_ms") == interval_ms
-             and document.get("repeats") == repeats
+             and document.get("repeats") == repeats and document.get("method") == SAMPLING_METHOD
              and isinstance(stored, dict) and set(keys) <= set(stored))
     if valid:
         samples = {k: [float(v) for v in stored[k]] for k in keys}  # type: ignore[index]
@@ -94,6 +97,7 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"bundle_hash": bundle.content_hash, "profile": profile.name,
                                          "cpu_share": profile.cpu_share, "interval_ms": interval_ms, "repeats": repeats,
+                                         "method": SAMPLING_METHOD,
                                          "samples_ms": samples}), encoding="utf-8")
     options = [replace(o, edge_ms=float(np.median(samples[o.key])), edge_samples_ms=tuple(samples[o.key]))
                for o in measured]
