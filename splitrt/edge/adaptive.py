@@ -57,6 +57,7 @@ class LinkEstimates:
             cautious_rtt_ms=self.rtt_ms * 1.25,
             queue_ms=self.queue_ms.value,
             cloud_up=cloud_up and self.reachable(now_ms),
+            bandwidth_log_sd=self.throughput.log_sd,
         )
 
     def observe(self, now_ms: float, outcome: FrameOutcome) -> None:

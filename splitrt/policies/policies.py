@@ -1,11 +1,14 @@
 """Policies: given the frame's deadline, what each action costs, and what is known of the link, pick one.
 
 Pure: no clock reads, no I/O. `static:<action>`, `latency` (least expected latency with live estimates,
-Neurosurgeon's rule), `deadline` (the most accurate action that meets the deadline with the cautious
-estimates, else the best local fallback) and `oracle` (offline: knows the true future of the link).
+Neurosurgeon's rule), `deadline` (the action with the highest expected accuracy at the deadline: its accuracy
+times the probability that it arrives in time under the link's estimated spread; or, with rule "cautious",
+the most accurate action that meets the deadline at the cautious estimates) and `oracle` (offline: knows the
+true future of the link).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -41,6 +44,7 @@ class LinkView:
     cautious_rtt_ms: float
     queue_ms: float = 0.0
     cloud_up: bool = True
+    bandwidth_log_sd: float = 0.0  # spread of ln(bandwidth) around the estimate (0: the estimate is certain)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,22 @@ class Decision:
     option: ActionOption
     predicted_ms: float
     reason: str
+
+
+def on_time_probability(option: ActionOption, budget_ms: float, link: LinkView) -> float:
+    """Probability that `option` ends within `budget_ms`: a local one does or does not; a remote one does when the
+    uplink rate reaches what its bytes need in the time left after edge, cautious RTT, queue and cloud, with
+    ln(rate) taken as normal around the estimate with sd `link.bandwidth_log_sd`."""
+    if not option.remote or link.bandwidth_log_sd <= 0.0:
+        return 1.0 if predict_ms(option, link.bandwidth_bps, link.cautious_rtt_ms, link.queue_ms) <= budget_ms else 0.0
+    slack_ms = budget_ms - option.edge_ms - link.cautious_rtt_ms - link.queue_ms - option.cloud_ms
+    if slack_ms <= 0.0:
+        return 0.0
+    if option.payload_bytes <= 0:
+        return 1.0
+    needed_bps = option.payload_bytes * 8 / slack_ms * 1000.0
+    z = (math.log(max(link.bandwidth_bps, 1.0)) - math.log(needed_bps)) / link.bandwidth_log_sd
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
 def predict_ms(option: ActionOption, bandwidth_bps: float, rtt_ms: float, queue_ms: float) -> float:
@@ -115,30 +135,51 @@ class LatencyPolicy:
 
 @dataclass(frozen=True)
 class DeadlinePolicy:
-    """The most accurate action whose cautious latency meets the budget; else the best local fallback.
+    """The action with the highest expected accuracy at the deadline; else the fastest local fallback.
 
-    Cautious means the bandwidth estimate minus `deviations` mean deviations and the RTT plus its
-    deviations, so that "meets the deadline" holds with high probability, not on average. Among equally
-    accurate actions the fastest wins, which leaves room for the unexpected.
+    rule "expected" (default): each action scores its accuracy times the probability that it ends in time
+    (`on_time_probability`: the link's rate as log-normal around the estimate, the cautious RTT). A remote
+    action is thus taken only when its gain over the best sure local action pays for its risk of a timeout:
+    a 7% better action must arrive with probability above 93%, a far better one may take more risk. With no
+    spread known (sd 0) this is the most accurate action that fits at the estimates.
+
+    rule "cautious": the most accurate action whose cautious latency meets the budget (bandwidth estimate minus
+    the `deviations` the view was built with, RTT plus its deviations), whatever the accuracy gained.
+    Among equally good actions the fastest wins, which leaves room for the unexpected.
     """
 
     name: str = "deadline"
     margin_ms: float = 0.0
     uses_link_estimates: bool = True
+    rule: str = "expected"
 
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         usable = _usable(options, link)
         budget = budget_ms - self.margin_ms
-        scored = [(predict_ms(o, link.cautious_bandwidth_bps, link.cautious_rtt_ms, link.queue_ms), o) for o in usable]
-        feasible = [(p, o) for p, o in scored if p <= budget]
-        if feasible:
-            predicted, best = max(feasible, key=lambda pair: (pair[1].accuracy, -pair[0]))
-            return Decision(best, predicted, "most accurate within the deadline")
-        local = [(p, o) for p, o in scored if not o.remote]
+        if self.rule == "expected":
+            scored = [(on_time_probability(o, budget, link), o) for o in usable]
+            possible = [(p, o) for p, o in scored if p > 0.0]
+            if possible:
+                chance, best = max(possible, key=lambda pair: (pair[0] * pair[1].accuracy, pair[0],
+                                                               -predict_ms(pair[1], link.bandwidth_bps,
+                                                                           link.cautious_rtt_ms, link.queue_ms)))
+                predicted = predict_ms(best, link.bandwidth_bps, link.cautious_rtt_ms, link.queue_ms)
+                return Decision(best, predicted, f"highest expected accuracy (on time with p={chance:.2f})")
+            scored_ms = [(predict_ms(o, link.bandwidth_bps, link.cautious_rtt_ms, link.queue_ms), o) for o in usable]
+        elif self.rule == "cautious":
+            scored_ms = [(predict_ms(o, link.cautious_bandwidth_bps, link.cautious_rtt_ms, link.queue_ms), o)
+                         for o in usable]
+            feasible = [(p, o) for p, o in scored_ms if p <= budget]
+            if feasible:
+                predicted, best = max(feasible, key=lambda pair: (pair[1].accuracy, -pair[0]))
+                return Decision(best, predicted, "most accurate within the deadline")
+        else:
+            raise ValueError(f"unknown deadline rule {self.rule!r}: use expected or cautious")
+        local = [(p, o) for p, o in scored_ms if not o.remote]
         if local:
             predicted, best = min(local, key=lambda pair: pair[0])
             return Decision(best, predicted, "nothing meets the deadline: fastest local")
-        predicted, best = min(scored, key=lambda pair: pair[0])
+        predicted, best = min(scored_ms, key=lambda pair: pair[0])
         return Decision(best, predicted, "nothing meets the deadline: fastest")
 
 

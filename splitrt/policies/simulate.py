@@ -117,6 +117,7 @@ def simulate(
             rtt_ms=seen.rtt.srtt_ms,
             cautious_rtt_ms=seen.rtt.cautious_ms(),
             queue_ms=config.queue_ms,
+            bandwidth_log_sd=seen.throughput.log_sd,
         )
         if isinstance(policy, OraclePolicy):
             policy.true_latency_ms = lambda o, s=start_ms, c=capture_ms: _true_end_ms(o, s, link, config) - c
