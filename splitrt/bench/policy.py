@@ -314,3 +314,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", help="PNG of the deadline policy's actions over the traces' bandwidth")
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)
+    from splitrt.bench.policy_sweep import register as register_sweep
+
+    register_sweep(sub)
