@@ -27,12 +27,20 @@ def test_policy_bench_writes_a_row_per_policy(tiny_bundle: Bundle, tmp_path: Pat
     bundle = shutil.copytree(tiny_bundle.root, tmp_path / "bundle")
     out = tmp_path / "policy.json"
     results = run_policy_bench([trace], bundle, images, out, "pi4", deadline_ms=100, fps=5, rtt_ms=20,
-                               plot=tmp_path / "policy.png")
+                               plot=tmp_path / "policy.png", candidates="base")
     rows = results["two-mbps.up"]
     names = [r["policy"] for r in rows]
-    assert {"latency", "deadline", "oracle", "static:local", "static:offload/jpeg-q90"} <= set(names)
+    assert {"latency", "deadline", "deadline-cautious", "oracle", "static:local", "static:offload/jpeg-q90"} <= set(names)
+    assert not any("webp" in n or "q8+zstd" in n for n in names)
+    wide = run_policy_bench([trace], bundle, images, tmp_path / "wide.json", "pi4", deadline_ms=100, fps=5,
+                            rtt_ms=20, candidates="wide")["two-mbps.up"]
+    wide_names = {r["policy"] for r in wide}
+    assert {"static:offload/webp-q50", "static:offload/jpeg-q10"} <= wide_names
+    assert any(n.startswith("static:split@") and n.endswith("/q4c+zstd") for n in wide_names)
+    assert len(list((tmp_path / ".cache").glob("policy-options-*.json"))) == 2  # one cache per candidate set
     assert all(0.0 <= r["accuracy_at_deadline"] <= r["deadline_hit"] + 1e-9 for r in rows)
     document = json.loads(out.read_text())
     assert document["scenario"] == "policy" and document["settings"]["device_profile"] == "pi4"
     assert (tmp_path / "policy.png").stat().st_size > 10_000
     assert action_from_key("split@pool/fp16").describe() == "split@pool/fp16"
+    assert action_from_key("split@b4/q8+zstd").describe() == "split@b4/q8+zstd"

@@ -18,6 +18,7 @@ from splitrt.policies.policies import (
     OraclePolicy,
     StaticPolicy,
     make_policy,
+    on_time_probability,
     predict_ms,
 )
 from splitrt.policies.simulate import SimConfig, simulate, summarize
@@ -120,6 +121,40 @@ def test_deadline_policy_takes_the_most_accurate_action_that_fits() -> None:
     assert policy.decide(200.0, OPTIONS, view(10e6, cloud_up=False)).option == LOCAL
 
 
+def test_on_time_probability_is_a_step_without_spread_and_a_smooth_risk_with_it() -> None:
+    assert on_time_probability(LOCAL, 60.0, view(1e6)) == 1.0
+    assert on_time_probability(LOCAL, 59.0, view(1e6)) == 0.0
+    # SPLIT at 10 Mbit/s: 20 + 12 + 40 + 5 = 77 ms; certain link: in time or not.
+    assert on_time_probability(SPLIT, 77.5, view(10e6)) == 1.0
+    assert on_time_probability(SPLIT, 76.5, view(10e6)) == 0.0
+    spread = LinkView(10e6, 10e6, 40.0, 40.0, 0.0, True, bandwidth_log_sd=0.5)
+    assert on_time_probability(SPLIT, 77.0, spread) == pytest.approx(0.5)  # needs exactly the estimate
+    chances = [on_time_probability(SPLIT, budget, spread) for budget in (70.0, 77.0, 90.0, 200.0)]
+    assert chances == sorted(chances) and chances[0] < 0.5 < chances[2] < chances[3] <= 1.0
+    assert on_time_probability(SPLIT, 64.0, spread) == 0.0  # no time left for the transfer at all
+
+
+def test_expected_rule_weighs_the_accuracy_gained_against_the_risk_of_a_timeout() -> None:
+    lossy_local = ActionOption(Local("skip2"), edge_ms=60.0, accuracy=0.81)
+    poor_local = ActionOption(Local("skip9"), edge_ms=30.0, accuracy=0.49)
+    remote = ActionOption(Offload("jpeg-q95"), edge_ms=2.0, payload_bytes=12_500, cloud_ms=10.0, accuracy=0.88)
+    # The remote action needs 10 Mbit/s to end within 62 ms (100 kbit in 62 - 2 - 40 - 10 ms); the estimate says
+    # 12 Mbit/s, spread 0.3 (log): on time with p = 0.73. Against a 0.81 local action (a 9% gain) that is not
+    # worth it (0.88 * 0.73 = 0.64); against a 0.49 one it is.
+    link = LinkView(12e6, 12e6 / 1.15, 40.0, 40.0, 0.0, True, bandwidth_log_sd=0.3)
+    chance = on_time_probability(remote, 62.0, link)
+    assert 0.7 < chance < 0.76
+    assert DeadlinePolicy().decide(62.0, [lossy_local, remote], link).option == lossy_local
+    assert DeadlinePolicy().decide(62.0, [poor_local, remote], link).option == remote
+    # The cautious rule bets whenever the cautious rate (here 10.4 Mbit/s >= 10) suffices, whatever the gain.
+    assert DeadlinePolicy(rule="cautious").decide(62.0, [lossy_local, remote], link).option == remote
+    assert DeadlinePolicy(rule="cautious").decide(62.0, [poor_local, remote], link).option == remote
+    sure = LinkView(40e6, 40e6 / 1.35, 40.0, 40.0, 0.0, True, bandwidth_log_sd=0.3)
+    assert DeadlinePolicy().decide(62.0, [lossy_local, remote], sure).option == remote  # p > 0.99
+    with pytest.raises(ValueError, match="unknown deadline rule"):
+        DeadlinePolicy(rule="greedy").decide(62.0, [lossy_local, remote], sure)
+
+
 def test_latency_policy_minimises_latency_among_full_accuracy_options_whatever_the_deadline() -> None:
     fast_offload = ActionOption(Offload("jpeg-q50"), edge_ms=1.0, payload_bytes=2_000, cloud_ms=2.0, accuracy=0.5)
     exact_split = ActionOption(Split("pool", "fp16"), edge_ms=55.0, payload_bytes=2_000, cloud_ms=0.1, accuracy=0.88)
@@ -203,6 +238,40 @@ def test_deadline_beats_every_static_action_on_a_swinging_link() -> None:
     assert rows["deadline"]["accuracy_at_deadline"] > best_static
     assert rows["oracle"]["accuracy_at_deadline"] >= rows["deadline"]["accuracy_at_deadline"] - 0.02
     assert rows["static:local"]["bytes_mean"] == 0
+
+
+def burst_trace(base_bps: float, burst_bps: float, period_ms: int, burst_ms: int, periods: int) -> UplinkTrace:
+    """`burst_bps` for the first `burst_ms` of every `period_ms`, `base_bps` for the rest."""
+    times: list[float] = []
+    for p in range(periods):
+        for rate, start, length in ((burst_bps, 0, burst_ms), (base_bps, burst_ms, period_ms - burst_ms)):
+            gap = PACKET_BYTES * 8 / rate * 1000
+            times += list(np.arange(p * period_ms + start + gap, p * period_ms + start + length + 1e-9, gap))
+    return UplinkTrace.from_opportunities("bursts", np.floor(np.array(times)).astype(np.int64))
+
+
+def test_short_bursts_of_capacity_do_not_lure_the_expected_rule_into_timeouts() -> None:
+    """1 s bursts of 10 Mbit/s every 3 s over 1 Mbit/s; offloading needs 2.5 Mbit/s for a 7% gain. Betting on a
+    burst after one or two samples loses frames when it ends (the cautious rule); the expected rule waits until
+    the link is both fast and steady enough for the gain to pay for the risk."""
+    lossy_local = ActionOption(Local("skip2"), edge_ms=60.0, accuracy=0.81)
+    remote = ActionOption(Offload("jpeg-q90"), edge_ms=2.0, payload_bytes=12_000, cloud_ms=10.0, accuracy=0.87)
+    options = [lossy_local, remote]
+    rng = np.random.default_rng(0)
+    correctness = {o.key: rng.random(500) < o.accuracy for o in options}
+    trace = burst_trace(1e6, 10e6, period_ms=3000, burst_ms=1000, periods=40)
+    # The edge believes the link fast at first, so its probes (frames sent when the link was not measured for a
+    # second) try the link, and each rule sees bursts.
+    config = SimConfig(fps=5, deadline_ms=70, rtt_ms=20, initial_bps=10e6)
+    rows = {}
+    for policy in [StaticPolicy(lossy_local.key), StaticPolicy(remote.key), DeadlinePolicy(),
+                   DeadlinePolicy(name="cautious", rule="cautious"), OraclePolicy()]:
+        rows[policy.name] = summarize(policy.name, simulate(policy, options, correctness, trace, config))
+    accuracy = {name: row["accuracy_at_deadline"] for name, row in rows.items()}
+    # Within the cost of its probes (one frame per probe interval, fewer while they fail) of staying local.
+    assert accuracy["deadline"] >= accuracy[f"static:{lossy_local.key}"] - 0.015
+    assert accuracy["deadline"] > accuracy["cautious"] + 0.02
+    assert accuracy["oracle"] >= accuracy["deadline"]
 
 
 def test_latest_frame_wins_when_the_pipeline_is_slower_than_the_source() -> None:

@@ -46,7 +46,7 @@ class _UnsentLink:
 
 
 def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DeviceProfile, image: np.ndarray,
-                    repeats: int = 40, interval_ms: float = 200.0) -> dict[str, list[float]]:
+                    repeats: int = 30, interval_ms: float = 200.0) -> dict[str, list[float]]:
     """Capture-to-end ms of each action's edge part, `repeats` frames each, streamed through the SDK
     (`EdgeRuntime.run` on a `PacedSource` at the frame interval) under the profile's CPU quota (raises
     `CgroupUnavailable` without one): the pipeline's own per-frame work counts, as on the device."""
@@ -71,7 +71,7 @@ def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DevicePr
 
 
 def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: DeviceProfile, image: np.ndarray,
-                   cache: Path | None = None, repeats: int = 40, interval_ms: float = 200.0
+                   cache: Path | None = None, repeats: int = 30, interval_ms: float = 200.0
                    ) -> tuple[list[ActionOption], str]:
     """`measured` (CPU ms on this machine) as the device runs them: edge times sampled under the profile's
     quota (cached in `cache` by bundle, profile and actions). Without a writable cgroup: CPU ms / share, and

@@ -32,7 +32,8 @@ from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.device_costs import device_options
 from splitrt.bench.e2e_edge import option_to_json
 from splitrt.bench.payloads import offload_sizes
-from splitrt.bench.policy import cached_options
+from splitrt.bench.policy import (DEFAULT_CANDIDATES, DEFAULT_DEADLINE_MS, DEFAULT_DEVICE_PROFILE, DEFAULT_FPS,
+                                  DEFAULT_RTT_MS, cached_options, candidate_set, device_costs_path, options_cache_path)
 from splitrt.bundle import Bundle
 from splitrt.devices.profiles import CgroupUnavailable, CpuQuota, DeviceProfile, find_cgroup_layout, get_profile, profile_environment
 from splitrt.edge.commands import DEFAULT_BUNDLE
@@ -58,7 +59,8 @@ class E2ESettings:
     initial_bps: float = SimConfig.initial_bps
     probe_interval_ms: float = 1000.0
     allow_thread_fallback: bool = False
-    edge_cost_samples: int = 40  # device-time samples per action for the simulator (`bench.device_costs`)
+    edge_cost_samples: int = 30  # device-time samples per action for the simulator (`bench.device_costs`)
+    candidates: str = DEFAULT_CANDIDATES  # the action set, as `bench policy --candidates`
 
     def sim_config(self) -> SimConfig:
         return SimConfig(fps=self.fps, deadline_ms=self.deadline_ms, duration_s=self.duration_s, rtt_ms=self.rtt_ms,
@@ -234,11 +236,11 @@ def run_e2e_bench(
 ) -> list[dict[str, object]]:
     bundle = Bundle.load(bundle_dir)
     profile = get_profile(settings.device_profile)
-    cache = Path(".cache") / f"policy-options-{bundle.content_hash[7:19]}.json"
-    measured, correctness = cached_options(bundle, images, cache, limit)
+    actions = candidate_set(bundle, settings.candidates)
+    measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), limit, actions)
     items = select_parity(read_labelled_images(images), "odd")[:limit]
     options, cost_model = device_options(bundle, measured, profile, load_rgb(items[0].path),
-                                         Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile.name}.json",
+                                         device_costs_path(bundle, profile.name),
                                          repeats=settings.edge_cost_samples, interval_ms=1000.0 / settings.fps)
     labels = [i.class_index for i in items]
     sizes = offload_sizes(bundle, images, options, limit)
@@ -364,16 +366,15 @@ def plot_e2e(timelines: dict[str, dict[str, tuple[list[FrameRecord], list[FrameR
 
 
 def _run(args: argparse.Namespace) -> int:
-    from splitrt.bench import policy as defaults
-
     settings = E2ESettings(
-        device_profile=args.device_profile or getattr(defaults, "DEFAULT_DEVICE_PROFILE", "jetson-nano"),
-        deadline_ms=args.deadline_ms or getattr(defaults, "DEFAULT_DEADLINE_MS", 70.0),
-        fps=args.fps or getattr(defaults, "DEFAULT_FPS", 5.0),
-        rtt_ms=args.rtt_ms if args.rtt_ms is not None else getattr(defaults, "DEFAULT_RTT_MS", 40.0),
+        device_profile=args.device_profile,
+        deadline_ms=args.deadline_ms,
+        fps=args.fps,
+        rtt_ms=args.rtt_ms,
         duration_s=args.duration_s,
         mode=args.emulation,
         allow_thread_fallback=args.allow_thread_fallback,
+        candidates=args.candidates,
     )
     policies = [p for p in (args.policies or "").split(",") if p]
     run_e2e_bench([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json, settings,
@@ -386,10 +387,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--trace", required=True, help="mahimahi uplink trace(s), comma-separated")
     parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
     parser.add_argument("--images", default="../shared/data/imagenet-sample", help="labelled images (odd classes used)")
-    parser.add_argument("--device-profile", help="emulated device (default: bench policy's)")
-    parser.add_argument("--deadline-ms", type=float, help="default: bench policy's")
-    parser.add_argument("--fps", type=float, help="default: bench policy's")
-    parser.add_argument("--rtt-ms", type=float, help="round trip added by the relay, half each way (default: bench policy's)")
+    # The defaults are bench policy's, so that the two compare.
+    parser.add_argument("--device-profile", default=DEFAULT_DEVICE_PROFILE, help="emulated device")
+    parser.add_argument("--deadline-ms", type=float, default=DEFAULT_DEADLINE_MS)
+    parser.add_argument("--fps", type=float, default=DEFAULT_FPS)
+    parser.add_argument("--rtt-ms", type=float, default=DEFAULT_RTT_MS, help="round trip added by the relay, half each way")
+    parser.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="action set, as bench policy's")
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds of each trace per policy (from its start)")
     parser.add_argument("--policies", help="comma-separated (static:<action>, latency, deadline); default: static:local, "
                         "the best static exit, split and offload by simulation, latency, deadline")

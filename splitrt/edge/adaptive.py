@@ -4,9 +4,10 @@ The estimators learn only from what frames observe. A remote frame's `network` s
 cloud's queue and compute) is the RTT plus the upload: the smallest recent value stands for the RTT (a
 windowed minimum, as BBR keeps) and the rest is the transfer. A frame that timed out bounds the rate from
 above, and every Result carries the cloud's queue delay. When no remote frame has measured the link for
-`probe_interval_ms` and the policy keeps a frame local, the frame runs what the policy would choose if the
-link were as fast as first believed, when that is remote (`probe_decision`): this is how a link that came
-back is noticed, at the cost of one frame's risk per interval. The simulator models the same probes.
+`probe_interval_ms` (doubling while probes fail, `ProbeSchedule`) and the policy keeps a frame local, the frame
+runs what the policy would choose if the link were as fast as first believed, when that is remote
+(`probe_decision`): this is how a link that came back is noticed, at the risk of one frame per probe. The
+simulator models the same probes.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from splitrt.clock import wall_clock_ms
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import Frame, FrameOutcome, Status
 from splitrt.policies.estimators import EwmaEstimator, ThroughputEstimator
-from splitrt.policies.policies import ActionOption, Decision, LinkView, Policy, probe_decision
+from splitrt.policies.policies import ActionOption, Decision, LinkView, Policy, ProbeSchedule, probe_decision
 from splitrt.policies.prefilter import Prefilter
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class LinkEstimates:
             cautious_rtt_ms=self.rtt_ms * 1.25,
             queue_ms=self.queue_ms.value,
             cloud_up=cloud_up and self.reachable(now_ms),
+            bandwidth_log_sd=self.throughput.log_sd,
         )
 
     def observe(self, now_ms: float, outcome: FrameOutcome) -> None:
@@ -101,7 +103,7 @@ class AdaptiveRuntime:
         self.options = list(options)
         self.prefilter = prefilter
         self.estimates = estimates or LinkEstimates()
-        self.probe_interval_ms = probe_interval_ms
+        self.probes = ProbeSchedule(probe_interval_ms)
         self.clock_ms = clock_ms
         self.last: FrameOutcome | None = None
         self.decisions: collections.deque[Decision] = collections.deque(maxlen=1000)  # the latest ones
@@ -113,8 +115,9 @@ class AdaptiveRuntime:
     def _decide(self, budget_ms: float) -> Decision:
         view = self.estimates.view(self._cloud_up(), self.clock_ms())
         decision = self.policy.decide(budget_ms, self.options, view)
-        stale = self.clock_ms() - self.estimates.throughput.last_sample_ms >= self.probe_interval_ms
-        if decision.option.remote or not stale or not self.policy.uses_link_estimates:
+        if decision.option.remote or not self.policy.uses_link_estimates:
+            return decision
+        if not self.probes.due(self.clock_ms(), self.estimates.throughput.last_sample_ms):
             return decision
         probe = probe_decision(self.policy, budget_ms, self.options, view, self.estimates.throughput.initial_bps)
         if probe is None:
@@ -153,6 +156,8 @@ class AdaptiveRuntime:
         self.decisions.append(decision)
         outcome = self.runtime.infer(pixels, decision.option.action, budget_ms=budget_ms, source=source)
         outcome.predicted_ms = decision.predicted_ms
+        if decision.reason.startswith("probe"):
+            self.probes.record(outcome.ok and not outcome.missed_deadline)
         self.estimates.observe(self.clock_ms(), outcome)
         if outcome.ok:
             self.last = outcome

@@ -36,6 +36,11 @@ class ThroughputEstimator:
     def estimate_bps(self) -> float:
         return math.exp(self._log_rate)
 
+    @property
+    def log_sd(self) -> float:
+        """Spread of the log rate as a standard deviation (a normal's is sqrt(pi/2) times its mean deviation)."""
+        return math.sqrt(math.pi / 2) * self._log_dev
+
     def cautious_bps(self, deviations: float = 1.0) -> float:
         """A rate the link reaches most of the time: the estimate minus `deviations` mean deviations (in log)."""
         return max(self.floor_bps, math.exp(self._log_rate - deviations * self._log_dev))

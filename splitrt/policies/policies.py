@@ -1,12 +1,16 @@
 """Policies: given the frame's deadline, what each action costs, and what is known of the link, pick one.
 
 Pure: no clock reads, no I/O. `static:<action>`, `latency` (least expected latency with live estimates,
-Neurosurgeon's rule), `deadline` (the most accurate action that meets the deadline with the cautious
-estimates, else the best local fallback) and `oracle` (offline: knows the true future of the link).
+Neurosurgeon's rule), `deadline` (the action with the highest expected accuracy at the deadline: its accuracy
+times the probability that it arrives in time under the link's estimated spread; or, with rule "cautious",
+the most accurate action that meets the deadline at the cautious estimates) and `oracle` (offline: knows the
+true future of the link).
 """
 from __future__ import annotations
 
+import bisect
 import functools
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
 
@@ -32,6 +36,16 @@ class ActionOption:
         return self.action.describe()
 
     @functools.cached_property
+    def _sorted_edge_samples_ms(self) -> tuple[float, ...]:
+        return tuple(sorted(self.edge_samples_ms))
+
+    def share_within_ms(self, budget_ms: float) -> float:
+        """The share of its device times within `budget_ms` (from the samples; else 1 or 0 by the estimate)."""
+        if not self.edge_samples_ms:
+            return 1.0 if self.edge_ms <= budget_ms else 0.0
+        return bisect.bisect_right(self._sorted_edge_samples_ms, budget_ms) / len(self.edge_samples_ms)
+
+    @functools.cached_property
     def cautious_edge_ms(self) -> float:
         """The edge time exceeded only one frame in ten (p90 of the samples); the point estimate without them."""
         return float(np.percentile(self.edge_samples_ms, 90)) if self.edge_samples_ms else self.edge_ms
@@ -51,6 +65,7 @@ class LinkView:
     cautious_rtt_ms: float
     queue_ms: float = 0.0
     cloud_up: bool = True
+    bandwidth_log_sd: float = 0.0  # spread of ln(bandwidth) around the estimate (0: the estimate is certain)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,25 @@ class Decision:
     option: ActionOption
     predicted_ms: float
     reason: str
+
+
+def on_time_probability(option: ActionOption, budget_ms: float, link: LinkView) -> float:
+    """Probability that `option` ends within `budget_ms`. A local one: the share of its measured device times
+    within the budget (or whether its estimate is). A remote one: whether the uplink rate reaches what its bytes
+    need in the time left after edge, cautious RTT, queue and cloud, with ln(rate) taken as normal around the
+    estimate with sd `link.bandwidth_log_sd`."""
+    if not option.remote:
+        return option.share_within_ms(budget_ms)
+    if link.bandwidth_log_sd <= 0.0:
+        return 1.0 if predict_ms(option, link.bandwidth_bps, link.cautious_rtt_ms, link.queue_ms) <= budget_ms else 0.0
+    slack_ms = budget_ms - option.edge_ms - link.cautious_rtt_ms - link.queue_ms - option.cloud_ms
+    if slack_ms <= 0.0:
+        return 0.0
+    if option.payload_bytes <= 0:
+        return 1.0
+    needed_bps = option.payload_bytes * 8 / slack_ms * 1000.0
+    z = (math.log(max(link.bandwidth_bps, 1.0)) - math.log(needed_bps)) / link.bandwidth_log_sd
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
 def predict_ms(option: ActionOption, bandwidth_bps: float, rtt_ms: float, queue_ms: float,
@@ -128,32 +162,53 @@ class LatencyPolicy:
 
 @dataclass(frozen=True)
 class DeadlinePolicy:
-    """The most accurate action whose cautious latency meets the budget; else the best local fallback.
+    """The action with the highest expected accuracy at the deadline; else the fastest local fallback.
 
-    Cautious means the bandwidth estimate minus `deviations` mean deviations, the RTT plus its deviations
-    and the device time that nine frames in ten stay under (when the option carries measured samples), so
-    that "meets the deadline" holds with high probability, not on average. Among equally
-    accurate actions the fastest wins, which leaves room for the unexpected.
+    rule "expected" (default): each action scores its accuracy times the probability that it ends in time
+    (`on_time_probability`: the link's rate as log-normal around the estimate, the cautious RTT; for a local
+    action the share of its measured device times within the budget). A remote action is thus taken only when
+    its gain over the best sure local action pays for its risk of a timeout: a 7% better action must arrive
+    with probability above 93%, a far better one may take more risk. With no spread known (sd 0, no samples)
+    this is the most accurate action that fits at the estimates.
+
+    rule "cautious": the most accurate action whose cautious latency meets the budget (bandwidth estimate minus
+    the `deviations` the view was built with, RTT plus its deviations, the device time nine frames in ten stay
+    under), whatever the accuracy gained. Among equally good actions the fastest wins, which leaves room for
+    the unexpected.
     """
 
     name: str = "deadline"
     margin_ms: float = 0.0
     uses_link_estimates: bool = True
+    rule: str = "expected"
 
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         usable = _usable(options, link)
         budget = budget_ms - self.margin_ms
-        scored = [(predict_ms(o, link.cautious_bandwidth_bps, link.cautious_rtt_ms, link.queue_ms, o.cautious_edge_ms), o)
-                  for o in usable]
-        feasible = [(p, o) for p, o in scored if p <= budget]
-        if feasible:
-            predicted, best = max(feasible, key=lambda pair: (pair[1].accuracy, -pair[0]))
-            return Decision(best, predicted, "most accurate within the deadline")
-        local = [(p, o) for p, o in scored if not o.remote]
+        if self.rule == "expected":
+            scored = [(on_time_probability(o, budget, link), o) for o in usable]
+            possible = [(p, o) for p, o in scored if p > 0.0]
+            if possible:
+                chance, best = max(possible, key=lambda pair: (pair[0] * pair[1].accuracy, pair[0],
+                                                               -predict_ms(pair[1], link.bandwidth_bps,
+                                                                           link.cautious_rtt_ms, link.queue_ms)))
+                predicted = predict_ms(best, link.bandwidth_bps, link.cautious_rtt_ms, link.queue_ms)
+                return Decision(best, predicted, f"highest expected accuracy (on time with p={chance:.2f})")
+            scored_ms = [(predict_ms(o, link.bandwidth_bps, link.cautious_rtt_ms, link.queue_ms), o) for o in usable]
+        elif self.rule == "cautious":
+            scored_ms = [(predict_ms(o, link.cautious_bandwidth_bps, link.cautious_rtt_ms, link.queue_ms,
+                                     o.cautious_edge_ms), o) for o in usable]
+            feasible = [(p, o) for p, o in scored_ms if p <= budget]
+            if feasible:
+                predicted, best = max(feasible, key=lambda pair: (pair[1].accuracy, -pair[0]))
+                return Decision(best, predicted, "most accurate within the deadline")
+        else:
+            raise ValueError(f"unknown deadline rule {self.rule!r}: use expected or cautious")
+        local = [(p, o) for p, o in scored_ms if not o.remote]
         if local:
             predicted, best = min(local, key=lambda pair: pair[0])
             return Decision(best, predicted, "nothing meets the deadline: fastest local")
-        predicted, best = min(scored, key=lambda pair: pair[0])
+        predicted, best = min(scored_ms, key=lambda pair: pair[0])
         return Decision(best, predicted, "nothing meets the deadline: fastest")
 
 
@@ -161,8 +216,8 @@ def probe_decision(policy: Policy, budget_ms: float, options: Sequence[ActionOpt
                    hopeful_bps: float) -> Decision | None:
     """For a frame that `policy` keeps local while the link has not been measured lately: what the policy
     would choose if the link were as fast as `hopeful_bps` (the rate believed before it was doubted), when that
-    is remote. Running the frame that way measures the link again, at the risk of that one frame; a remote
-    action no better than local under that hope is never tried."""
+    is remote. Running the frame that way measures the link again, at the risk of that one frame (see
+    `ProbeSchedule` for how often); a remote action no better than local under that hope is never tried."""
     if not link.cloud_up:
         return None
     hopeful = replace(link, bandwidth_bps=max(hopeful_bps, link.bandwidth_bps),
@@ -171,6 +226,23 @@ def probe_decision(policy: Policy, budget_ms: float, options: Sequence[ActionOpt
     if not decision.option.remote:
         return None
     return Decision(decision.option, decision.predicted_ms, "probe: the link has not been measured lately")
+
+
+@dataclass
+class ProbeSchedule:
+    """When a frame may probe the link: `interval_ms` after its last measurement, doubled after each probe that
+    did not arrive in time (up to `max_backoff` times), back to `interval_ms` after one that did: a link that
+    stays down costs ever fewer frames, one that comes back is found within `interval_ms * max_backoff`."""
+
+    interval_ms: float = 1000.0
+    max_backoff: int = 8
+    failures: int = 0
+
+    def due(self, now_ms: float, last_sample_ms: float) -> bool:
+        return now_ms - last_sample_ms >= self.interval_ms * min(2 ** self.failures, self.max_backoff)
+
+    def record(self, arrived: bool) -> None:
+        self.failures = 0 if arrived else self.failures + 1
 
 
 TrueLatency = Callable[[ActionOption], float]

@@ -5,8 +5,9 @@ is busy replaces any older waiting one (latest frame wins: the older ends `dropp
 queues its bytes on the uplink behind earlier transfers; the edge waits for a reply no longer than the
 frame's deadline (it ends `timeout`), but bytes already sent still occupy the link. Estimators see a
 transfer only when its reply would have arrived, and a timeout as an upper bound on the rate. While no
-transfer has been seen for `probe_interval_ms` and the policy keeps a frame local, the frame runs what the
-policy would choose at the link's initial rate, when that is remote (`probe_decision`, as the edge does).
+transfer has been seen for a while (`ProbeSchedule`) and the policy keeps a frame local, the frame runs the
+action the policy would choose at the link's initial rate, when that is remote (`probe_decision`), as the edge
+does.
 An option with measured device times (`edge_samples_ms`) takes a random one of them per frame (seeded).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from splitrt.policies.estimators import RttEstimator, ThroughputEstimator
-from splitrt.policies.policies import ActionOption, LinkView, OraclePolicy, Policy, probe_decision
+from splitrt.policies.policies import ActionOption, LinkView, OraclePolicy, Policy, ProbeSchedule, probe_decision
 from splitrt.policies.trace import UplinkTrace
 
 
@@ -109,6 +110,7 @@ def simulate(
     seen = _Observations(ThroughputEstimator(initial_bps=config.initial_bps), RttEstimator(initial_ms=config.rtt_ms))
     records: list[FrameRecord] = []
     rng = np.random.default_rng(config.seed)
+    probes = ProbeSchedule(config.probe_interval_ms)
     edge_free_ms = 0.0
     for frame_id, capture_ms in enumerate(captures):
         start_ms = max(capture_ms, edge_free_ms)
@@ -123,16 +125,16 @@ def simulate(
             rtt_ms=seen.rtt.srtt_ms,
             cautious_rtt_ms=seen.rtt.cautious_ms(),
             queue_ms=config.queue_ms,
+            bandwidth_log_sd=seen.throughput.log_sd,
         )
         if isinstance(policy, OraclePolicy):
             policy.true_latency_ms = lambda o, s=start_ms, c=capture_ms, f=frame_id: (
                 _true_end_ms(o, s, link, config, _frame_bytes(o, f, payload_bytes)) - c)
-        option = policy.decide(deadline_ms - start_ms, options, view).option
-        stale = start_ms - seen.throughput.last_sample_ms >= config.probe_interval_ms
-        if not option.remote and stale and policy.uses_link_estimates:
+        option, probing = policy.decide(deadline_ms - start_ms, options, view).option, False
+        if not option.remote and policy.uses_link_estimates and probes.due(start_ms, seen.throughput.last_sample_ms):
             probe = probe_decision(policy, deadline_ms - start_ms, options, view, config.initial_bps)
             if probe is not None:  # as the edge runtime does: this frame measures the link
-                option = probe.option
+                option, probing = probe.option, True
                 seen.throughput.last_sample_ms = start_ms
         key = option.key
         edge_ms = float(rng.choice(option.edge_samples_ms)) if option.edge_samples_ms else option.edge_ms
@@ -153,6 +155,8 @@ def simulate(
                 end_ms, status = deadline_ms, "timeout"
                 seen.at(deadline_ms, "timeout", size_bytes, max(deadline_ms - send_ms - config.rtt_ms, 0.1))
                 correct = False
+        if probing:
+            probes.record(status == "ok")
         edge_free_ms = end_ms
         records.append(FrameRecord(frame_id, capture_ms, key, status, end_ms - capture_ms, correct, bytes_sent))
     return records

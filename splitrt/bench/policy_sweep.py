@@ -1,0 +1,178 @@
+"""`splitrt bench policy-sweep`: the `bench policy` comparison over a grid of settings (device profile x deadline
+x fps x RTT), to find where the choice of action matters.
+
+For each setting and trace: the best static action, `latency`, `deadline` and `oracle` (accuracy at deadline),
+and whether `deadline` beats every static action and `latency` at >= 95% of the oracle. Static actions that
+cannot meet the deadline even on an infinite link, or that another action of the same kind (local or remote)
+beats on every cost and on accuracy, are left out (they cannot be the best static). Options come from the same
+measured cache as `bench policy`. Counterfactuals: a device given as a bare CPU share (e.g. `0.065`), and
+`--uplink-scale K` (every delivery opportunity of a trace carries K packets: a K times faster uplink).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from splitrt.bench.common import format_table, write_json
+from splitrt.policies.policies import ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy
+from splitrt.policies.simulate import SimConfig, simulate, summarize
+from splitrt.policies.trace import UplinkTrace
+
+SWEEP_COLUMNS = ("device", "deadline_ms", "fps", "rtt_ms", "trace", "best_static", "best_static_acc", "latency",
+                 "deadline", "oracle", "vs_oracle", "met")
+
+
+def cpu_share_of(device: str) -> float:
+    """A profile name (`splitrt devices profiles`) or a bare CPU share such as `0.065`."""
+    from splitrt.devices.profiles import get_profile
+
+    try:
+        return float(device)
+    except ValueError:
+        return get_profile(device).cpu_share
+
+
+def scaled_trace(path: str | Path, scale: int = 1) -> UplinkTrace:
+    """The trace at `path`; with `scale` K > 1, each delivery opportunity carries K packets."""
+    trace = UplinkTrace.load(path)
+    if scale <= 1:
+        return trace
+    return UplinkTrace.from_opportunities(trace.name, np.repeat(trace.opportunities_ms, scale))
+
+
+def _dominated(option: ActionOption, options: Sequence[ActionOption]) -> bool:
+    return any(
+        other is not option and other.remote == option.remote and other.edge_ms <= option.edge_ms
+        and other.payload_bytes <= option.payload_bytes and other.cloud_ms <= option.cloud_ms
+        and other.accuracy >= option.accuracy and (other.accuracy > option.accuracy or other.edge_ms < option.edge_ms)
+        for other in options
+    )
+
+
+def static_candidates(options: Sequence[ActionOption], deadline_ms: float, rtt_ms: float) -> list[ActionOption]:
+    """The actions that may be the best static one: undominated, and in time on an infinite link."""
+    return [o for o in options if not _dominated(o, options)
+            and o.edge_ms + ((rtt_ms + o.cloud_ms) if o.remote else 0.0) <= deadline_ms]
+
+
+def evaluate_setting(
+    measured: Sequence[ActionOption], correctness: Mapping[str, np.ndarray], traces: Sequence[UplinkTrace],
+    device: str, deadline_ms: float, fps: float, rtt_ms: float, duration_s: float | None = None,
+    initial_bps: float = SimConfig.initial_bps,
+) -> list[dict[str, object]]:
+    """One row per trace for one setting (`measured`: edge ms at this machine's one-thread speed)."""
+    share = cpu_share_of(device)
+    options = [ActionOption(o.action, o.edge_ms / share, o.payload_bytes, o.cloud_ms, o.accuracy) for o in measured]
+    statics = static_candidates(options, deadline_ms, rtt_ms)
+    rows = []
+    for trace in traces:
+        duration = min(duration_s, trace.duration_s) if duration_s else None
+        config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms, duration_s=duration, initial_bps=initial_bps)
+        accuracy = {}
+        for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), DeadlinePolicy(), OraclePolicy()]:
+            records = simulate(policy, options, correctness, trace, config)
+            accuracy[policy.name] = float(summarize(policy.name, records)["accuracy_at_deadline"])
+        static_rows = {k.removeprefix("static:"): v for k, v in accuracy.items() if k.startswith("static:")}
+        best = max(static_rows, key=lambda k: static_rows[k]) if static_rows else ""
+        best_acc = static_rows.get(best, 0.0)
+        oracle = accuracy["oracle"]
+        rows.append({
+            "device": device, "deadline_ms": deadline_ms, "fps": fps, "rtt_ms": rtt_ms, "trace": trace.name,
+            "best_static": best, "best_static_acc": best_acc, "latency": accuracy["latency"],
+            "deadline": accuracy["deadline"], "oracle": oracle,
+            "vs_oracle": accuracy["deadline"] / oracle if oracle else float("nan"),
+            "met": bool(accuracy["deadline"] > best_acc and accuracy["deadline"] > accuracy["latency"]
+                        and accuracy["deadline"] >= 0.95 * oracle),
+        })
+    return rows
+
+
+def summarize_settings(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Per setting: how many distinct best static actions over the traces, the least oracle headroom over the
+    best static, and whether `deadline` met the condition on every trace."""
+    out = []
+    keys = sorted({(r["device"], r["deadline_ms"], r["fps"], r["rtt_ms"]) for r in rows},
+                  key=lambda k: (str(k[0]), float(k[1]), float(k[2]), float(k[3])))  # type: ignore[arg-type]
+    for key in keys:
+        group = [r for r in rows if (r["device"], r["deadline_ms"], r["fps"], r["rtt_ms"]) == key]
+        out.append({
+            "device": key[0], "deadline_ms": key[1], "fps": key[2], "rtt_ms": key[3],
+            "distinct_best_static": len({r["best_static"] for r in group}),
+            "best_static": ",".join(sorted({str(r["best_static"]) for r in group})),
+            "min_oracle_gain": min(float(r["oracle"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
+            "max_oracle_gain": max(float(r["oracle"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
+            "min_deadline_gain": min(float(r["deadline"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
+            "met_all": all(bool(r["met"]) for r in group),
+        })
+    return out
+
+
+def _evaluate(args: tuple) -> list[dict[str, object]]:  # type: ignore[type-arg]
+    return evaluate_setting(*args)
+
+
+def run_policy_sweep(
+    traces: Sequence[str | Path], bundle_dir: str | Path, images: str | Path, json_out: str | Path,
+    devices: Sequence[str], deadlines_ms: Sequence[float], fps: Sequence[float], rtts_ms: Sequence[float],
+    duration_s: float | None = 300.0, uplink_scale: int = 1, candidates: str | None = None, workers: int = 1,
+) -> list[dict[str, object]]:
+    from splitrt.bench.policy import DEFAULT_CANDIDATES, cached_options, candidate_set, options_cache_path
+    from splitrt.bundle import Bundle
+
+    bundle = Bundle.load(bundle_dir)
+    actions = candidate_set(bundle, candidates or DEFAULT_CANDIDATES)
+    measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), None, actions)
+    loaded = [scaled_trace(t, uplink_scale) for t in traces]
+    jobs = [(measured, correctness, loaded, d, dl, f, r, duration_s)
+            for d, dl, f, r in itertools.product(devices, deadlines_ms, fps, rtts_ms)]
+    rows: list[dict[str, object]] = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for result in pool.map(_evaluate, jobs):
+                rows += result
+    else:
+        for job in jobs:
+            rows += _evaluate(job)
+    settings = summarize_settings(rows)
+    print(format_table(settings, ("device", "deadline_ms", "fps", "rtt_ms", "distinct_best_static", "best_static",
+                                  "min_oracle_gain", "max_oracle_gain", "min_deadline_gain", "met_all")))
+    write_json(json_out, "policy-sweep", rows, settings=settings,
+               sweep={"candidates": candidates or DEFAULT_CANDIDATES, "duration_s": duration_s,
+                      "uplink_scale": uplink_scale, "traces": [t.name for t in loaded]})
+    return rows
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def _run(args: argparse.Namespace) -> int:
+    run_policy_sweep([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json,
+                     [d for d in args.devices.split(",") if d], _floats(args.deadlines_ms), _floats(args.fps),
+                     _floats(args.rtts_ms), args.duration_s or None, args.uplink_scale, args.candidates, args.workers)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from splitrt.bench.policy import CANDIDATE_SETS, DEFAULT_CANDIDATES
+    from splitrt.edge.commands import DEFAULT_BUNDLE
+
+    parser = sub.add_parser("policy-sweep", help="`bench policy` over device x deadline x fps x RTT settings")
+    parser.add_argument("--trace", required=True, help="mahimahi uplink trace(s), comma-separated")
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
+    parser.add_argument("--images", default="../shared/data/imagenet-sample", help="labelled images (odd classes used)")
+    parser.add_argument("--candidates", choices=sorted(CANDIDATE_SETS), default=DEFAULT_CANDIDATES)
+    parser.add_argument("--devices", default="pi4,jetson-nano", help="profile names or bare CPU shares, comma-separated")
+    parser.add_argument("--deadlines-ms", default="40,50,60,70")
+    parser.add_argument("--fps", default="5")
+    parser.add_argument("--rtts-ms", default="20,40")
+    parser.add_argument("--duration-s", type=float, default=300.0, help="simulated seconds per trace (0: whole trace)")
+    parser.add_argument("--uplink-scale", type=int, default=1, help="counterfactual: K packets per opportunity")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", required=True)
+    parser.set_defaults(func=_run)
