@@ -336,7 +336,7 @@ def test_cleanup_after_exit_and_exception() -> None:
         with EmulatedLink():
             raise KeyError("boom")
     assert _own_leftovers() == []
-    assert "srt" not in subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
+    assert f"srt{os.getpid()}" not in subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
