@@ -86,3 +86,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_labelled_images(folder: Path, count: int, classes: int) -> Path:
+    """`count` random 40x40 PNGs with a labels.csv, cycling through the first `classes` odd class indices (the
+    evaluation half that the benchmarks use)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = ["file,class_index"]
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        lines.append(f"{i}.png,{2 * (i % classes) + 1}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder

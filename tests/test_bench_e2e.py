@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from splitrt.actions import Local, Offload
 from splitrt.bench.e2e import E2ESettings, run_e2e_bench
@@ -23,7 +22,7 @@ from splitrt.frame import Status
 from splitrt.policies.policies import ActionOption, DeadlinePolicy, LinkView, StaticPolicy
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
-from tests.conftest import start_service
+from tests.conftest import start_service, write_labelled_images
 
 LINK = LinkView(bandwidth_bps=1e6, cautious_bandwidth_bps=1e6, rtt_ms=40.0, cautious_rtt_ms=40.0)
 
@@ -78,14 +77,7 @@ def test_adaptive_runtime_streams_a_paced_source(tiny_bundle: Bundle) -> None:
 
 def test_e2e_bench_runs_real_processes_through_the_relay(tiny_bundle: Bundle, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # caches go under ./.cache
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    lines = ["file,class_index"]
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
-        lines.append(f"{i}.png,{2 * (i % 3) + 1}")
-    (images / "labels.csv").write_text("\n".join(lines) + "\n")
+    images = write_labelled_images(tmp_path / "images", 6, 3)
     trace = tmp_path / "four-mbps.up"
     trace.write_text("\n".join(str(t) for t in range(1, 3001, 3)) + "\n")  # one packet per 3 ms: 4 Mbit/s
     bundle = shutil.copytree(tiny_bundle.root, tmp_path / "bundle")

@@ -5,35 +5,27 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 from splitrt.bench.policy import action_from_key, run_policy_bench
 from splitrt.bundle import Bundle
+from tests.conftest import write_labelled_images
 
 
 def test_policy_bench_writes_a_row_per_policy(tiny_bundle: Bundle, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # the options cache goes under ./.cache
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    lines = ["file,class_index"]
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
-        lines.append(f"{i}.png,{2 * (i % 5) + 1}")  # odd classes: the evaluation half
-    (images / "labels.csv").write_text("\n".join(lines) + "\n")
+    images = write_labelled_images(tmp_path / "images", 12, 5)
     trace = tmp_path / "two-mbps.up"
     trace.write_text("\n".join(str(t) for t in range(1, 3001, 6)) + "\n")  # one packet per 6 ms: 2 Mbit/s
     bundle = shutil.copytree(tiny_bundle.root, tmp_path / "bundle")
     out = tmp_path / "policy.json"
     results = run_policy_bench([trace], bundle, images, out, "pi4", deadline_ms=100, fps=5, rtt_ms=20,
-                               plot=tmp_path / "policy.png", candidates="base")
+                               plot=tmp_path / "policy.png", candidates="base", edge_cost_samples=3)
     rows = results["two-mbps.up"]
     names = [r["policy"] for r in rows]
     assert {"latency", "deadline", "deadline-cautious", "oracle", "static:local", "static:offload/jpeg-q90"} <= set(names)
     assert not any("webp" in n or "q8+zstd" in n for n in names)
     wide = run_policy_bench([trace], bundle, images, tmp_path / "wide.json", "pi4", deadline_ms=100, fps=5,
-                            rtt_ms=20, candidates="wide")["two-mbps.up"]
+                            rtt_ms=20, candidates="wide", edge_cost_samples=0)["two-mbps.up"]
     wide_names = {r["policy"] for r in wide}
     assert {"static:offload/webp-q50", "static:offload/jpeg-q10"} <= wide_names
     assert any(n.startswith("static:split@") and n.endswith("/q4c+zstd") for n in wide_names)

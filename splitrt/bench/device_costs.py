@@ -74,8 +74,10 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
                    cache: Path | None = None, repeats: int = 30, interval_ms: float = 200.0
                    ) -> tuple[list[ActionOption], str]:
     """`measured` (CPU ms on this machine) as the device runs them: edge times sampled under the profile's
-    quota (cached in `cache` by bundle, profile and actions). Without a writable cgroup: CPU ms / share, and
-    the returned cost model says so."""
+    quota (cached in `cache` by bundle, profile and actions). With `repeats` 0 or without a writable cgroup:
+    CPU ms / share, and the returned cost model says so."""
+    if repeats <= 0:  # asked not to sample
+        return [replace(o, edge_ms=o.edge_ms / profile.cpu_share) for o in measured], "cpu/share"
     keys = [o.key for o in measured]
     document: dict[str, object] = {}
     if cache is not None and cache.is_file():

@@ -375,6 +375,7 @@ def _run(args: argparse.Namespace) -> int:
         mode=args.emulation,
         allow_thread_fallback=args.allow_thread_fallback,
         candidates=args.candidates,
+        edge_cost_samples=args.edge_cost_samples,
     )
     policies = [p for p in (args.policies or "").split(",") if p]
     run_e2e_bench([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json, settings,
@@ -400,6 +401,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-thread-fallback", action="store_true",
                         help="without a writable cgroup, emulate the device by thread count only (labelled)")
     parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
+    parser.add_argument("--edge-cost-samples", type=int, default=30,
+                        help="device-time samples per action under the quota (0: CPU time / share instead)")
     parser.add_argument("--plot", help="PNG: capacity and latency over time, accuracy at deadline per window")
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)

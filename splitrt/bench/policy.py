@@ -211,6 +211,7 @@ def run_policy_bench(
     plot: str | Path | None = None,
     limit: int | None = None,
     candidates: str = DEFAULT_CANDIDATES,
+    edge_cost_samples: int = 30,
 ) -> dict[str, list[dict[str, object]]]:
     from splitrt.devices.profiles import get_profile
 
@@ -220,7 +221,7 @@ def run_policy_bench(
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), limit, actions)
     options, cost_model = device_options(
         bundle, measured, profile, load_rgb(select_parity(read_labelled_images(images), "odd")[0].path),
-        device_costs_path(bundle, profile.name), interval_ms=1000.0 / fps)
+        device_costs_path(bundle, profile.name), repeats=edge_cost_samples, interval_ms=1000.0 / fps)
     sizes = offload_sizes(bundle, images, options, limit)
     print(format_table([{"action": o.key, "edge_ms": o.edge_ms, "bytes": o.payload_bytes, "cloud_ms": o.cloud_ms,
                          "accuracy": o.accuracy} for o in options], ["action", "edge_ms", "bytes", "cloud_ms", "accuracy"]))
@@ -300,7 +301,7 @@ def plot_timelines(timelines: dict[str, tuple[UplinkTrace, list]], options: Sequ
 def _run(args: argparse.Namespace) -> int:
     traces = [t for t in args.trace.split(",") if t]
     run_policy_bench(traces, args.bundle, args.images, args.json, args.device_profile, args.deadline_ms, args.fps,
-                     args.rtt_ms, args.plot, args.limit, args.candidates)
+                     args.rtt_ms, args.plot, args.limit, args.candidates, args.edge_cost_samples)
     return 0
 
 
@@ -320,6 +321,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "bottlenecks, if it has any: `splitrt codecs add-bottleneck`); measured once per bundle "
                              "and set, cached under .cache/")
     parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
+    parser.add_argument("--edge-cost-samples", type=int, default=30,
+                        help="device-time samples per action under the quota (0: CPU time / share instead)")
     parser.add_argument("--plot", help="PNG of the deadline policy's actions over the traces' bandwidth")
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)
