@@ -236,3 +236,49 @@ def test_codec_for_point_refuses_other_codecs_at_a_bottleneck(bottleneck_bundle:
     with pytest.raises(UnknownCodec):
         codec_for_point(bottleneck_bundle, "bn-down-c4-beta0.01-s1", "q8")
     assert codec_for_point(bottleneck_bundle, "down", "q8+zstd").codec_id == "q8+zstd"
+
+
+def test_stride_one_latent_keeps_the_resolution_and_reloads(tmp_path: Path) -> None:
+    import torch
+
+    from splitrt.codecs.bottleneck.model import Bottleneck
+    from splitrt.codecs.bottleneck.train import TrainConfig, load_artifact, save_artifact
+
+    torch.manual_seed(0)
+    activation = torch.randn(2, 6, 7, 7)
+    for stride, latent_side in ((1, 7), (2, 4)):
+        net = Bottleneck(6, 3, stride=stride).eval()
+        assert net.compressor(activation).shape == (2, 3, latent_side, latent_side)
+        restored, bits = net(activation)
+        assert restored.shape[:2] == (2, 6) and bits.shape == (2,)
+    config = TrainConfig(model="tiny-cnn", split="down", latent_channels=3, latent_stride=1)
+    assert config.name == "down-c3-s1-beta0.01"
+    save_artifact(net := Bottleneck(6, 3, stride=1).eval(), config, tmp_path / config.name, {})
+    again, description = load_artifact(tmp_path / config.name)
+    assert again.stride == 1 and description["config"]["latent_stride"] == 1
+    with torch.no_grad():
+        assert torch.equal(again(activation)[0], net(activation)[0])
+    with pytest.raises(ValueError, match="stride"):
+        Bottleneck(6, 3, stride=3)
+
+
+def test_unlabelled_images_add_one_standard_view_each(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from splitrt.codecs.bottleneck.train import TrainConfig, training_views, unlabelled_images
+    from splitrt.partition.models import load_model
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "extra" / "a").mkdir(parents=True)
+    for name in ("extra/a/0.jpg", "extra/b.png", "labelled.png"):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "extra" / "notes.txt").write_text("not an image\n")
+    assert [p.name for p in unlabelled_images(tmp_path / "extra")] == ["0.jpg", "b.png"]
+    with pytest.raises(FileNotFoundError):
+        unlabelled_images(tmp_path / "missing")
+    model = load_model("tiny-cnn")
+    config = TrainConfig(model="tiny-cnn", views_per_image=3, unlabelled=str(tmp_path / "extra"))
+    views = list(training_views(config, [tmp_path / "labelled.png"], model))
+    crop = model.preprocess.crop
+    assert len(views) == 3 + 2 and all(v.shape == (crop, crop, 3) and v.dtype == np.uint8 for v in views)
+    assert len(list(training_views(TrainConfig(model="tiny-cnn", views_per_image=3), [tmp_path / "labelled.png"], model))) == 3

@@ -11,9 +11,10 @@ def _train(args: argparse.Namespace) -> int:
     channels = [int(c) for c in str(args.latent_channels).split(",") if c]
     betas = [float(b) for b in str(args.beta).split(",") if b]
     configs = [
-        TrainConfig(model=args.model, split=args.split, latent_channels=c, beta_per_kbit=b,
-                    views_per_image=args.views, phase1_epochs=args.epochs, phase2_steps=args.kd_steps,
-                    batch_size=args.batch_size, seed=args.seed, init_from=args.init_from or "")
+        TrainConfig(model=args.model, split=args.split, latent_channels=c, latent_stride=args.latent_stride,
+                    beta_per_kbit=b, views_per_image=args.views, phase1_epochs=args.epochs, phase2_steps=args.kd_steps,
+                    batch_size=args.batch_size, seed=args.seed, init_from=args.init_from or "",
+                    unlabelled=args.unlabelled or "")
         for c in channels for b in betas
     ]
     run_training(args.images, args.out, configs, cache_dir=args.cache, steps=_steps(args.latent_steps))
@@ -52,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--images", default="../shared/data/imagenet-sample",
                        help="folder with labels.csv: trains on even class_index, evaluates on odd")
     train.add_argument("--latent-channels", default="24", help="latent channels, comma-separated for several")
+    train.add_argument("--latent-stride", type=int, choices=(1, 2), default=2,
+                       help="2: latent at half the activation's resolution; 1: at the same (deep split points)")
     train.add_argument("--beta", default="0.01", help="rate weight per kilobit, comma-separated operating points")
     train.add_argument("--views", type=int, default=6, help="views per training image (standard crop + random crops)")
     train.add_argument("--epochs", type=int, default=5, help="phase 1 epochs (activation MSE + rate)")
@@ -59,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--init-from", help="a trained bottleneck folder to fine-tune from (e.g. at a lower beta)")
+    train.add_argument("--unlabelled", help="a folder of extra images (searched recursively; labels never read): "
+                       "one view each, distilled from the teacher like the training views")
     train.add_argument("--cache", default=".cache/bottleneck-teacher", help="where the teacher's outputs are cached")
     train.add_argument("--latent-steps", default="1", help="quantisation steps of the latent: one operating point each")
     train.add_argument("--out", required=True, help="output folder: one sub-folder per operating point")

@@ -1,5 +1,6 @@
 """The student networks (torch): a compressor that turns the teacher's activation at a split point into a
-few-channel latent at half the resolution, and a decompressor that restores the activation for the tail.
+few-channel latent at half the resolution (stride 2) or at the activation's own (stride 1, for deep split
+points whose maps are already small), and a decompressor that restores the activation for the tail.
 
 The rate term of the training loss comes from a factorized prior: one logistic density per latent channel
 (learned location and scale), integrated over each quantisation bin. At export the prior is replaced by
@@ -15,12 +16,12 @@ import torch.nn.functional as F
 
 
 class Compressor(nn.Module):
-    """activation (N, C_in, H, W) -> latent (N, C_latent, H/2, W/2), before rounding."""
+    """activation (N, C_in, H, W) -> latent (N, C_latent, H/stride, W/stride), before rounding."""
 
-    def __init__(self, in_channels: int, latent_channels: int, hidden: int = 128) -> None:
+    def __init__(self, in_channels: int, latent_channels: int, hidden: int = 128, stride: int = 2) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1),
+            nn.Conv2d(in_channels, hidden, 3, stride=stride, padding=1),
             nn.ReLU(),
             nn.Conv2d(hidden, hidden, 1),
             nn.ReLU(),
@@ -40,17 +41,18 @@ class Compressor(nn.Module):
 
 
 class Decompressor(nn.Module):
-    """rounded latent (N, C_latent, H/2, W/2) -> activation (N, C_out, H, W)."""
+    """rounded latent (N, C_latent, H/stride, W/stride) -> activation (N, C_out, H, W)."""
 
-    def __init__(self, latent_channels: int, out_channels: int, hidden: int = 128, upsampled: int = 48) -> None:
+    def __init__(self, latent_channels: int, out_channels: int, hidden: int = 128, upsampled: int = 48,
+                 stride: int = 2) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(latent_channels, hidden, 1),
             nn.ReLU(),
             nn.Conv2d(hidden, hidden, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(hidden, 4 * upsampled, 1),
-            nn.PixelShuffle(2),
+            nn.Conv2d(hidden, stride * stride * upsampled, 1),
+            nn.PixelShuffle(stride),
             nn.ReLU(),
             nn.Conv2d(upsampled, out_channels, 3, padding=1),
         )
@@ -85,12 +87,15 @@ class FactorizedLogistic(nn.Module):
 class Bottleneck(nn.Module):
     """Compressor + prior + decompressor; `forward` returns (restored activation, bits per sample)."""
 
-    def __init__(self, channels: int, latent_channels: int) -> None:
+    def __init__(self, channels: int, latent_channels: int, stride: int = 2) -> None:
         super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"latent stride must be 1 or 2, got {stride}")
         self.channels = channels
         self.latent_channels = latent_channels
-        self.compressor = Compressor(channels, latent_channels)
-        self.decompressor = Decompressor(latent_channels, channels)
+        self.stride = stride
+        self.compressor = Compressor(channels, latent_channels, stride=stride)
+        self.decompressor = Decompressor(latent_channels, channels, stride=stride)
         self.prior = FactorizedLogistic(latent_channels)
 
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:

@@ -37,6 +37,7 @@ class TrainConfig:
     model: str = "efficientnet-lite0"
     split: str = "b4"
     latent_channels: int = 24
+    latent_stride: int = 2  # 2: latent at half the activation's resolution; 1: at the same
     beta_per_kbit: float = 0.01
     views_per_image: int = 6
     phase1_epochs: int = 5
@@ -45,10 +46,12 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     init_from: str = ""  # a trained bottleneck folder to start from (fine-tuning at another beta)
+    unlabelled: str = ""  # a folder of extra images (any labels or none; searched recursively), one view each
 
     @property
     def name(self) -> str:
-        return f"{self.split}-c{self.latent_channels}-beta{self.beta_per_kbit:g}"
+        stride = "" if self.latent_stride == 2 else f"-s{self.latent_stride}"
+        return f"{self.split}-c{self.latent_channels}{stride}-beta{self.beta_per_kbit:g}"
 
 
 def split_images(images_dir: str | Path, parity: str) -> list[Path]:
@@ -56,6 +59,27 @@ def split_images(images_dir: str | Path, parity: str) -> list[Path]:
     from splitrt.bench.common import read_labelled_images, select_parity
 
     return [item.path for item in select_parity(read_labelled_images(images_dir), parity)]
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def unlabelled_images(folder: str | Path) -> list[Path]:
+    """Every image file under `folder`, in sorted order: extra training inputs whose labels are never read."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of unlabelled images")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def training_views(config: TrainConfig, labelled: Sequence[Path], model: StagedModel) -> Iterator[np.ndarray]:
+    """`views_per_image` views of each labelled training image, then the standard crop of each unlabelled one."""
+    yield from augmented_views(labelled, model, config.views_per_image, config.seed)
+    if config.unlabelled:
+        yield from augmented_views(unlabelled_images(config.unlabelled), model, 1, config.seed)
 
 
 def augmented_views(paths: Sequence[Path], model: StagedModel, views_per_image: int, seed: int) -> Iterator[np.ndarray]:
@@ -82,11 +106,15 @@ def augmented_views(paths: Sequence[Path], model: StagedModel, views_per_image: 
 
 def teacher_cache(
     model: StagedModel, split: str, paths: Sequence[Path], views_per_image: int, seed: int, cache_dir: Path,
-    batch_size: int = 32,
+    batch_size: int = 32, unlabelled: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The teacher's activation at `split` (fp16) and logits (fp16) for every view; cached on disk by content."""
+    names: list[object] = [p.name for p in paths]
+    extra = [str(p.relative_to(unlabelled)) for p in unlabelled_images(unlabelled)] if unlabelled else []
+    if extra:  # the key of a cache without unlabelled images is unchanged
+        names.append(extra)
     key = hashlib.sha256(
-        json.dumps([model.model_id, split, [p.name for p in paths], views_per_image, seed]).encode()
+        json.dumps([model.model_id, split, names, views_per_image, seed]).encode()
     ).hexdigest()[:16]
     folder = cache_dir / f"{model.model_id}-{split}-{key}"
     if (folder / "logits.npy").is_file():
@@ -103,8 +131,9 @@ def teacher_cache(
             logits.append(tail(act).numpy().astype(np.float16))
         batch.clear()
 
-    total = len(paths) * views_per_image
-    for view in tqdm(augmented_views(paths, model, views_per_image, seed), total=total, desc="teacher", unit="view"):
+    total = len(paths) * views_per_image + len(extra)
+    config = TrainConfig(views_per_image=views_per_image, seed=seed, unlabelled=unlabelled)
+    for view in tqdm(training_views(config, paths, model), total=total, desc="teacher", unit="view"):
         batch.append(view)
         if len(batch) == batch_size:
             flush()
@@ -133,11 +162,12 @@ def train_bottleneck(
     sample = activations[rng.permutation(len(activations))[:512]].astype(np.float32)
     if config.init_from:
         net, _ = load_artifact(config.init_from)
-        if (net.channels, net.latent_channels) != (channels, config.latent_channels):
-            raise ValueError(f"{config.init_from} has {net.latent_channels} latent channels for {net.channels}, "
-                             f"this run wants {config.latent_channels} for {channels}")
+        if (net.channels, net.latent_channels, net.stride) != (channels, config.latent_channels, config.latent_stride):
+            raise ValueError(f"{config.init_from} has {net.latent_channels} latent channels (stride {net.stride}) "
+                             f"for {net.channels}, this run wants {config.latent_channels} (stride "
+                             f"{config.latent_stride}) for {channels}")
     else:
-        net = Bottleneck(channels, config.latent_channels)
+        net = Bottleneck(channels, config.latent_channels, config.latent_stride)
         net.set_statistics(torch.from_numpy(sample.mean(axis=(0, 2, 3))), torch.from_numpy(sample.std(axis=(0, 2, 3)) + 1e-3))
     variance = float(np.var(sample))
     tail = model.tail(config.split)
@@ -242,7 +272,8 @@ def load_artifact(folder: str | Path) -> tuple[Bottleneck, dict[str, object]]:
     description = json.loads((folder / "bottleneck.json").read_text(encoding="utf-8"))
     if description.get("format") != ARTIFACT_FORMAT:
         raise ValueError(f"{folder}: not a bottleneck artifact (format {description.get('format')!r})")
-    net = Bottleneck(int(description["channels"]), int(description["config"]["latent_channels"]))
+    config = description["config"]
+    net = Bottleneck(int(description["channels"]), int(config["latent_channels"]), int(config.get("latent_stride", 2)))
     with np.load(folder / "weights.npz", allow_pickle=False) as weights:
         net.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files})
     return net.eval(), description
@@ -273,16 +304,21 @@ def run_training(images: str | Path, out_dir: str | Path, configs: Sequence[Trai
     first = configs[0]
     model = load_model(first.model)
     train_paths = split_images(images, "even")
-    activations, logits = teacher_cache(model, first.split, train_paths, first.views_per_image, first.seed, Path(cache_dir))
-    print(f"teacher cache: {len(activations)} views of {len(train_paths)} training images, "
+    activations, logits = teacher_cache(model, first.split, train_paths, first.views_per_image, first.seed, Path(cache_dir),
+                                        unlabelled=first.unlabelled)
+    extra_images = len(unlabelled_images(first.unlabelled)) if first.unlabelled else 0
+    print(f"teacher cache: {len(activations)} views of {len(train_paths)} training images "
+          f"and {extra_images} unlabelled ones, "
           f"activation {tuple(activations.shape[1:])} ({time.monotonic() - started:.0f} s)")
     results = []
     for config in configs:
-        if (config.model, config.split, config.views_per_image, config.seed) != (first.model, first.split, first.views_per_image, first.seed):
-            raise ValueError("all operating points of one run share model, split, views and seed")
+        shared = ("model", "split", "views_per_image", "seed", "unlabelled")
+        if any(getattr(config, f) != getattr(first, f) for f in shared):
+            raise ValueError("all operating points of one run share model, split, views, seed and unlabelled images")
         t = time.monotonic()
         net = train_bottleneck(model, config, activations, logits)
-        extra: dict[str, object] = {"train_images": len(train_paths), "train_views": len(activations),
+        extra: dict[str, object] = {"train_images": len(train_paths), "unlabelled_images": extra_images,
+                                    "train_views": len(activations),
                                     "train_seconds": round(time.monotonic() - t, 1)}
         folder = Path(out_dir) / config.name
         save_artifact(net, config, folder, extra)
@@ -301,5 +337,5 @@ def refit_operating_points(folder: str | Path, images: str | Path, cache_dir: st
     config = TrainConfig(**description["config"])  # type: ignore[arg-type]
     model = load_model(config.model)
     activations, _ = teacher_cache(model, config.split, split_images(images, "even"), config.views_per_image,
-                                   config.seed, Path(cache_dir))
+                                   config.seed, Path(cache_dir), unlabelled=config.unlabelled)
     return fit_operating_points(Path(folder), activations, steps)
