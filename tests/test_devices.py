@@ -221,3 +221,15 @@ def test_calibrate_all_round_robin_orders_profiles_by_share(tiny_bundle) -> None
     assert results[0].measured.p50_ms > results[1].measured.p50_ms
     after = set(os.listdir("/sys/fs/cgroup/cpu")) if os.path.isdir("/sys/fs/cgroup/cpu") else set()
     assert not {name for name in after - before if name.startswith("splitrt-")}
+
+
+def test_stale_quota_cgroups_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    from splitrt.devices.profiles import CgroupLayout, remove_stale_quotas
+
+    dead = tmp_path / "splitrt-pi4-999999999-0"  # no such pid
+    alive = tmp_path / f"splitrt-pi4-{os.getpid()}-0"
+    other = tmp_path / "someone-else"
+    for path in (dead, alive, other):
+        path.mkdir()
+    assert remove_stale_quotas(CgroupLayout(1, tmp_path)) == [dead.name]
+    assert not dead.exists() and alive.exists() and other.exists()

@@ -164,6 +164,35 @@ def find_cgroup_layout(root: Path = DEFAULT_CGROUP_ROOT, proc_cgroup: Path = Pat
     raise CgroupUnavailable(f"no cgroup cpu controller under {root} (neither v1 cpu/ nor v2 cgroup.controllers)")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_quotas(layout: CgroupLayout) -> list[str]:
+    """Remove the cgroups that a killed splitrt process left (`splitrt-<label>-<pid>-<n>`, pid gone, no tasks);
+    returns their names. A signal that kills a process skips its `close()`; the next quota tidies up."""
+    removed = []
+    for path in layout.parent.glob("splitrt-*-*-*"):
+        pid = path.name.rsplit("-", 2)[-2]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        members = path / ("tasks" if layout.version == 1 else "cgroup.procs")
+        try:
+            if members.exists() and members.read_text().split():
+                continue
+            path.rmdir()
+        except OSError:
+            continue
+        removed.append(path.name)
+    return removed
+
+
 class CpuQuota:
     """One cgroup with a CPU bandwidth limit; threads and processes can be moved in. Always `close()` it
     (or use it as a context manager): the cgroup is removed and everything in it moved back out."""
@@ -176,6 +205,7 @@ class CpuQuota:
         self.layout = layout
         self.quota_us = max(MIN_QUOTA_US, round(cpu_share * period_us))
         self.period_us = period_us
+        remove_stale_quotas(layout)
         self.path = layout.parent / f"splitrt-{label}-{os.getpid()}-{next(self._counter)}"
         self.path.mkdir()
         try:
