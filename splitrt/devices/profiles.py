@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
+from splitrt.processes import pid_alive
+
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 10_000
 MIN_QUOTA_US = 1_000  # cgroup v1 refuses quotas below 1 ms
@@ -164,23 +166,13 @@ def find_cgroup_layout(root: Path = DEFAULT_CGROUP_ROOT, proc_cgroup: Path = Pat
     raise CgroupUnavailable(f"no cgroup cpu controller under {root} (neither v1 cpu/ nor v2 cgroup.controllers)")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_quotas(layout: CgroupLayout) -> list[str]:
     """Remove the cgroups that a killed splitrt process left (`splitrt-<label>-<pid>-<n>`, pid gone, no tasks);
     returns their names. A signal that kills a process skips its `close()`; the next quota tidies up."""
     removed = []
     for path in layout.parent.glob("splitrt-*-*-*"):
         pid = path.name.rsplit("-", 2)[-2]
-        if not pid.isdigit() or _pid_alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         members = path / ("tasks" if layout.version == 1 else "cgroup.procs")
         try:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Sequence
 
+from splitrt.processes import pid_alive
+
 PREFIX = "srt"
 MTU_BYTES = 1500
 ETHERNET_HEADER_BYTES = 14
@@ -240,16 +242,6 @@ def _remove(names: LinkNames) -> None:
     _run(["ip", "netns", "delete", names.namespace], check=False)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def leftovers() -> list[str]:
     """Every srt* namespace and link on this machine (whoever created it)."""
     found = []
@@ -269,7 +261,7 @@ def cleanup_stale() -> list[str]:
         match = _NAME_RE.match(name)
         assert match
         pid, kind, index = int(match.group(1)), match.group(2), int(match.group(3))
-        if _pid_alive(pid):
+        if pid_alive(pid):
             continue
         if kind == "n":
             _run(["ip", "netns", "delete", name], check=False)
