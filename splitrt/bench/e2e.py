@@ -11,7 +11,6 @@ options and images (`simulated_*`, and `difference_pp` of accuracy at deadline).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import queue
@@ -22,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -32,11 +31,10 @@ from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.device_costs import device_options
 from splitrt.bench.e2e_edge import option_to_json
 from splitrt.bench.payloads import offload_sizes
-from splitrt.bench.policy import (DEFAULT_CANDIDATES, DEFAULT_DEADLINE_MS, DEFAULT_DEVICE_PROFILE, DEFAULT_FPS,
-                                  DEFAULT_RTT_MS, cached_options, candidate_set, device_costs_path, options_cache_path)
+from splitrt.bench.policy import (DEFAULT_CANDIDATES, add_replay_arguments, cached_options, candidate_set,
+                                  device_costs_path, options_cache_path)
 from splitrt.bundle import Bundle
-from splitrt.devices.profiles import CgroupUnavailable, CpuQuota, DeviceProfile, find_cgroup_layout, get_profile, profile_environment
-from splitrt.edge.commands import DEFAULT_BUNDLE
+from splitrt.devices.profiles import DeviceProfile, get_profile, profile_environment, profile_quota
 from splitrt.imaging import load_rgb
 from splitrt.policies.policies import ActionOption, make_policy
 from splitrt.policies.simulate import FrameRecord, SimConfig, simulate, summarize
@@ -113,20 +111,6 @@ class EdgeRun:
     quota: str  # "cgroup" or "threads only"
 
 
-@contextlib.contextmanager
-def _device_quota(profile: DeviceProfile, allow_thread_fallback: bool) -> Iterator[CpuQuota | None]:
-    try:
-        quota = CpuQuota(profile.cpu_share, find_cgroup_layout(), label=f"e2e-{profile.name}")
-    except (CgroupUnavailable, OSError) as exc:
-        if not allow_thread_fallback:
-            raise CgroupUnavailable(f"device profile {profile.name}: no CPU quota ({exc}); run as root, or pass "
-                                    "--allow-thread-fallback to emulate the device by thread count only") from exc
-        yield None
-        return
-    with quota:
-        yield quota
-
-
 class _EdgeProcess:
     """The edge subprocess and a thread that reads its JSON events (stderr goes to a file: never blocks it)."""
 
@@ -176,7 +160,7 @@ def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: Dev
     env = profile_environment(profile)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="splitrt-e2e-") as scratch, \
-            _device_quota(profile, allow_thread_fallback) as quota:
+            profile_quota(profile, "threads" if allow_thread_fallback else "error", label=f"e2e-{profile.name}") as quota:
         spec_path = Path(scratch) / "spec.json"
         spec_path.write_text(json.dumps({**spec, "out": str(Path(scratch) / "outcomes.jsonl")}), encoding="utf-8")
         argv = emulation.edge_command([sys.executable, "-m", "splitrt.bench.e2e_edge", str(spec_path)])
@@ -385,24 +369,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("e2e", help="real edge + cloud processes through an emulated uplink, per policy")
-    parser.add_argument("--trace", required=True, help="mahimahi uplink trace(s), comma-separated")
-    parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
-    parser.add_argument("--images", default="../shared/data/imagenet-sample", help="labelled images (odd classes used)")
-    # The defaults are bench policy's, so that the two compare.
-    parser.add_argument("--device-profile", default=DEFAULT_DEVICE_PROFILE, help="emulated device")
-    parser.add_argument("--deadline-ms", type=float, default=DEFAULT_DEADLINE_MS)
-    parser.add_argument("--fps", type=float, default=DEFAULT_FPS)
-    parser.add_argument("--rtt-ms", type=float, default=DEFAULT_RTT_MS, help="round trip added by the relay, half each way")
-    parser.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="action set, as bench policy's")
+    add_replay_arguments(parser)  # the same options and defaults as bench policy
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds of each trace per policy (from its start)")
     parser.add_argument("--policies", help="comma-separated (static:<action>, latency, deadline); default: static:local, "
                         "the best static exit, split and offload by simulation, latency, deadline")
     parser.add_argument("--emulation", choices=MODES, default="auto", help="link emulation (auto: relay)")
     parser.add_argument("--allow-thread-fallback", action="store_true",
                         help="without a writable cgroup, emulate the device by thread count only (labelled)")
-    parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
-    parser.add_argument("--edge-cost-samples", type=int, default=30,
-                        help="device-time samples per action under the quota (0: CPU time / share instead)")
     parser.add_argument("--plot", help="PNG: capacity and latency over time, accuracy at deadline per window")
-    parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)

@@ -305,8 +305,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("policy", help="trace-driven comparison of static actions, latency, deadline, oracle")
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `bench policy` and `bench e2e` share, with the same defaults, so that the two compare."""
     parser.add_argument("--trace", required=True, help="mahimahi uplink trace(s), comma-separated")
     parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
     parser.add_argument("--images", default="../shared/data/imagenet-sample", help="labelled images (odd classes used)")
@@ -314,7 +314,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="emulated device (`splitrt devices profiles`)")
     parser.add_argument("--deadline-ms", type=float, default=DEFAULT_DEADLINE_MS)
     parser.add_argument("--fps", type=float, default=DEFAULT_FPS)
-    parser.add_argument("--rtt-ms", type=float, default=DEFAULT_RTT_MS)
+    parser.add_argument("--rtt-ms", type=float, default=DEFAULT_RTT_MS, help="round trip (bench e2e: the relay adds "
+                        "half each way)")
     parser.add_argument("--candidates", choices=sorted(CANDIDATE_SETS), default=DEFAULT_CANDIDATES,
                         help="actions compared: base (local, exits, fp16 splits, JPEG q90/75/50) or wide (also JPEG "
                              "q95/25/10, WebP q90..q10, q8+zstd and q4c+zstd splits, and the bundle's learned "
@@ -323,8 +324,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
     parser.add_argument("--edge-cost-samples", type=int, default=30,
                         help="device-time samples per action under the quota (0: CPU time / share instead)")
-    parser.add_argument("--plot", help="PNG of the deadline policy's actions over the traces' bandwidth")
     parser.add_argument("--json", required=True)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("policy", help="trace-driven comparison of static actions, latency, deadline, oracle")
+    add_replay_arguments(parser)
+    parser.add_argument("--plot", help="PNG of the deadline policy's actions over the traces' bandwidth")
     parser.set_defaults(func=_run)
     from splitrt.bench.policy_sweep import register as register_sweep
 

@@ -252,6 +252,31 @@ class CpuQuota:
 
 
 @contextlib.contextmanager
+def profile_quota(
+    profile: DeviceProfile, fallback: str = "error", layout: CgroupLayout | None = None, label: str | None = None
+) -> Iterator[CpuQuota | None]:
+    """The profile's CPU quota for the duration of the block (threads and processes are added by the caller);
+    None with fallback="threads" when no cgroup can be written (a warning says only the thread count then
+    emulates the device), else `CgroupUnavailable` with what to do."""
+    if fallback not in ("error", "threads"):
+        raise ValueError("fallback must be 'error' or 'threads'")
+    try:
+        quota = CpuQuota(profile.cpu_share, layout or find_cgroup_layout(), label=label or profile.name)
+    except (CgroupUnavailable, OSError) as exc:
+        if fallback == "error":
+            raise CgroupUnavailable(
+                f"cannot put device profile {profile.name} under a CPU quota: {exc}. "
+                "Run as root (cgroup v1 or v2), or pass fallback='threads' (--allow-thread-fallback) to "
+                "emulate the device by its thread count only"
+            ) from exc
+        warnings.warn(f"device profile {profile.name}: no CPU quota ({exc}); emulating by thread count only", stacklevel=4)
+        yield None
+        return
+    with quota:
+        yield quota
+
+
+@contextlib.contextmanager
 def cpu_limit(
     profile: DeviceProfile, fallback: str = "error", layout: CgroupLayout | None = None
 ) -> Iterator[DeviceProfile]:
@@ -261,25 +286,10 @@ def cpu_limit(
     inside it) share the quota. fallback="threads" turns a missing cgroup into a warning: only the thread
     count then emulates the device.
     """
-    if fallback not in ("error", "threads"):
-        raise ValueError("fallback must be 'error' or 'threads'")
-    try:
-        quota = CpuQuota(profile.cpu_share, layout or find_cgroup_layout(), label=profile.name)
-    except (CgroupUnavailable, OSError) as exc:
-        if fallback == "error":
-            raise CgroupUnavailable(
-                f"cannot put device profile {profile.name} under a CPU quota: {exc}. "
-                "Run as root (cgroup v1 or v2), or pass fallback='threads' (--allow-thread-fallback) to "
-                "emulate the device by its thread count only"
-            ) from exc
-        warnings.warn(f"device profile {profile.name}: no CPU quota ({exc}); emulating by thread count only", stacklevel=3)
+    with profile_quota(profile, fallback, layout) as quota:
+        if quota is not None:
+            quota.add_thread(threading.get_native_id())
         yield profile
-        return
-    try:
-        quota.add_thread(threading.get_native_id())
-        yield profile
-    finally:
-        quota.close()
 
 
 def call_under_profile(profile: DeviceProfile, fn: Callable[..., T], *args: object, fallback: str = "error", **kwargs: object) -> T:
