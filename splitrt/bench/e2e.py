@@ -26,11 +26,12 @@ from typing import Sequence
 import numpy as np
 
 from splitrt.bench.common import format_table, p50, read_labelled_images, select_parity, write_json
-from splitrt.bench.failover import CloudProcess, free_tcp_port
-from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.device_costs import device_options
 from splitrt.bench.e2e_edge import option_to_json
+from splitrt.bench.failover import CloudProcess, free_tcp_port
+from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.payloads import offload_sizes
+from splitrt.bench.plot import save_figure
 from splitrt.bench.policy import (DEFAULT_CANDIDATES, add_replay_arguments, cached_options, candidate_set,
                                   device_costs_path, options_cache_path)
 from splitrt.bundle import Bundle
@@ -340,10 +341,7 @@ def plot_e2e(timelines: dict[str, dict[str, tuple[list[FrameRecord], list[FrameR
         bottom.set_xlim(0, settings.duration_s)
         bottom.legend(loc="lower left", fontsize=7, ncol=3, title="solid: measured, dashed: simulated", title_fontsize=7)
     axes[-1, 0].set_xlabel("time since the trace's start (s)")
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- command line

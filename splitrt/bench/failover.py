@@ -28,6 +28,7 @@ import numpy as np
 
 from splitrt.actions import Action, Local, Split, parse_action
 from splitrt.bench.common import format_table, percentile, write_json
+from splitrt.bench.plot import save_figure
 from splitrt.bundle import Bundle
 from splitrt.frame import FrameOutcome, Status
 
@@ -510,10 +511,7 @@ def plot_freshness(rows: list[dict[str, object]], series: dict[str, list[list[fl
     ax.set_title(f"{first['source_fps']:.0f} fps source, pipeline p50 {first['pipeline_ms_p50']:.0f} ms "
                  f"({first['model_runs_per_frame']} model runs per frame)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

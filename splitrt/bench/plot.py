@@ -2,7 +2,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def save_figure(figure: "Figure", path: str | Path, dpi: int = 110) -> None:
+    """Lay the figure out, write it as a PNG (making its folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
 
 
 def _series(row: dict[str, object]) -> str:
@@ -59,7 +72,4 @@ def rate_accuracy_plot(rows: Sequence[dict[str, object]], out: str | Path, title
     axes.set_title(title or "rate-accuracy")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
-    plt.close(figure)
+    save_figure(figure, out, dpi=100)

@@ -26,6 +26,7 @@ from splitrt.actions import Action, Local, Offload, Split
 from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
 from splitrt.bench.device_costs import device_options
 from splitrt.bench.payloads import offload_sizes, request_bytes
+from splitrt.bench.plot import save_figure
 from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle
 from splitrt.codecs import codec_for_point, get_codec
 from splitrt.devices.ort import create_session
@@ -292,10 +293,7 @@ def plot_timelines(timelines: dict[str, tuple[UplinkTrace, list]], options: Sequ
         axis.set_xlim(0, trace.duration_s)
         twin.legend(loc="upper right", fontsize=7, markerscale=3)
     axes[-1, 0].set_xlabel("time (s)")
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _run(args: argparse.Namespace) -> int:

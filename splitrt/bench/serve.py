@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from splitrt.bench.common import format_table, percentile, write_json
+from splitrt.bench.plot import save_figure
 from splitrt.cloud.config import ServiceConfig
 
 COLUMNS = ("backend", "batching", "clients", "offered_rps", "sent_rps", "throughput_rps", "latency_p50_ms", "latency_p99_ms",
@@ -365,10 +366,7 @@ def plot(rows: list[dict[str, object]], path: Path, title: str) -> None:
     left.legend(fontsize=8)
     right.legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: str, backend: str = "local",
