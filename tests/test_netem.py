@@ -321,8 +321,9 @@ def test_follower_changes_rate(qdisc: str) -> None:
     # neither phase beyond its set rate (a shaper caps; a loaded machine can only send less), and the fast
     # phase clearly faster. htb keeps its tokens as time across a change, so right after 2.4 -> 7.2 Mbit/s
     # they are worth 3x the bytes: its fast phase measured 6.8..7.8 Mbit/s in repeated runs (tbf: 6.95).
-    # The slow phase has read as low as 1.84 Mbit/s on a busy CI machine (TCP backing off after drops).
-    assert slow_bps <= 2.4e6 * 1.10 and fast_bps <= 7.2e6 * 1.15
+    # The slow phase has read as low as 1.84 Mbit/s on a busy CI machine (TCP backing off after drops), and as
+    # high as 2.64 (htb still spending tokens it gathered at the link's rate before the follower started).
+    assert slow_bps <= 2.4e6 * 1.25 and fast_bps <= 7.2e6 * 1.15
     assert fast_bps / slow_bps > 1.5
 
 
