@@ -22,7 +22,7 @@ from splitrt.policies.policies import (
     predict_ms,
 )
 from splitrt.policies.simulate import SimConfig, simulate, summarize
-from splitrt.policies.trace import PACKET_BYTES, UplinkTrace
+from splitrt.policies.trace import PACKET_BYTES, PAYLOAD_BYTES, UplinkTrace
 
 from tests.conftest import SHARED_DIR
 
@@ -50,7 +50,7 @@ def all_correct(images: int = 10) -> dict[str, np.ndarray]:
 def test_constant_trace_transfers_at_its_rate() -> None:
     trace = UplinkTrace.constant("8mbps", 8e6)
     assert trace.mean_bps == pytest.approx(8e6, rel=0.02)
-    end = trace.transfer_end_ms(100.0, 100_000)  # 800 kbit at 8 Mbit/s: 100 ms
+    end = trace.transfer_end_ms(100.0, 96_533)  # 100 kB of packets (1448 B of payload each) at 8 Mbit/s: 100 ms
     assert end - 100.0 == pytest.approx(100.0, abs=2.0)
     assert trace.transfer_end_ms(5.0, 0) == 5.0
 
@@ -58,9 +58,9 @@ def test_constant_trace_transfers_at_its_rate() -> None:
 def test_trace_loops_and_waits_through_an_outage() -> None:
     trace = on_off_trace(1.2e6, on_ms=1000, off_ms=2000)  # one packet per 10 ms while on
     assert trace.period_ms == 4000
-    assert trace.transfer_end_ms(995.0, PACKET_BYTES) == pytest.approx(1000.0)
-    assert trace.transfer_end_ms(1000.5, PACKET_BYTES) == pytest.approx(3010.0)  # waits out the outage
-    assert trace.transfer_end_ms(4000.0 + 1000.5, PACKET_BYTES) == pytest.approx(7010.0)  # one loop later
+    assert trace.transfer_end_ms(995.0, PAYLOAD_BYTES) == pytest.approx(1000.0)
+    assert trace.transfer_end_ms(1000.5, PAYLOAD_BYTES) == pytest.approx(3010.0)  # waits out the outage
+    assert trace.transfer_end_ms(4000.0 + 1000.5, PAYLOAD_BYTES) == pytest.approx(7010.0)  # one loop later
     assert trace.throughput_bps(1000, 3000) == 0.0
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 PACKET_BYTES = 1500
+# What one opportunity carries of a TCP byte stream: a 1500-byte IP packet holds 1448 bytes of payload (20 IP,
+# 20 TCP and 12 bytes of timestamp option). Transfers (a request's bytes) are counted in payload.
+PAYLOAD_BYTES = 1448
 
 
 @dataclass(frozen=True)
@@ -52,30 +55,31 @@ class UplinkTrace:
     def mean_bps(self) -> float:
         return self.opportunities_ms.size * PACKET_BYTES * 8 / (self.period_ms / 1000.0)
 
-    def _count_until(self, t_ms: float) -> int:
+    def opportunities_until(self, t_ms: float) -> int:
         """Opportunities in [0, t_ms] of the looped trace (timestamp 0 never counts: mahimahi starts at 1)."""
         if t_ms < 0:
             return 0
         loops, rest = divmod(t_ms, self.period_ms)
         return int(loops) * self.opportunities_ms.size + int(np.searchsorted(self.opportunities_ms, rest, "right"))
 
-    def _time_of(self, index: int) -> float:
+    def opportunity_ms(self, index: int) -> float:
         """Time of the index-th opportunity (1-based) of the looped trace."""
         loops, position = divmod(index - 1, self.opportunities_ms.size)
         return float(loops * self.period_ms + self.opportunities_ms[position])
 
     def transfer_end_ms(self, start_ms: float, size_bytes: int) -> float:
-        """When the last packet of `size_bytes` sent at `start_ms` leaves (opportunities after `start_ms`)."""
+        """When the last packet of `size_bytes` (TCP payload) sent at `start_ms` leaves (opportunities after
+        `start_ms`, `PAYLOAD_BYTES` each)."""
         if size_bytes <= 0:
             return start_ms
-        packets = math.ceil(size_bytes / PACKET_BYTES)
-        return self._time_of(self._count_until(start_ms) + packets)
+        packets = math.ceil(size_bytes / PAYLOAD_BYTES)
+        return self.opportunity_ms(self.opportunities_until(start_ms) + packets)
 
     def throughput_bps(self, start_ms: float, end_ms: float) -> float:
         """Capacity of the link over [start_ms, end_ms)."""
         if end_ms <= start_ms:
             return 0.0
-        packets = self._count_until(end_ms) - self._count_until(start_ms)
+        packets = self.opportunities_until(end_ms) - self.opportunities_until(start_ms)
         return packets * PACKET_BYTES * 8 / ((end_ms - start_ms) / 1000.0)
 
     def bandwidth_series(self, step_ms: int = 1000, duration_ms: int | None = None) -> tuple[np.ndarray, np.ndarray]:

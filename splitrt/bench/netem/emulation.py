@@ -12,18 +12,14 @@ from splitrt.bench.netem.relay import DelayRelay, Direction
 from splitrt.policies.trace import UplinkTrace
 
 MODES = ("auto", "netns+htb", "netns+tbf", "relay")
-# A trace lets no capacity accumulate while the link is idle (an unused delivery opportunity is lost), so the
-# relay following one keeps two packets' worth of burst: with the default 16 KB an idle link let a 7 KB image
-# through at once, tens of ms sooner than the trace allows at 1-2 Mbit/s (one packet cost 6% of the goodput:
-# the relay then wakes too often).
-TRACE_BURST_BYTES = 2 * 1500
 
 
 def choose_mode(mode: str = "auto") -> str:
-    """"auto" is "relay": on this project's kernel only the relay follows a real trace faithfully.
+    """"auto" is "relay": on this project's kernel only the relay follows a real trace faithfully (it books
+    bytes on the trace's own delivery opportunities, `TraceGate`; the netns modes re-set a rate every 100 ms).
 
-    Measured with a bulk TCP transfer over 7 s of each shared trace (100 ms steps), goodput against the
-    trace's: relay -0.2..0.0% on all four; netns+tbf +7.3..+93.7% (`tc qdisc change` refills the tbf
+    Measured with a bulk TCP transfer over 7 s of each shared trace, goodput against the trace's: relay
+    (then following 100 ms rate steps) -0.2..0.0% on all four; netns+tbf +7.3..+93.7% (`tc qdisc change` refills the tbf
     bucket at every step); netns+htb -77.1..+4.9% (TCP in the namespace backs off for seconds after the
     outages of ATT-LTE-driving-2016; the relay's sender never sees them). At a fixed rate all three are
     within 0.5%. The netns modes stay available by
@@ -42,7 +38,9 @@ def choose_mode(mode: str = "auto") -> str:
 class Emulation:
     """Edge -> (shaped uplink) -> relay (delay, jitter) -> cloud `target` (host, port).
 
-    The edge connects to `endpoint`. The trace starts at once, or at `start_trace()` with `follow_now=False`
+    The edge connects to `endpoint`. In relay mode the relay books the uplink's bytes on the trace's delivery
+    opportunities; in a netns mode a `TraceFollower` re-sets the qdisc's rate every `step_ms`. The trace
+    starts at once, or at `start_trace()` with `follow_now=False`
     (after the edge has connected and warmed up, so that its first frame meets the trace's start). In a "netns+..." mode the edge must run inside the namespace
     (`edge_command(argv)`, `popen(argv)`); in "relay" mode it runs as is and the relay limits the rate.
     """
@@ -54,30 +52,34 @@ class Emulation:
         self.link: EmulatedLink | None = None
         direction = Direction(one_way_delay_ms, jitter_ms)
         with contextlib.ExitStack() as stack:
+            self.follower: TraceFollower | None = None
             if self.mode.startswith("netns+"):
                 self.link = stack.enter_context(EmulatedLink(qdisc=self.mode.removeprefix("netns+")))
                 self.relay = stack.enter_context(DelayRelay(target, (self.link.cloud_ip, 0), direction, direction, seed=seed))
-                set_rate = self.link.set_rate_bps
+                self.follower = TraceFollower(trace, self.link.set_rate_bps, step_ms)
+                stack.callback(self._stop_following)
             else:
                 self.relay = stack.enter_context(
-                    DelayRelay(target, ("127.0.0.1", 0), direction, direction, up_rate_bps=trace.mean_bps,
-                               burst_bytes=TRACE_BURST_BYTES, seed=seed))
-                set_rate = self.relay.set_rate_bps
-            self.follower = TraceFollower(trace, set_rate, step_ms)
-            stack.callback(self._stop_following)
+                    DelayRelay(target, ("127.0.0.1", 0), direction, direction, seed=seed, up_trace=trace))
+            self.start_s: float | None = None
             if follow_now:
-                self.follower.start()
+                self.start_trace()
             self._stack = stack.pop_all()
 
     def start_trace(self) -> float:
         """Start following the trace (time 0 of the trace is now), when made with `follow_now=False`; until
-        then the link runs at a fixed rate (the trace's mean in relay mode). Returns the monotonic start, s."""
-        self.follower.start()
-        assert self.follower.start_s is not None
-        return self.follower.start_s
+        then the trace does not limit the uplink (relay mode: no limit; netns: the link's 100 Mbit/s), and only
+        the delay applies. Returns the monotonic start, s."""
+        if self.follower is not None:
+            self.follower.start()
+            assert self.follower.start_s is not None
+            self.start_s = self.follower.start_s
+        else:
+            self.start_s = self.relay.start_trace()
+        return self.start_s
 
     def _stop_following(self) -> None:
-        if self.follower.start_s is not None:
+        if self.follower is not None and self.follower.start_s is not None:
             self.follower.stop()
 
     @property

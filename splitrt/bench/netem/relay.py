@@ -7,9 +7,12 @@ sample with standard deviation `jitter_ms`, clipped so that delay + jitter >= 0.
 emulated: a TCP byte stream cannot lose bytes; loss belongs below TCP (an nftables rule in the edge
 namespace), which only the "netns+tbf" mode can have.
 
-With a rate, a direction's reader takes tokens (bytes) from a bucket filled at the current rate before it
-forwards a chunk, so it stops reading when the link is slow and TCP back-pressure reaches the sender;
-`set_rate_bps` may change the rate at any time (a `TraceFollower` calls it), 0 meaning an outage.
+The uplink can be limited two ways. With a trace (`up_trace`), every chunk's bytes are booked on the trace's
+delivery opportunities (`TraceGate`, mahimahi's rule, the simulator's too) and leave at the opportunity that
+carries their last byte; the relay queues them meanwhile, as mahimahi's link queue does. With a rate, a
+direction's reader takes tokens (bytes) from a bucket filled at the current rate before it forwards a chunk,
+so it stops reading when the link is slow and TCP back-pressure reaches the sender; `set_rate_bps` may change
+the rate at any time (a `TraceFollower` calls it), 0 meaning an outage.
 
 Threads, not asyncio: `time.sleep` and `Event.wait` keep the release times to a fraction of a millisecond.
 """
@@ -24,6 +27,9 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from splitrt.bench.netem.trace_gate import TraceGate
+from splitrt.policies.trace import PAYLOAD_BYTES, UplinkTrace
 
 RECV_BYTES = 64 * 1024
 DEFAULT_BURST_BYTES = 16 * 1024
@@ -84,8 +90,9 @@ class _Pipe:
     """One direction of one connection: a reader thread (bucket, release times) and a writer thread."""
 
     def __init__(self, src: socket.socket, dst: socket.socket, direction: Direction, bucket: TokenBucket | None,
-                 rng: random.Random, stop: threading.Event, on_done: Callable[[], None], name: str) -> None:
-        self.src, self.dst, self.direction, self.bucket, self.rng = src, dst, direction, bucket, rng
+                 gate: TraceGate | None, rng: random.Random, stop: threading.Event, on_done: Callable[[], None],
+                 name: str) -> None:
+        self.src, self.dst, self.direction, self.bucket, self.gate, self.rng = src, dst, direction, bucket, gate, rng
         self.stop, self.on_done = stop, on_done
         self.queue: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self.queued_bytes = 0
@@ -98,18 +105,19 @@ class _Pipe:
         for thread in self.threads:
             thread.start()
 
-    def _release_time(self, arrival_s: float) -> float:
+    def _release_time(self, sent_s: float) -> float:
         delay_ms = self.direction.delay_ms
         if self.direction.jitter_ms > 0:
             delay_ms = max(0.0, delay_ms + self.rng.gauss(0.0, self.direction.jitter_ms))
-        self.last_release_s = max(arrival_s + delay_ms / 1000.0, self.last_release_s)
+        self.last_release_s = max(sent_s + delay_ms / 1000.0, self.last_release_s)
         return self.last_release_s
 
-    def _put(self, item: bytes | None) -> None:
+    def _put(self, item: bytes | None, sent_s: float) -> None:
+        """Queue `item` for the far side; `sent_s` is when it left the (emulated) link, before the delay."""
         with self.cond:
             while item is not None and self.queued_bytes > DEFAULT_QUEUE_BYTES and not self.stop.is_set():
                 self.cond.wait(0.1)
-            self.queue.append((self._release_time(time.monotonic()), item))
+            self.queue.append((self._release_time(sent_s), item))
             self.queued_bytes += len(item or b"")
             self.cond.notify_all()
 
@@ -118,15 +126,21 @@ class _Pipe:
             while not self.stop.is_set():
                 size = RECV_BYTES if self.bucket is None else self.bucket.chunk_bytes()
                 data = self.src.recv(size)
+                arrival_s = time.monotonic()
                 if not data:
                     break
+                if self.gate is not None:  # packet by packet, each when its opportunity comes
+                    for offset in range(0, len(data), PAYLOAD_BYTES):
+                        piece = data[offset:offset + PAYLOAD_BYTES]
+                        self._put(piece, self.gate.book(len(piece), arrival_s))
+                    continue
                 if self.bucket is not None and not self.bucket.take(
                         math.ceil(len(data) * WIRE_BYTES_PER_PAYLOAD_BYTE), self.stop):
                     break
-                self._put(data)
+                self._put(data, time.monotonic())
         except OSError:
             pass
-        self._put(None)  # end of stream: the writer half-closes the other side
+        self._put(None, time.monotonic())  # end of stream: the writer half-closes the other side
 
     def _write(self) -> None:
         try:
@@ -158,15 +172,20 @@ class DelayRelay:
     """Listen on (host, port) and forward every connection to `target`, with per-direction delay, jitter
     and (optionally) a rate limit. `up` is client -> target (edge -> cloud), `down` the other way.
 
-    mode is "relay" when the relay limits the rate itself, "delay-only" when it only delays.
+    The uplink follows `up_trace` (time 0 at `start_trace()`, no rate limit until then) or a rate
+    (`up_rate_bps`, changed with `set_rate_bps`), not both. mode is "relay" when the relay limits the rate
+    itself, "delay-only" when it only delays.
     """
 
     def __init__(self, target: tuple[str, int], listen: tuple[str, int] = ("127.0.0.1", 0),
                  up: Direction = Direction(), down: Direction = Direction(),
                  up_rate_bps: float | None = None, down_rate_bps: float | None = None,
-                 burst_bytes: int = DEFAULT_BURST_BYTES, seed: int = 0) -> None:
+                 burst_bytes: int = DEFAULT_BURST_BYTES, seed: int = 0, up_trace: UplinkTrace | None = None) -> None:
+        if up_trace is not None and up_rate_bps is not None:
+            raise ValueError("give the uplink a trace or a rate, not both")
         self.target = target
         self.up, self.down = up, down
+        self.up_gate = None if up_trace is None else TraceGate(up_trace)
         self.up_bucket = None if up_rate_bps is None else TokenBucket(up_rate_bps, burst_bytes)
         self.down_bucket = None if down_rate_bps is None else TokenBucket(down_rate_bps, burst_bytes)
         self.rng = random.Random(seed)
@@ -183,7 +202,7 @@ class DelayRelay:
 
     @property
     def mode(self) -> str:
-        return "relay" if self.up_bucket is not None else "delay-only"
+        return "relay" if self.up_bucket is not None or self.up_gate is not None else "delay-only"
 
     @property
     def endpoint(self) -> str:
@@ -195,6 +214,12 @@ class DelayRelay:
         if self.up_bucket is None:
             raise RuntimeError("this relay was made without up_rate_bps, so it does not limit the rate")
         self.up_bucket.set_rate_bps(rate_bps)
+
+    def start_trace(self) -> float:
+        """Time 0 of `up_trace` is now; returns the monotonic start, s."""
+        if self.up_gate is None:
+            raise RuntimeError("this relay was made without up_trace")
+        return self.up_gate.start()
 
     def _accept(self) -> None:
         while not self.stop_event.is_set():
@@ -232,8 +257,10 @@ class DelayRelay:
         with self._lock:
             self._sockets.update((client, server))
             n = next(self._connections)
-            pipes.append(_Pipe(client, server, self.up, self.up_bucket, self.rng, self.stop_event, done, f"relay{n}-up"))
-            pipes.append(_Pipe(server, client, self.down, self.down_bucket, self.rng, self.stop_event, done, f"relay{n}-down"))
+            pipes.append(_Pipe(client, server, self.up, self.up_bucket, self.up_gate, self.rng, self.stop_event, done,
+                               f"relay{n}-up"))
+            pipes.append(_Pipe(server, client, self.down, self.down_bucket, None, self.rng, self.stop_event, done,
+                               f"relay{n}-down"))
             self._pipes.extend(pipes)
 
     def close(self) -> None:
