@@ -132,6 +132,21 @@ def test_a_v1_layout_is_found_and_quota_files_written(tmp_path: Path) -> None:
         (quota.path / name).unlink()
     quota.close()
     assert not quota.path.exists()
+    small = CpuQuota(0.065, layout, label="t")  # below 0.1 the 1 ms minimum quota needs a longer period
+    assert (small.path / "cpu.cfs_quota_us").read_text() == "1000"
+    assert (small.path / "cpu.cfs_period_us").read_text() == "15385"
+    for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"):
+        (small.path / name).unlink()
+    small.close()
+
+
+def test_a_bare_cpu_share_is_a_what_if_profile() -> None:
+    profile = get_profile("0.065")
+    assert profile.cpu_share == 0.065 and profile.threads == 1 and profile.basis == "what-if"
+    with pytest.raises(KeyError, match="CPU share"):
+        get_profile("jetson-tx9")
+    with pytest.raises(KeyError, match=r"\(0, 1\]"):
+        get_profile("1.5")
 
 
 def _writable_cgroup() -> str | None:

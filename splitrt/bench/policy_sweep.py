@@ -31,10 +31,7 @@ def cpu_share_of(device: str) -> float:
     """A profile name (`splitrt devices profiles`) or a bare CPU share such as `0.065`."""
     from splitrt.devices.profiles import get_profile
 
-    try:
-        return float(device)
-    except ValueError:
-        return get_profile(device).cpu_share
+    return get_profile(device).cpu_share
 
 
 def scaled_trace(path: str | Path, scale: int = 1) -> UplinkTrace:

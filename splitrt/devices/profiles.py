@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import subprocess
 import threading
@@ -33,6 +34,13 @@ class CgroupUnavailable(RuntimeError):
     """No cgroup v1 cpu controller or v2 cpu.max that this process may write."""
 
 
+def quota_and_period_us(cpu_share: float, period_us: int = PERIOD_US) -> tuple[int, int]:
+    """The CFS quota and period for a share: the period is lengthened for a share whose quota would be below
+    `MIN_QUOTA_US` (0.065: 1 ms of every 15.4 ms), rather than the share rounded up."""
+    period_us = max(period_us, math.ceil(MIN_QUOTA_US / cpu_share))
+    return max(MIN_QUOTA_US, round(cpu_share * period_us)), period_us
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
@@ -45,7 +53,7 @@ class DeviceProfile:
 
     @property
     def quota_us(self) -> int:
-        return max(MIN_QUOTA_US, round(self.cpu_share * PERIOD_US))
+        return quota_and_period_us(self.cpu_share)[0]
 
     @property
     def sample_ms(self) -> float:
@@ -121,9 +129,19 @@ PROFILES: dict[str, DeviceProfile] = {
 
 
 def get_profile(name: str) -> DeviceProfile:
-    if name not in PROFILES:
-        raise KeyError(f"unknown device profile {name!r}; profiles: {', '.join(PROFILES)}")
-    return PROFILES[name]
+    """A profile by name, or a counterfactual device given as a bare CPU share (`0.065`: this machine at that
+    share, one thread), for what-if benchmarks."""
+    if name in PROFILES:
+        return PROFILES[name]
+    try:
+        share = float(name)
+    except ValueError:
+        raise KeyError(f"unknown device profile {name!r}; profiles: {', '.join(PROFILES)}, or a CPU share "
+                       "such as 0.065") from None
+    if not 0.0 < share <= 1.0:
+        raise KeyError(f"a device given as a CPU share must be in (0, 1], got {name!r}")
+    return DeviceProfile(name=name, cpu_share=share, threads=1, description=f"this machine at a {share:g} CPU share",
+                         published_ms=None, basis="what-if", source="none: a counterfactual share, not a board")
 
 
 @dataclass(frozen=True)
@@ -195,8 +213,8 @@ class CpuQuota:
         if cpu_share <= 0:
             raise ValueError(f"cpu_share must be positive, got {cpu_share}")
         self.layout = layout
-        self.quota_us = max(MIN_QUOTA_US, round(cpu_share * period_us))
-        self.period_us = period_us
+        self.quota_us, self.period_us = quota_and_period_us(cpu_share, period_us)
+        period_us = self.period_us
         remove_stale_quotas(layout)
         self.path = layout.parent / f"splitrt-{label}-{os.getpid()}-{next(self._counter)}"
         self.path.mkdir()
