@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from splitrt.actions import Local, Offload
-from splitrt.bench.e2e import E2ESettings, run_e2e_bench
+from splitrt.bench.e2e import E2ESettings, EdgeRun, measured_device_ms, run_e2e_bench
+from splitrt.bench.e2e_edge import frame_times_ms
 from splitrt.bundle import Bundle
 from splitrt.edge.adaptive import AdaptiveRuntime
 from splitrt.edge.link import CloudLink
@@ -38,6 +39,38 @@ def test_simulator_draws_device_times_from_samples() -> None:
     assert 0.35 < first["deadline_hit"] < 0.65  # type: ignore[operator]
     steady = summarize("x", simulate(StaticPolicy("local"), [ActionOption(Local(), 60.0, accuracy=1.0)], correct, trace, config))
     assert steady["deadline_hit"] == 1.0
+
+
+def test_simulator_replays_a_runs_device_times() -> None:
+    jittery = ActionOption(Local(), edge_ms=60.0, accuracy=1.0, edge_samples_ms=(40.0, 80.0))
+    correct = {jittery.key: np.ones(10, dtype=bool)}
+    trace = UplinkTrace.constant("one-mbps", 1e6)
+    config = SimConfig(fps=5, deadline_ms=70, duration_s=4)
+    slow = {i: ("local", 75.0) for i in range(20)}
+    records = simulate(StaticPolicy(jittery.key), [jittery], correct, trace, config, frame_edge_ms=slow)
+    assert [r.latency_ms for r in records] == [75.0] * 20 and all(r.status == "late" for r in records)
+    other = {i: ("local@skip2", 75.0) for i in range(20)}  # another action's time: drawn from the samples
+    records = simulate(StaticPolicy(jittery.key), [jittery], correct, trace, config, frame_edge_ms=other)
+    assert {r.latency_ms for r in records} == {40.0, 80.0}
+
+
+def test_measured_device_ms_counts_from_when_the_device_could_start() -> None:
+    def outcome(frame_id: int, action: str, capture: float, age: float, status: str = "ok", **stages: float) -> dict:
+        return {"frame_id": frame_id, "action": action, "capture_ms": capture, "age_ms": age, "status": status,
+                "trace_ms": stages}
+
+    run = EdgeRun([
+        outcome(1, "local", 1000.0, 250.0, head=240.0, merge=1.0),  # busy past the next capture
+        outcome(2, "local", 1200.0, 100.0),  # could start at 1250 only: 50 ms on the device
+        outcome(3, "offload/jpeg-q90", 1400.0, 90.0, network=60.0, cloud_queue=2.0, cloud_compute=10.0, merge=3.0),
+        outcome(4, "offload/jpeg-q90", 1600.0, 70.0, "timeout", network=60.0),
+        outcome(5, "local", 1800.0, 0.0, "dropped"),
+        outcome(6, "split@b4/fp16", 2000.0, 5.0, "failed"),
+    ], trace_start_wall_ms=1000.0, quota="cgroup", calibration_ms={}, after_link_ms={})
+    assert measured_device_ms(run) == {0: ("local", 250.0), 1: ("local", 50.0), 2: ("offload/jpeg-q90", 15.0),
+                                       3: ("offload/jpeg-q90", 10.0)}
+    times = frame_times_ms(run.outcomes)
+    assert [t.after_send_ms for t in times] == [None, None, 75.0, None]  # only an answered remote frame has one
 
 
 def test_deadline_policy_plans_with_the_slow_tail_of_device_times() -> None:
@@ -82,17 +115,29 @@ def test_e2e_bench_runs_real_processes_through_the_relay(tiny_bundle: Bundle, tm
     trace.write_text("\n".join(str(t) for t in range(1, 3001, 3)) + "\n")  # one packet per 3 ms: 4 Mbit/s
     bundle = shutil.copytree(tiny_bundle.root, tmp_path / "bundle")
     settings = E2ESettings(device_profile="pi5", deadline_ms=400.0, fps=10.0, rtt_ms=20.0, duration_s=2.0,
-                           allow_thread_fallback=os.geteuid() != 0, edge_cost_samples=3)
+                           allow_thread_fallback=os.geteuid() != 0, edge_cost_samples=3,
+                           calibration_frames=2)
     out = tmp_path / "e2e.json"
     rows = run_e2e_bench([trace], bundle, images, out, settings,
-                         policies=["static:local", "static:offload/jpeg-q90", "deadline"], plot=tmp_path / "e2e.png")
+                         policies=["static:local", "static:offload/jpeg-q90", "deadline"], plot=tmp_path / "e2e.png",
+                         frames_dir=tmp_path / "frames")
     assert [r["policy"] for r in rows] == ["static:local", "static:offload/jpeg-q90", "deadline"]
     for row in rows:
         assert row["emulation"] == "relay" and row["frames"] == 20
         assert row["deadline_hit"] > 0.5, row  # 400 ms is plenty for the tiny model, even under the quota
         assert abs(row["difference_pp"] - 100 * (row["accuracy_at_deadline"] - row["simulated_accuracy_at_deadline"])) < 1e-9
+        assert 0.0 <= row["presampled_accuracy_at_deadline"] <= 1.0
+    # each edge measured its own actions under the quota before its run, and the simulator used those times
+    assert set(rows[0]["calibrated_edge_ms_p50"]) == {"local"}
+    assert all(v > 0 for row in rows for v in row["calibrated_edge_ms_p50"].values())
+    assert set(rows[1]["calibrated_after_link_ms_p50"]) == {"offload/jpeg-q90"}  # measured through the real link
     assert rows[0]["bytes_mean"] == 0 and rows[1]["bytes_mean"] > 1000
     assert rows[1]["actions"] == {"offload/jpeg-q90": 1.0}
     document = json.loads(out.read_text())
     assert document["scenario"] == "e2e" and document["settings"]["device_profile"] == "pi5"
+    assert set(rows[2]["calibrated_edge_ms_p50"]) == {o["action"] for o in document["options"]}  # all it may pick
     assert (tmp_path / "e2e.png").stat().st_size > 10_000
+    frames = sorted((tmp_path / "frames").glob("*.jsonl"))
+    assert len(frames) == 3
+    lines = [json.loads(line) for line in frames[0].read_text().splitlines()]
+    assert len(lines) == 20 and {"frame", "measured", "simulated"} <= set(lines[0])

@@ -36,7 +36,7 @@ from splitrt.policies.policies import ActionOption
 SAMPLING_METHOD = "paced stream through EdgeRuntime.run"  # a cache made another way is not reused
 
 
-class _UnsentLink:
+class UnsentLink:
     """Takes a request and answers nothing at once: the frame's edge part runs in full, nothing is sent."""
 
     is_up = True
@@ -45,29 +45,54 @@ class _UnsentLink:
         return None
 
 
-def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DeviceProfile, image: np.ndarray,
-                    repeats: int = 30, interval_ms: float = 200.0) -> dict[str, list[float]]:
-    """Capture-to-end ms of each action's edge part, `repeats` frames each, streamed through the SDK
-    (`EdgeRuntime.run` on a `PacedSource` at the frame interval) under the profile's CPU quota (raises
-    `CgroupUnavailable` without one): the pipeline's own per-frame work counts, as on the device."""
-    runtime = EdgeRuntime(bundle, _UnsentLink(), intra_op_threads=profile.threads)  # type: ignore[arg-type]
-    for action in actions:  # sessions load outside the quota: loading is not a frame's cost
+def unsent_runtime(bundle: Bundle, actions: Sequence[Action], image: np.ndarray, threads: int) -> EdgeRuntime:
+    """An `EdgeRuntime` whose requests go nowhere, every action run once (sessions loaded: do this before the
+    quota applies, since loading is not a frame's cost)."""
+    runtime = EdgeRuntime(bundle, UnsentLink(), intra_op_threads=threads)  # type: ignore[arg-type]
+    for action in actions:
         runtime.infer(image, action, budget_ms=60_000.0)
+    return runtime
 
+
+def stream_samples_ms(runtime: EdgeRuntime, actions: Sequence[Action], image: np.ndarray, repeats: int,
+                      interval_ms: float) -> dict[str, list[float]]:
+    """Capture-to-end ms of each action's edge part, `repeats` frames each, streamed through the SDK
+    (`EdgeRuntime.run` on a `PacedSource` at the frame interval), at whatever speed this process has now."""
     async def stream(action: Action) -> list[float]:
         source = PacedSource([image], 1000.0 / interval_ms, count=repeats + 1)
         outcomes = [o async for o in runtime.run(source, action, budget_ms=60_000.0)]
         ran = sorted((o for o in outcomes if o.status is not Status.DROPPED), key=lambda o: o.frame_id)
         return [o.age_ms for o in ran[1:]]  # the first after a change of action is not typical
 
-    samples: dict[str, list[float]] = {}
+    return {action.describe(): asyncio.run(stream(action)) for action in actions}
+
+
+def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DeviceProfile, image: np.ndarray,
+                    repeats: int = 30, interval_ms: float = 200.0) -> dict[str, list[float]]:
+    """`stream_samples_ms` under the profile's CPU quota (raises `CgroupUnavailable` without one): the
+    pipeline's own per-frame work counts, as on the device."""
+    runtime = unsent_runtime(bundle, actions, image, profile.threads)
     try:
         with cpu_limit(profile):  # the runtime's thread starts inside: it is limited too
-            for action in actions:
-                samples[action.describe()] = asyncio.run(stream(action))
+            return stream_samples_ms(runtime, actions, image, repeats, interval_ms)
     finally:
         runtime.close()
-    return samples
+
+
+def with_samples(options: Sequence[ActionOption], samples_ms: dict[str, list[float]],
+                 after_link_ms: dict[str, list[float]] | None = None) -> list[ActionOption]:
+    """`options` with the device times of `samples_ms` (median and samples) where it has them, and the times
+    after the link of `after_link_ms` as their cloud times likewise."""
+    updated = []
+    for option in options:
+        if samples_ms.get(option.key):
+            values = samples_ms[option.key]
+            option = replace(option, edge_ms=float(np.median(values)), edge_samples_ms=tuple(values))
+        if after_link_ms and after_link_ms.get(option.key):
+            values = after_link_ms[option.key]
+            option = replace(option, cloud_ms=float(np.median(values)), cloud_samples_ms=tuple(values))
+        updated.append(option)
+    return updated
 
 
 def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: DeviceProfile, image: np.ndarray,
@@ -101,6 +126,4 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
                                          "cpu_share": profile.cpu_share, "interval_ms": interval_ms, "repeats": repeats,
                                          "method": SAMPLING_METHOD,
                                          "samples_ms": samples}), encoding="utf-8")
-    options = [replace(o, edge_ms=float(np.median(samples[o.key])), edge_samples_ms=tuple(samples[o.key]))
-               for o in measured]
-    return options, "sampled under the quota"
+    return with_samples(measured, samples), "sampled under the quota"

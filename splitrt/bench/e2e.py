@@ -3,10 +3,22 @@
 For every trace and policy: a `splitrt cloud serve` process (no batching, as the simulator assumes no queue),
 an emulated link in front of it (`splitrt.bench.netem.Emulation`: the trace's rate, half the RTT each way)
 and an edge process (`splitrt.bench.e2e_edge`) under the device profile's CPU quota that runs the policy live
-on paced frames of the odd-class images. The edge starts, connects and warms up before it joins the quota and
-before the trace starts; then trace time 0 is its first frame. Each row is measured the same way as a
-`bench policy` row and is put beside what the simulator predicts for the same settings, trace window,
-options and images (`simulated_*`, and `difference_pp` of accuracy at deadline).
+on paced frames of the odd-class images. The edge starts, connects and warms up before it joins the quota; under
+the quota it measures its own actions' device times (`calibration_frames` paced frames each, nothing sent) and
+runs its policy with them; then the trace starts and trace time 0 is its first frame. Each row is measured the
+same way as a `bench policy` row and is put beside what the simulator says for the same settings, trace window,
+options and images, three ways:
+
+- `simulated_*` (and `difference_pp` of accuracy at deadline): with each frame's device time as the run measured
+  it (`measured_device_ms`; the edge's calibration for an action the run did not take on that frame). The
+  device's speed is then an input, and what is compared is the rest of the model: link, cloud, policy.
+- `calibrated_*`: with the edge's calibration alone (device times measured seconds before the run).
+- `presampled_*`: with the device times sampled earlier (`bench.device_costs`), as `bench policy` predicts.
+
+The three differ because the emulated device's speed is not stationary on a shared machine: the CPU time of one
+inference drifts by ~15% between minutes, and under a 13% quota of a 10 ms period (below the kernel's 4 ms
+tick) a frame's latency comes in clusters a period apart whose mix moves, so device times sampled even seconds
+before a run can put an action that sits near the deadline tens of points off in deadline hits.
 """
 from __future__ import annotations
 
@@ -19,15 +31,15 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from splitrt.bench.common import format_table, p50, read_labelled_images, select_parity, write_json
-from splitrt.bench.device_costs import device_options
-from splitrt.bench.e2e_edge import option_to_json
+from splitrt.bench.device_costs import device_options, with_samples
+from splitrt.bench.e2e_edge import frame_times_ms, option_to_json
 from splitrt.bench.failover import CloudProcess, free_tcp_port
 from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.payloads import offload_sizes
@@ -42,7 +54,8 @@ from splitrt.policies.simulate import FrameRecord, SimConfig, simulate, summariz
 from splitrt.policies.trace import UplinkTrace
 
 COLUMNS = ("policy", "frames", "deadline_hit", "accuracy_at_deadline", "simulated_accuracy_at_deadline",
-           "difference_pp", "latency_p50_ms", "latency_p95_ms", "predicted_latency_p50_ms", "bytes_mean")
+           "difference_pp", "calibrated_difference_pp", "presampled_difference_pp", "latency_p50_ms", "latency_p95_ms",
+           "predicted_latency_p50_ms", "bytes_mean")
 ADAPTIVE_POLICIES = ("latency", "deadline")
 FAMILIES = ("local@", "split@", "offload/")  # one best static action of each, besides plain `local`
 
@@ -59,6 +72,7 @@ class E2ESettings:
     probe_interval_ms: float = 1000.0
     allow_thread_fallback: bool = False
     edge_cost_samples: int = 30  # device-time samples per action for the simulator (`bench.device_costs`)
+    calibration_frames: int = 12  # device-time samples per action that the edge takes under the quota, before the run
     candidates: str = DEFAULT_CANDIDATES  # the action set, as `bench policy --candidates`
 
     def sim_config(self) -> SimConfig:
@@ -110,6 +124,8 @@ class EdgeRun:
     outcomes: list[dict[str, object]]
     trace_start_wall_ms: float
     quota: str  # "cgroup" or "threads only"
+    calibration_ms: dict[str, list[float]]  # the edge's own device-time samples per action, under the quota
+    after_link_ms: dict[str, list[float]]  # and of the time after the link (less the RTT), remote actions
 
 
 class _EdgeProcess:
@@ -129,13 +145,14 @@ class _EdgeProcess:
                 self.events.put(json.loads(line))
         self.events.put({"event": "exit", "detail": f"the edge process exited (code {self.process.wait()})"})
 
-    def expect(self, name: str, timeout_s: float) -> None:
+    def expect(self, name: str, timeout_s: float) -> dict[str, object]:
         try:
             event = self.events.get(timeout=timeout_s)
         except queue.Empty:
             raise TimeoutError(f"the edge process did not report '{name}' within {timeout_s:.0f} s") from None
         if event.get("event") != name:
             raise RuntimeError(f"edge process: {event.get('detail', event)}; stderr: {self.stderr_tail()}")
+        return event
 
     def send(self, line: str) -> None:
         assert self.process.stdin is not None
@@ -156,7 +173,8 @@ class _EdgeProcess:
 
 def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: DeviceProfile,
                      allow_thread_fallback: bool, timeout_s: float) -> EdgeRun:
-    """Start the edge, wait until it is warm, put it under the quota, start the trace, let it run."""
+    """Start the edge, wait until it is warm, put it under the quota, let it calibrate, start the trace, let
+    it run."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = profile_environment(profile)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
@@ -170,6 +188,8 @@ def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: Dev
             edge.expect("ready", 300.0)
             if quota is not None:
                 quota.add_process(edge.process.pid)  # every thread of it: the device is this slow from now on
+            edge.send("calibrate")
+            calibrated = edge.expect("calibrated", 600.0)
             emulation.start_trace()
             trace_start_wall_ms = time.time() * 1000.0
             edge.send("go")
@@ -178,7 +198,11 @@ def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: Dev
         finally:
             edge.close()
         lines = (Path(scratch) / "outcomes.jsonl").read_text(encoding="utf-8").splitlines()
-    return EdgeRun([json.loads(line) for line in lines], trace_start_wall_ms, "cgroup" if quota else "threads only")
+    def samples(name: str) -> dict[str, list[float]]:
+        return {str(k): [float(x) for x in v] for k, v in calibrated[name].items()}  # type: ignore[union-attr]
+
+    return EdgeRun([json.loads(line) for line in lines], trace_start_wall_ms, "cgroup" if quota else "threads only",
+                   samples("samples_ms"), samples("after_link_ms"))
 
 
 def measured_records(run: EdgeRun, labels: Sequence[int]) -> list[FrameRecord]:
@@ -218,7 +242,10 @@ def run_e2e_bench(
     policies: Sequence[str] | None = None,
     plot: str | Path | None = None,
     limit: int | None = None,
+    frames_dir: str | Path | None = None,
 ) -> list[dict[str, object]]:
+    """Every policy on every trace, for real and simulated; with `frames_dir`, each run's frames as JSON lines
+    (`<trace>-<policy>.jsonl`: the edge's outcome and the simulated record of each frame, side by side)."""
     bundle = Bundle.load(bundle_dir)
     profile = get_profile(settings.device_profile)
     actions = candidate_set(bundle, settings.candidates)
@@ -249,6 +276,7 @@ def run_e2e_bench(
                     "images": [str(i.path) for i in items], "fps": settings.fps, "count": settings.frames,
                     "deadline_ms": settings.deadline_ms, "rtt_ms": settings.rtt_ms,
                     "initial_bps": settings.initial_bps, "probe_interval_ms": settings.probe_interval_ms,
+                    "calibration_frames": settings.calibration_frames,
                 }
                 with Emulation(("127.0.0.1", cloud.port), trace, one_way_delay_ms=settings.rtt_ms / 2.0,
                                mode=settings.mode, follow_now=False) as emulation:
@@ -257,8 +285,19 @@ def run_e2e_bench(
                                            timeout_s=settings.duration_s + 60.0)
                     mode = emulation.mode
                 records = measured_records(run, labels)
-                simulated = simulate(make_policy(policy), picked, correctness, trace, config, sizes)
-                row = _row(trace, policy, mode, run, records, simulated)
+                # frames at the run's own phase of the trace (its first came a few ms after the trace's start)
+                aligned = replace(config, first_frame_ms=records[0].capture_ms if records else 0.0)
+                calibrated = with_samples(picked, run.calibration_ms, run.after_link_ms)
+                simulated = simulate(make_policy(policy), calibrated, correctness, trace, aligned, sizes,
+                                     frame_edge_ms=measured_device_ms(run))
+                predictions = {  # without the run's own device times: the edge's calibration, the samples from before
+                    "calibrated": simulate(make_policy(policy), calibrated, correctness, trace, aligned, sizes),
+                    "presampled": simulate(make_policy(policy), picked, correctness, trace, aligned, sizes),
+                }
+                row = _row(trace, policy, mode, run, records, simulated, predictions)
+                if frames_dir is not None:
+                    write_frames(Path(frames_dir) / f"{trace.name}-{policy}.jsonl".replace("/", "_").replace(":", "_"),
+                                 run, simulated)
                 rows.append(row)
                 timelines[trace.name][policy] = (records, simulated)
                 print(format_table([row], COLUMNS), flush=True)
@@ -276,12 +315,15 @@ def run_e2e_bench(
 
 
 def _row(trace: UplinkTrace, policy: str, mode: str, run: EdgeRun, records: list[FrameRecord],
-         simulated: list[FrameRecord]) -> dict[str, object]:
+         simulated: list[FrameRecord], predictions: dict[str, list[FrameRecord]]) -> dict[str, object]:
+    """`simulated_*` with the run's own device times; each of `predictions` (a name: records) as
+    `<name>_accuracy_at_deadline`, `<name>_deadline_hit` and `<name>_difference_pp`."""
     measured = summarize(policy, records)
     sim = summarize(policy, simulated)
     predicted = [float(o["predicted_ms"]) for o in run.outcomes if o["status"] != "dropped"]  # type: ignore[arg-type]
     first_capture = min((r.capture_ms for r in records), default=0.0)
-    return {
+    accuracy = float(measured["accuracy_at_deadline"])  # type: ignore[arg-type]
+    row: dict[str, object] = {
         "trace": trace.name,
         **measured,
         "emulation": mode,
@@ -292,10 +334,37 @@ def _row(trace: UplinkTrace, policy: str, mode: str, run: EdgeRun, records: list
         "simulated_latency_p50_ms": sim["latency_p50_ms"],
         "simulated_bytes_mean": sim["bytes_mean"],
         "simulated_actions": sim["actions"],
-        "difference_pp": 100.0 * (float(measured["accuracy_at_deadline"]) - float(sim["accuracy_at_deadline"])),  # type: ignore[arg-type]
-        "first_frame_after_trace_start_ms": first_capture,
-        "failed": sum(r.status == "failed" for r in records),
+        "difference_pp": 100.0 * (accuracy - float(sim["accuracy_at_deadline"])),  # type: ignore[arg-type]
     }
+    for name, prediction in predictions.items():
+        summary = summarize(policy, prediction)
+        row[f"{name}_accuracy_at_deadline"] = summary["accuracy_at_deadline"]
+        row[f"{name}_deadline_hit"] = summary["deadline_hit"]
+        other = float(summary["accuracy_at_deadline"])  # type: ignore[arg-type]
+        row[f"{name}_difference_pp"] = 100.0 * (accuracy - other)
+    row["calibrated_edge_ms_p50"] = {k: round(p50(v), 2) for k, v in run.calibration_ms.items()}
+    row["calibrated_after_link_ms_p50"] = {k: round(p50(v), 2) for k, v in run.after_link_ms.items()}
+    row["first_frame_after_trace_start_ms"] = first_capture
+    row["failed"] = sum(r.status == "failed" for r in records)
+    return row
+
+
+def write_frames(path: Path, run: EdgeRun, simulated: Sequence[FrameRecord]) -> None:
+    """One JSON line per frame: the edge's outcome (times relative to the trace's start) and the simulator's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    by_frame = {r.frame_id: r for r in simulated}
+    with open(path, "w", encoding="utf-8") as out:
+        for o in sorted(run.outcomes, key=lambda o: int(o["frame_id"])):  # type: ignore[arg-type]
+            index = int(o["frame_id"]) - 1  # type: ignore[arg-type]
+            measured = {**o, "capture_ms": float(o["capture_ms"]) - run.trace_start_wall_ms}  # type: ignore[arg-type]
+            sim = by_frame.get(index)
+            out.write(json.dumps({"frame": index, "measured": measured,
+                                  "simulated": asdict(sim) if sim is not None else None}) + "\n")
+
+
+def measured_device_ms(run: EdgeRun) -> dict[int, tuple[str, float]]:
+    """Each frame's device time in the run (`frame_times_ms`), by frame index, for `simulate(frame_edge_ms=)`."""
+    return {t.frame - 1: (t.action, t.edge_ms) for t in frame_times_ms(run.outcomes)}
 
 
 def plot_e2e(timelines: dict[str, dict[str, tuple[list[FrameRecord], list[FrameRecord]]]],
@@ -358,10 +427,11 @@ def _run(args: argparse.Namespace) -> int:
         allow_thread_fallback=args.allow_thread_fallback,
         candidates=args.candidates,
         edge_cost_samples=args.edge_cost_samples,
+        calibration_frames=args.calibration_frames,
     )
     policies = [p for p in (args.policies or "").split(",") if p]
     run_e2e_bench([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json, settings,
-                  policies or None, args.plot, args.limit)
+                  policies or None, args.plot, args.limit, args.frames_dir)
     return 0
 
 
@@ -374,5 +444,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--emulation", choices=MODES, default="auto", help="link emulation (auto: relay)")
     parser.add_argument("--allow-thread-fallback", action="store_true",
                         help="without a writable cgroup, emulate the device by thread count only (labelled)")
+    parser.add_argument("--calibration-frames", type=int, default=E2ESettings.calibration_frames,
+                        help="paced frames per action with which the edge measures its device times under the quota "
+                        "before each run (0: use the times sampled earlier, as bench policy does)")
     parser.add_argument("--plot", help="PNG: capacity and latency over time, accuracy at deadline per window")
+    parser.add_argument("--frames-dir", help="write each run's frames, measured and simulated, as JSON lines here")
     parser.set_defaults(func=_run)

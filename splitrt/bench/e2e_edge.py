@@ -3,9 +3,15 @@
 It is started by the benchmark (under the device profile's CPU quota, and inside the link's network
 namespace in a netns mode) with `python -m splitrt.bench.e2e_edge SPEC.json`. The spec names the bundle, the
 endpoint, the policy, its action options (costs at the device profile's speed, as the simulator uses them)
-and the frames. It connects, warms every action up (one frame each, before the trace starts), prints
-`{"event": "ready"}`, waits for a line on stdin, then runs `count` frames at `fps` with the SDK's
-`AdaptiveRuntime.run` (latest frame wins) and writes every outcome as a JSON line to `out`.
+and the frames. It connects, warms every action up (one frame each, before the trace starts) and prints
+`{"event": "ready"}`. The benchmark then puts it under the device's quota and sends `calibrate`: with
+`calibration_frames` > 0 it runs each of its actions that many paced frames through the real link (the trace
+has not started: the link has its delay but no rate limit), now, in this process, at the speed the run will
+have, and splits each frame's time (`frame_times_ms`) into the device's part and, for a remote action, the part
+after the request left less the RTT (the cloud, the transport, receiving and merging the reply). It runs its
+policy with those times and reports them (`{"event": "calibrated", "samples_ms": ..., "after_link_ms": ...}`)
+for the simulator. On `go` it runs `count` frames at `fps` with the SDK's `AdaptiveRuntime.run` (latest frame
+wins) and writes every outcome as a JSON line to `out`.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from splitrt.actions import Action
+from splitrt.bench.device_costs import with_samples
 from splitrt.bench.policy import action_from_key
 from splitrt.bundle import Bundle
 from splitrt.devices.ort import default_threads
@@ -24,6 +32,7 @@ from splitrt.edge.adaptive import AdaptiveRuntime, LinkEstimates
 from splitrt.edge.link import CloudLink
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
+from splitrt.frame import Status
 from splitrt.imaging import load_rgb
 from splitrt.policies.policies import ActionOption, make_policy
 
@@ -42,6 +51,7 @@ class EdgeSpec:
     initial_bps: float
     probe_interval_ms: float
     out: str
+    calibration_frames: int = 0
 
     @classmethod
     def load(cls, path: str | Path) -> "EdgeSpec":
@@ -51,17 +61,80 @@ class EdgeSpec:
 def option_to_json(option: ActionOption) -> dict[str, object]:
     return {"action": option.key, "edge_ms": option.edge_ms, "payload_bytes": option.payload_bytes,
             "cloud_ms": option.cloud_ms, "accuracy": option.accuracy,
-            "edge_samples_ms": [round(v, 3) for v in option.edge_samples_ms]}
+            "edge_samples_ms": [round(v, 3) for v in option.edge_samples_ms],
+            "cloud_samples_ms": [round(v, 3) for v in option.cloud_samples_ms]}
 
 
 def option_from_json(item: dict[str, object]) -> ActionOption:
     return ActionOption(action_from_key(str(item["action"])), float(item["edge_ms"]),  # type: ignore[arg-type]
                         int(item["payload_bytes"]), float(item["cloud_ms"]), float(item["accuracy"]),  # type: ignore[arg-type]
-                        tuple(float(v) for v in item.get("edge_samples_ms", ())))  # type: ignore[union-attr]
+                        tuple(float(v) for v in item.get("edge_samples_ms", ())),  # type: ignore[union-attr]
+                        tuple(float(v) for v in item.get("cloud_samples_ms", ())))  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class FrameTimes:
+    frame: int  # the outcome's frame_id
+    action: str
+    edge_ms: float  # from when the device could start the frame (its capture, or the end of the frame before)
+    # to its end (local) or to the moment its request left (remote)
+    after_send_ms: float | None  # remote frames answered in time: from the request leaving to the frame's end
+
+
+def frame_times_ms(outcomes: list[dict[str, object]]) -> list[FrameTimes]:
+    """Each frame's time split as the simulator counts it, from outcomes' JSON (`FrameOutcome.to_json`). A remote
+    frame's request left at its end less the round trip and the merge (`trace_ms`). Frames that ended otherwise
+    than ok or timeout, or a local one that timed out, are left out."""
+    times: list[FrameTimes] = []
+    previous_done_ms = float("-inf")
+    for o in sorted(outcomes, key=lambda o: int(o["frame_id"])):  # type: ignore[arg-type]
+        if o["status"] not in ("ok", "timeout"):
+            continue
+        capture_ms = float(o["capture_ms"])  # type: ignore[arg-type]
+        done_ms = capture_ms + float(o["age_ms"])  # type: ignore[arg-type]
+        start_ms, previous_done_ms = max(capture_ms, previous_done_ms), done_ms
+        stages: dict[str, float] = o["trace_ms"]  # type: ignore[assignment]
+        after_send_ms: float | None = None
+        if "network" in stages:
+            after_send_ms = sum(stages.get(k, 0.0) for k in ("network", "cloud_queue", "cloud_compute", "merge"))
+        elif o["status"] != "ok":
+            continue
+        edge_ms = max(0.0, done_ms - (after_send_ms or 0.0) - start_ms)
+        answered = after_send_ms if o["status"] == "ok" else None
+        times.append(FrameTimes(int(o["frame_id"]), str(o["action"]), edge_ms, answered))  # type: ignore[arg-type]
+    return times
+
+
+def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, frames: int, fps: float,
+              rtt_ms: float) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each action `frames` paced frames through `runtime` (the first after a change of action left out):
+    (device ms, after-link ms) samples per action; the latter only for remote actions answered in time."""
+    async def stream(action: Action) -> list[dict[str, object]]:
+        source = PacedSource([image], fps, count=frames + 1, name="calibration")
+        return [o.to_json() async for o in runtime.run(source, action, budget_ms=1000.0)]
+
+    device: dict[str, list[float]] = {}
+    after_link: dict[str, list[float]] = {}
+    for action in actions:
+        outcomes = [o for o in asyncio.run(stream(action)) if o["status"] != Status.DROPPED.value]
+        times = frame_times_ms(outcomes[1:])
+        device[action.describe()] = [t.edge_ms for t in times]
+        after = [max(0.0, t.after_send_ms - rtt_ms) for t in times if t.after_send_ms is not None]
+        if after:
+            after_link[action.describe()] = after
+    return device, after_link
 
 
 def _emit(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _wait_for(command: str) -> bool:
+    line = sys.stdin.readline()
+    if line.strip() != command:
+        _emit("error", detail=f"expected {command!r} on stdin, got {line.strip()!r}")
+        return False
+    return True
 
 
 def run_edge(spec: EdgeSpec) -> int:
@@ -78,14 +151,23 @@ def run_edge(spec: EdgeSpec) -> int:
             if not warm.ok:
                 _emit("error", detail=f"warm-up of {option.key} failed: {warm.status.value} {warm.reason}")
                 return 1
+        _emit("ready")
+        if not _wait_for("calibrate"):
+            return 1
+        samples: dict[str, list[float]] = {}
+        after_link: dict[str, list[float]] = {}
+        if spec.calibration_frames > 0:
+            samples, after_link = calibrate(runtime, [o.action for o in options], images[0],
+                                            spec.calibration_frames, spec.fps, spec.rtt_ms)
+            options = with_samples(options, samples, after_link)
+        _emit("calibrated", samples_ms=samples, after_link_ms=after_link)
         adaptive = AdaptiveRuntime(
             runtime, make_policy(spec.policy), options,
             estimates=LinkEstimates(initial_bps=spec.initial_bps, initial_rtt_ms=spec.rtt_ms),
             probe_interval_ms=spec.probe_interval_ms,
         )
-        _emit("ready")
-        if not sys.stdin.readline():
-            return 1  # the benchmark went away
+        if not _wait_for("go"):
+            return 1
         source = PacedSource(images, spec.fps, count=spec.count, name="e2e")
 
         async def stream() -> int:

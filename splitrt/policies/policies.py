@@ -30,6 +30,9 @@ class ActionOption:
     accuracy: float = 0.0  # measured top-1 on real images
     # Measured edge times on the device (wall clock, ms), when known: a simulator draws each frame's from these.
     edge_samples_ms: tuple[float, ...] = ()
+    # Measured times from the request's last byte on the link to the frame's end, less the RTT (the cloud's
+    # queue and tail, the transport, the device receiving and merging the reply), when known: likewise.
+    cloud_samples_ms: tuple[float, ...] = ()
 
     @property
     def key(self) -> str:

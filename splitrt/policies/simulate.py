@@ -8,7 +8,10 @@ transfer only when its reply would have arrived, and a timeout as an upper bound
 transfer has been seen for a while (`ProbeSchedule`) and the policy keeps a frame local, the frame runs the
 action the policy would choose at the link's initial rate, when that is remote (`probe_decision`), as the edge
 does.
-An option with measured device times (`edge_samples_ms`) takes a random one of them per frame (seeded).
+An option with measured device times (`edge_samples_ms`) takes a random one of them per frame (seeded), and one
+with measured times after the link (`cloud_samples_ms`) likewise for its cloud part; a device time is drawn unless
+`frame_edge_ms` says what that frame's device time was for that action (a measured run replayed: the device's
+speed then comes from the run, and what the simulator predicts is the rest: link, cloud and policy).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ class SimConfig:
     initial_bps: float = 1e6
     cautious_deviations: float = 1.0
     seed: int = 0  # for the draws of edge times from options' measured samples
+    first_frame_ms: float = 0.0  # when the first frame is captured, after the trace's start (frames every 1/fps)
 
 
 @dataclass(frozen=True)
@@ -98,13 +102,15 @@ def simulate(
     trace: UplinkTrace,
     config: SimConfig,
     payload_bytes: Mapping[str, np.ndarray] | None = None,
+    frame_edge_ms: Mapping[int, tuple[str, float]] | None = None,
 ) -> list[FrameRecord]:
     """Run `policy` over the trace; `correctness[key][i]` says whether action `key` is right on image i, and
     `payload_bytes[key][i]`, where given, what it sends for image i (an image codec's size depends on the image;
-    otherwise every frame sends the option's `payload_bytes`)."""
+    otherwise every frame sends the option's `payload_bytes`). `frame_edge_ms[i]`, where given, is (action key,
+    device ms) of frame i in a measured run: the device time of frame i when the simulator picks that action."""
     duration_ms = (config.duration_s or trace.duration_s) * 1000.0
     frame_gap_ms = 1000.0 / config.fps
-    captures = np.arange(0.0, duration_ms, frame_gap_ms)
+    captures = config.first_frame_ms + np.arange(0.0, duration_ms, frame_gap_ms)
     images = min(len(v) for v in correctness.values())
     link = _Link(trace)
     seen = _Observations(ThroughputEstimator(initial_bps=config.initial_bps), RttEstimator(initial_ms=config.rtt_ms))
@@ -138,6 +144,9 @@ def simulate(
                 seen.throughput.last_sample_ms = start_ms
         key = option.key
         edge_ms = float(rng.choice(option.edge_samples_ms)) if option.edge_samples_ms else option.edge_ms
+        measured = frame_edge_ms.get(frame_id) if frame_edge_ms else None
+        if measured is not None and measured[0] == key:
+            edge_ms = measured[1]
         correct = bool(correctness[key][frame_id % images])
         bytes_sent = 0
         if not option.remote:
@@ -146,7 +155,8 @@ def simulate(
         else:
             size_bytes = _frame_bytes(option, frame_id, payload_bytes)
             send_ms, sent_ms = link.send(start_ms + edge_ms, size_bytes)
-            reply_ms = sent_ms + config.rtt_ms + config.queue_ms + option.cloud_ms
+            cloud_ms = float(rng.choice(option.cloud_samples_ms)) if option.cloud_samples_ms else option.cloud_ms
+            reply_ms = sent_ms + config.rtt_ms + config.queue_ms + cloud_ms
             seen.at(reply_ms, "transfer", size_bytes, sent_ms - send_ms, config.rtt_ms)
             bytes_sent = size_bytes
             if reply_ms <= deadline_ms:
