@@ -145,8 +145,10 @@ def test_a_bare_cpu_share_is_a_what_if_profile() -> None:
     assert profile.cpu_share == 0.065 and profile.threads == 1 and profile.basis == "what-if"
     with pytest.raises(KeyError, match="CPU share"):
         get_profile("jetson-tx9")
-    with pytest.raises(KeyError, match=r"\(0, 1\]"):
-        get_profile("1.5")
+    for bad in ("1.5", "0.0005"):
+        with pytest.raises(KeyError, match="CPU share must be in"):
+            get_profile(bad)
+    assert get_profile("0.065").sample_ms == pytest.approx(4 * 15.385)  # four of its (longer) periods
 
 
 def _writable_cgroup() -> str | None:

@@ -4,8 +4,8 @@ For every trace and policy: a `splitrt cloud serve` process (no batching, as the
 an emulated link in front of it (`splitrt.bench.netem.Emulation`: the trace's rate, half the RTT each way)
 and an edge process (`splitrt.bench.e2e_edge`) under the device profile's CPU quota that runs the policy live
 on paced frames of the odd-class images. The edge starts, connects and warms up before it joins the quota; under
-the quota it measures its own actions' device times (`calibration_frames` paced frames each, nothing sent) and
-runs its policy with them; then the trace starts and trace time 0 is its first frame. Each row is measured the
+the quota it measures its own actions (`calibration_frames` paced frames each through the real link, before the
+trace limits its rate: device times, and times after the link) and runs its policy with them; then the trace starts and trace time 0 is its first frame. Each row is measured the
 same way as a `bench policy` row and is put beside what the simulator says for the same settings, trace window,
 options and images, three ways:
 
@@ -286,7 +286,8 @@ def run_e2e_bench(
                     mode = emulation.mode
                 records = measured_records(run, labels)
                 # frames at the run's own phase of the trace (its first came a few ms after the trace's start)
-                aligned = replace(config, first_frame_ms=records[0].capture_ms if records else 0.0)
+                first_ms = records[0].capture_ms - records[0].frame_id * 1000.0 / settings.fps if records else 0.0
+                aligned = replace(config, first_frame_ms=first_ms)
                 calibrated = with_samples(picked, run.calibration_ms, run.after_link_ms)
                 simulated = simulate(make_policy(policy), calibrated, correctness, trace, aligned, sizes,
                                      frame_edge_ms=measured_device_ms(run))
@@ -342,8 +343,8 @@ def _row(trace: UplinkTrace, policy: str, mode: str, run: EdgeRun, records: list
         row[f"{name}_deadline_hit"] = summary["deadline_hit"]
         other = float(summary["accuracy_at_deadline"])  # type: ignore[arg-type]
         row[f"{name}_difference_pp"] = 100.0 * (accuracy - other)
-    row["calibrated_edge_ms_p50"] = {k: round(p50(v), 2) for k, v in run.calibration_ms.items()}
-    row["calibrated_after_link_ms_p50"] = {k: round(p50(v), 2) for k, v in run.after_link_ms.items()}
+    row["calibrated_edge_ms_p50"] = {k: round(p50(v), 2) for k, v in run.calibration_ms.items() if v}
+    row["calibrated_after_link_ms_p50"] = {k: round(p50(v), 2) for k, v in run.after_link_ms.items() if v}
     row["first_frame_after_trace_start_ms"] = first_capture
     row["failed"] = sum(r.status == "failed" for r in records)
     return row

@@ -88,11 +88,13 @@ def frame_times_ms(outcomes: list[dict[str, object]]) -> list[FrameTimes]:
     times: list[FrameTimes] = []
     previous_done_ms = float("-inf")
     for o in sorted(outcomes, key=lambda o: int(o["frame_id"])):  # type: ignore[arg-type]
-        if o["status"] not in ("ok", "timeout"):
+        if o["status"] == "dropped":
             continue
         capture_ms = float(o["capture_ms"])  # type: ignore[arg-type]
         done_ms = capture_ms + float(o["age_ms"])  # type: ignore[arg-type]
-        start_ms, previous_done_ms = max(capture_ms, previous_done_ms), done_ms
+        start_ms, previous_done_ms = max(capture_ms, previous_done_ms), done_ms  # busy until any frame ends
+        if o["status"] not in ("ok", "timeout"):
+            continue
         stages: dict[str, float] = o["trace_ms"]  # type: ignore[assignment]
         after_send_ms: float | None = None
         if "network" in stages:
@@ -117,7 +119,8 @@ def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, fr
     after_link: dict[str, list[float]] = {}
     for action in actions:
         outcomes = [o for o in asyncio.run(stream(action)) if o["status"] != Status.DROPPED.value]
-        times = frame_times_ms(outcomes[1:])
+        first = min((int(o["frame_id"]) for o in outcomes), default=0)  # type: ignore[arg-type]
+        times = [t for t in frame_times_ms(outcomes) if t.frame != first]
         device[action.describe()] = [t.edge_ms for t in times]
         after = [max(0.0, t.after_send_ms - rtt_ms) for t in times if t.after_send_ms is not None]
         if after:

@@ -27,6 +27,7 @@ from splitrt.processes import pid_alive
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 10_000
 MIN_QUOTA_US = 1_000  # cgroup v1 refuses quotas below 1 ms
+MIN_SHARE = MIN_QUOTA_US / 1_000_000  # the kernel's longest period is 1 s
 T = TypeVar("T")
 
 
@@ -58,7 +59,7 @@ class DeviceProfile:
     @property
     def sample_ms(self) -> float:
         """Shortest timing sample under this profile's quota: four periods (see `time_calls_ms`)."""
-        return 4 * PERIOD_US / 1000.0
+        return 4 * quota_and_period_us(self.cpu_share)[1] / 1000.0
 
 
 # Calibrated on this project's reference machine (x86-64, 2 cores shared with other work, onnxruntime 1.31,
@@ -138,8 +139,8 @@ def get_profile(name: str) -> DeviceProfile:
     except ValueError:
         raise KeyError(f"unknown device profile {name!r}; profiles: {', '.join(PROFILES)}, or a CPU share "
                        "such as 0.065") from None
-    if not 0.0 < share <= 1.0:
-        raise KeyError(f"a device given as a CPU share must be in (0, 1], got {name!r}")
+    if not MIN_SHARE <= share <= 1.0:
+        raise KeyError(f"a device given as a CPU share must be in [{MIN_SHARE}, 1], got {name!r}")
     return DeviceProfile(name=name, cpu_share=share, threads=1, description=f"this machine at a {share:g} CPU share",
                          published_ms=None, basis="what-if", source="none: a counterfactual share, not a board")
 

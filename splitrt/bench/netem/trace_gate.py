@@ -3,10 +3,12 @@
 A mahimahi uplink trace lists the milliseconds at which one 1500-byte packet may leave (`UplinkTrace`). A
 queued byte leaves at the first opportunity after it arrived that still has room; an opportunity carries up
 to `PAYLOAD_BYTES` of the TCP stream, shared by whatever is queued at its instant, and one that finds nothing
-queued is lost. This is the rule the simulator's `UplinkTrace.transfer_end_ms` applies, so the relay that
-books its bytes here delivers a request when the simulator says it arrives, also on cellular traces whose
-opportunities come in clumps (a rate re-set every 100 ms smooths the clumps away and lets small requests
-through sooner).
+queued is lost. On an idle link this is the rule the simulator's `UplinkTrace.transfer_end_ms` applies, so
+the relay that books its bytes here delivers a request when the simulator says it arrives, also on cellular
+traces whose opportunities come in clumps (a rate re-set every 100 ms smooths the clumps away and lets small
+requests through sooner). Behind a backlog the two differ slightly: the simulator starts the next transfer
+after the last opportunity of the one before, losing that packet's leftover room and the rest of its
+millisecond's clump, which the gate (like mahimahi) still uses.
 
 `TraceGate` is pure: it books bytes against the trace and returns times; the caller waits. The clock is
 injected (seconds, monotonic).
