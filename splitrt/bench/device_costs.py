@@ -29,7 +29,7 @@ from splitrt.bundle import Bundle
 from splitrt.devices.profiles import CgroupUnavailable, DeviceProfile, cpu_limit
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
-from splitrt.frame import Status
+from splitrt.frame import FrameOutcome, Status
 from splitrt.policies.policies import ActionOption
 
 
@@ -45,36 +45,32 @@ class UnsentLink:
         return None
 
 
-def unsent_runtime(bundle: Bundle, actions: Sequence[Action], image: np.ndarray, threads: int) -> EdgeRuntime:
-    """An `EdgeRuntime` whose requests go nowhere, every action run once (sessions loaded: do this before the
-    quota applies, since loading is not a frame's cost)."""
-    runtime = EdgeRuntime(bundle, UnsentLink(), intra_op_threads=threads)  # type: ignore[arg-type]
-    for action in actions:
-        runtime.infer(image, action, budget_ms=60_000.0)
-    return runtime
+def paced_outcomes(runtime: EdgeRuntime, action: Action, image: np.ndarray, count: int, interval_ms: float,
+                   budget_ms: float = 60_000.0) -> list[FrameOutcome]:
+    """`count` frames of `action` streamed through the SDK (`EdgeRuntime.run` on a `PacedSource` at the frame
+    interval), at whatever speed this process has now; the ones that ran, in frame order (the first after a
+    change of action is not typical: callers leave it out)."""
+    async def stream() -> list[FrameOutcome]:
+        source = PacedSource([image], 1000.0 / interval_ms, count=count, name="calibration")
+        return [o async for o in runtime.run(source, action, budget_ms=budget_ms)]
 
-
-def stream_samples_ms(runtime: EdgeRuntime, actions: Sequence[Action], image: np.ndarray, repeats: int,
-                      interval_ms: float) -> dict[str, list[float]]:
-    """Capture-to-end ms of each action's edge part, `repeats` frames each, streamed through the SDK
-    (`EdgeRuntime.run` on a `PacedSource` at the frame interval), at whatever speed this process has now."""
-    async def stream(action: Action) -> list[float]:
-        source = PacedSource([image], 1000.0 / interval_ms, count=repeats + 1)
-        outcomes = [o async for o in runtime.run(source, action, budget_ms=60_000.0)]
-        ran = sorted((o for o in outcomes if o.status is not Status.DROPPED), key=lambda o: o.frame_id)
-        return [o.age_ms for o in ran[1:]]  # the first after a change of action is not typical
-
-    return {action.describe(): asyncio.run(stream(action)) for action in actions}
+    outcomes = asyncio.run(stream())
+    return sorted((o for o in outcomes if o.status is not Status.DROPPED), key=lambda o: o.frame_id)
 
 
 def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DeviceProfile, image: np.ndarray,
                     repeats: int = 30, interval_ms: float = 200.0) -> dict[str, list[float]]:
-    """`stream_samples_ms` under the profile's CPU quota (raises `CgroupUnavailable` without one): the
-    pipeline's own per-frame work counts, as on the device."""
-    runtime = unsent_runtime(bundle, actions, image, profile.threads)
+    """Capture-to-end ms of each action's edge part, `repeats` paced frames each (`paced_outcomes`), under the
+    profile's CPU quota (raises `CgroupUnavailable` without one): the pipeline's own per-frame work counts, as on
+    the device."""
+    runtime = EdgeRuntime(bundle, UnsentLink(), intra_op_threads=profile.threads)  # type: ignore[arg-type]
+    for action in actions:  # sessions load outside the quota: loading is not a frame's cost
+        runtime.infer(image, action, budget_ms=60_000.0)
     try:
         with cpu_limit(profile):  # the runtime's thread starts inside: it is limited too
-            return stream_samples_ms(runtime, actions, image, repeats, interval_ms)
+            return {action.describe(): [o.age_ms for o in paced_outcomes(runtime, action, image, repeats + 1,
+                                                                         interval_ms)[1:]]
+                    for action in actions}
     finally:
         runtime.close()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from splitrt.actions import Action
-from splitrt.bench.device_costs import with_samples
+from splitrt.bench.device_costs import paced_outcomes, with_samples
 from splitrt.bench.policy import action_from_key
 from splitrt.bundle import Bundle
 from splitrt.devices.ort import default_threads
@@ -32,7 +32,6 @@ from splitrt.edge.adaptive import AdaptiveRuntime, LinkEstimates
 from splitrt.edge.link import CloudLink
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
-from splitrt.frame import Status
 from splitrt.imaging import load_rgb
 from splitrt.policies.policies import ActionOption, make_policy
 
@@ -111,15 +110,12 @@ def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, fr
               rtt_ms: float) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Each action `frames` paced frames through `runtime` (the first after a change of action left out):
     (device ms, after-link ms) samples per action; the latter only for remote actions answered in time."""
-    async def stream(action: Action) -> list[dict[str, object]]:
-        source = PacedSource([image], fps, count=frames + 1, name="calibration")
-        return [o.to_json() async for o in runtime.run(source, action, budget_ms=1000.0)]
-
     device: dict[str, list[float]] = {}
     after_link: dict[str, list[float]] = {}
     for action in actions:
-        outcomes = [o for o in asyncio.run(stream(action)) if o["status"] != Status.DROPPED.value]
-        first = min((int(o["frame_id"]) for o in outcomes), default=0)  # type: ignore[arg-type]
+        ran = paced_outcomes(runtime, action, image, frames + 1, 1000.0 / fps, budget_ms=1000.0)
+        outcomes = [o.to_json() for o in ran]
+        first = ran[0].frame_id if ran else 0
         times = [t for t in frame_times_ms(outcomes) if t.frame != first]
         device[action.describe()] = [t.edge_ms for t in times]
         after = [max(0.0, t.after_send_ms - rtt_ms) for t in times if t.after_send_ms is not None]
