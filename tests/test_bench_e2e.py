@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from splitrt.actions import Local, Offload
+from splitrt.bench.device_costs import frame_times_ms
 from splitrt.bench.e2e import E2ESettings, EdgeRun, measured_device_ms, run_e2e_bench
-from splitrt.bench.e2e_edge import frame_times_ms, option_from_json, option_to_json
+from splitrt.bench.e2e_edge import option_from_json, option_to_json
 from splitrt.bundle import Bundle
 from splitrt.edge.adaptive import AdaptiveRuntime
 from splitrt.edge.link import CloudLink

@@ -38,5 +38,7 @@ def test_sweep_finds_a_setting_where_the_best_static_differs_between_traces() ->
     [setting] = summarize_settings(rows)
     assert setting["distinct_best_static"] == 2
     assert all(r["oracle"] >= r["best_static_acc"] - 0.02 for r in rows)
-    # On a constant link the deadline policy settles on the right action: it matches the best static (not above).
-    assert all(abs(float(r["deadline"]) - float(r["best_static_acc"])) < 0.03 for r in rows)
+    # On a constant link the deadline policy settles on the right action: it matches the best static (not above),
+    # less, on the slow link, the frames it spends probing for the fast link it first believed in (1, 2, 4, 8 s
+    # apart: 5 of 150 frames in 30 s).
+    assert all(abs(float(r["deadline"]) - float(r["best_static_acc"])) < 0.04 for r in rows)

@@ -8,10 +8,11 @@ import numpy as np
 
 from splitrt.actions import Local, Split
 from splitrt.bundle import Bundle
-from splitrt.edge.adaptive import AdaptiveRuntime, LinkEstimates
+from splitrt.edge.adaptive import AdaptiveRuntime
 from splitrt.edge.link import CloudLink
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import Status
+from splitrt.policies.estimators import LinkEstimates
 from splitrt.policies.policies import ActionOption, DeadlinePolicy
 from splitrt.policies.prefilter import Prefilter
 from tests.conftest import start_service

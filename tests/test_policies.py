@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitrt.actions import Local, Offload, Split
-from splitrt.policies.estimators import DeviceLatencyEstimator, RttEstimator, ThroughputEstimator
+from splitrt.policies.estimators import DeviceLatencyEstimator, LinkEstimates, ThroughputEstimator
 from splitrt.policies.policies import (
     ActionOption,
     DeadlinePolicy,
@@ -96,11 +96,24 @@ def test_a_timeout_bounds_the_rate_from_above() -> None:
     assert estimator.estimate_bps == pytest.approx(800e3)
 
 
-def test_rtt_and_device_estimators() -> None:
-    rtt = RttEstimator(initial_ms=50)
-    for sample in [40, 42, 38, 41]:
-        rtt.observe(sample)
-    assert 38 < rtt.srtt_ms < 42 and rtt.cautious_ms() > rtt.srtt_ms
+def test_link_estimates_take_the_rtt_as_the_least_recent_network_time_and_the_rest_as_transfer() -> None:
+    link = LinkEstimates(initial_bps=1e6, initial_rtt_ms=50.0)
+    assert link.view(True, 0.0).rtt_ms == 50.0  # nothing seen yet: what it was told
+    for now_ms, network_ms in [(100.0, 44.0), (300.0, 40.0), (500.0, 48.0)]:
+        link.observe_reply(now_ms, 1_000, network_ms, queue_ms=2.0)
+    seen = link.view(True, 600.0)
+    assert seen.rtt_ms == 40.0 and seen.cautious_rtt_ms == pytest.approx(50.0)
+    assert link.throughput.samples == 3 and link.throughput.last_sample_ms == 500.0
+    assert seen.queue_ms == pytest.approx(2.0)
+    link.observe_unreachable(700.0)
+    assert not link.view(True, 800.0).cloud_up and link.view(True, 1_700.0).cloud_up
+    before = link.throughput.estimate_bps
+    link.observe_timeout(1_800.0, 10_000, 240.0)  # 80 kbit not through in 200 ms beyond the RTT: <= 400 kbit/s
+    assert link.throughput.estimate_bps == pytest.approx(400e3) and 400e3 < before
+    assert link.view(True, 1_800.0).cloud_up  # a timeout is an answer from a reachable link
+
+
+def test_device_estimator() -> None:
     device = DeviceLatencyEstimator(profile_ms={"local": 100.0})
     assert device.expected_ms("local") == 100.0
     assert device.expected_ms("local", load_fraction=0.5) == pytest.approx(200.0)
@@ -281,3 +294,21 @@ def test_latest_frame_wins_when_the_pipeline_is_slower_than_the_source() -> None
     dropped = [r for r in records if r.status == "dropped"]
     assert 0.5 < len(dropped) / len(records) < 0.9
     assert max(r.latency_ms for r in records if r.status != "dropped") <= 350.0, "no backlog builds up"
+
+
+def test_the_oracle_knows_each_frames_own_device_and_cloud_times() -> None:
+    """With measured samples, every policy meets the same drawn times on the same frame, and the oracle takes
+    the remote action exactly on the frames where its draw arrives in time: it is never late."""
+    sure = ActionOption(Local("skip9"), edge_ms=20.0, accuracy=0.5)
+    remote = ActionOption(Offload("jpeg-q90"), edge_ms=5.0, payload_bytes=1_000, cloud_ms=30.0, accuracy=0.9,
+                          cloud_samples_ms=(5.0, 60.0), edge_samples_ms=(4.0, 6.0))
+    options = [sure, remote]
+    correct = {o.key: np.ones(10, bool) for o in options}
+    config = SimConfig(fps=5, deadline_ms=60.0, duration_s=20.0, rtt_ms=10.0)
+    trace = UplinkTrace.constant("10mbps", 10e6)
+    oracle = simulate(OraclePolicy(), options, correct, trace, config)
+    static = simulate(StaticPolicy(remote.key), options, correct, trace, config)
+    assert all(r.status == "ok" for r in oracle)
+    on_time = [r.frame_id for r in static if r.status == "ok"]
+    assert 0 < len(on_time) < len(static)  # the draws differ by frame
+    assert [r.frame_id for r in oracle if r.action == remote.key] == on_time

@@ -1,39 +1,39 @@
-"""What each action costs on the emulated device: wall-clock samples of the runtime's own edge path under the
-device profile's CPU quota.
+"""What each action costs on the emulated device, measured the way the edge runs it: paced frames through the
+SDK (`EdgeRuntime.run`) on the device as emulated (under the profile's CPU quota, or with the runtime's stages
+dilated to its share: `devices.dilation`), remote actions through a real cloud on loopback.
 
-CPU time divided by the profile's share is only an estimate of that. Under a CFS quota a job runs in bursts
-of the per-period budget and waits out the rest of each period, so its latency (a) spreads by about one period
-(10 ms) with the phase at which it starts, and (b) comes out faster than cpu/share on this kernel (the budget
-is checked at scheduler ticks, so each period overruns it a little; the profiles' calibration measured the
-factor at ~0.83). A deadline near an action's latency turns both into whole percentage points of deadline
-hits, so the simulator draws each frame's edge time from these samples instead.
-
-A sample is one frame of a paced stream as the SDK runs it on the device (`EdgeRuntime.run`: the hand-off to
-the inference thread, crop, head or exit, encode, the request's encoding and checksum; local actions also the
-merge), from capture to the moment the request would leave. The cloud's part is not included (nothing is
-sent).
+Each frame's time is split as the simulator counts it (`frame_times_ms`): the device's part, from when the device
+could start the frame (the hand-off to the inference thread, crop, head or exit, encode, the request's encoding and
+checksum; a local action's merge) to its end or to the moment its request left; and for a remote action the part
+after the link (the cloud's tail, the transport, the device receiving and merging the reply). CPU time divided
+by the profile's share is only an estimate of the first: under a CFS quota whose per-period budget is below the
+scheduler tick a short job may finish at full speed or wait out several periods, and the simulator draws each
+frame's times from these samples instead.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from splitrt.actions import Action
 from splitrt.bundle import Bundle
+from splitrt.devices.dilation import device_speed
 from splitrt.devices.profiles import CgroupUnavailable, DeviceProfile, cpu_limit
+from splitrt.edge.link import CloudLink, Link
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
 from splitrt.frame import FrameOutcome, Status
 from splitrt.policies.policies import ActionOption
 
 
-SAMPLING_METHOD = "paced stream through EdgeRuntime.run"  # a cache made another way is not reused
+SAMPLING_METHOD = "paced stream through EdgeRuntime.run, remote actions through a loopback cloud"  # else resampled
 
 
 class UnsentLink:
@@ -58,21 +58,94 @@ def paced_outcomes(runtime: EdgeRuntime, action: Action, image: np.ndarray, coun
     return sorted((o for o in outcomes if o.status is not Status.DROPPED), key=lambda o: o.frame_id)
 
 
+@dataclass(frozen=True)
+class FrameTimes:
+    frame: int  # the outcome's frame_id
+    action: str
+    edge_ms: float  # from when the device could start the frame (its capture, or the end of the frame before)
+    # to its end (local) or to the moment its request left (remote)
+    after_send_ms: float | None  # remote frames answered in time: from the request leaving to the frame's end
+
+
+def frame_times_ms(outcomes: list[dict[str, object]]) -> list[FrameTimes]:
+    """Each frame's time split as the simulator counts it, from outcomes' JSON (`FrameOutcome.to_json`). A remote
+    frame's request left at its end less the round trip and the merge (`trace_ms`). Frames that ended otherwise
+    than ok or timeout, or a local one that timed out, are left out."""
+    times: list[FrameTimes] = []
+    previous_done_ms = float("-inf")
+    for o in sorted(outcomes, key=lambda o: int(o["frame_id"])):  # type: ignore[arg-type]
+        if o["status"] == "dropped":
+            continue
+        capture_ms = float(o["capture_ms"])  # type: ignore[arg-type]
+        done_ms = capture_ms + float(o["age_ms"])  # type: ignore[arg-type]
+        start_ms, previous_done_ms = max(capture_ms, previous_done_ms), done_ms  # busy until any frame ends
+        if o["status"] not in ("ok", "timeout"):
+            continue
+        stages: dict[str, float] = o["trace_ms"]  # type: ignore[assignment]
+        after_send_ms: float | None = None
+        if "network" in stages:
+            after_send_ms = sum(stages.get(k, 0.0) for k in ("network", "cloud_queue", "cloud_compute", "merge"))
+        elif o["status"] != "ok":
+            continue
+        edge_ms = max(0.0, done_ms - (after_send_ms or 0.0) - start_ms)
+        answered = after_send_ms if o["status"] == "ok" else None
+        times.append(FrameTimes(int(o["frame_id"]), str(o["action"]), edge_ms, answered))  # type: ignore[arg-type]
+    return times
+
+
+def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, frames: int, fps: float,
+              rtt_ms: float) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each action `frames` paced frames through `runtime` (the first after a change of action left out):
+    (device ms, after-link ms) samples per action; the latter only for remote actions answered in time."""
+    device: dict[str, list[float]] = {}
+    after_link: dict[str, list[float]] = {}
+    for action in actions:
+        ran = paced_outcomes(runtime, action, image, frames + 1, 1000.0 / fps, budget_ms=1000.0)
+        outcomes = [o.to_json() for o in ran]
+        first = ran[0].frame_id if ran else 0
+        times = [t for t in frame_times_ms(outcomes) if t.frame != first]
+        device[action.describe()] = [t.edge_ms for t in times]
+        after = [max(0.0, t.after_send_ms - rtt_ms) for t in times if t.after_send_ms is not None]
+        if after:
+            after_link[action.describe()] = after
+    return device, after_link
+
+
 def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DeviceProfile, image: np.ndarray,
-                    repeats: int = 30, interval_ms: float = 200.0) -> dict[str, list[float]]:
-    """Capture-to-end ms of each action's edge part, `repeats` paced frames each (`paced_outcomes`), under the
-    profile's CPU quota (raises `CgroupUnavailable` without one): the pipeline's own per-frame work counts, as on
-    the device."""
-    runtime = EdgeRuntime(bundle, UnsentLink(), intra_op_threads=profile.threads)  # type: ignore[arg-type]
-    for action in actions:  # sessions load outside the quota: loading is not a frame's cost
+                    repeats: int = 30, interval_ms: float = 200.0, emulation: str = "quota",
+                    link: Link | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(device ms, after-link ms) samples of each action, `repeats` paced frames each (`calibrate`), on the emulated
+    device: under the profile's CPU quota (raises `CgroupUnavailable` without one), or with the runtime's stages
+    dilated to the profile's share (`devices.dilation`). The pipeline's own per-frame work counts, as on the device.
+    Remote actions go through `link` (a loopback cloud: the after-link samples are its tail, the transport and the
+    device receiving the reply); without one nothing is sent and there are no after-link samples."""
+    runtime = EdgeRuntime(bundle, link or UnsentLink(), intra_op_threads=profile.threads,  # type: ignore[arg-type]
+                          device_speed=device_speed(emulation, profile.cpu_share))
+    for action in actions:  # sessions load before the device is slowed: loading is not a frame's cost
         runtime.infer(image, action, budget_ms=60_000.0)
+    limit = cpu_limit(profile) if emulation == "quota" else contextlib.nullcontext()
     try:
-        with cpu_limit(profile):  # the runtime's thread starts inside: it is limited too
-            return {action.describe(): [o.age_ms for o in paced_outcomes(runtime, action, image, repeats + 1,
-                                                                         interval_ms)[1:]]
-                    for action in actions}
+        with limit:  # the runtime's thread starts inside: a quota limits it too
+            return calibrate(runtime, list(actions), image, repeats, 1000.0 / interval_ms, rtt_ms=0.0)
     finally:
         runtime.close()
+
+
+@contextlib.contextmanager
+def loopback_cloud(bundle: Bundle) -> Iterator[CloudLink]:
+    """A `splitrt cloud serve` process for `bundle` on a loopback port (no batching, as the simulator assumes),
+    and a link to it."""
+    from splitrt.bench.failover import CloudProcess, free_tcp_port
+
+    cloud = CloudProcess(bundle.root, free_tcp_port(), extra_args=["--no-batching"])
+    cloud.start()
+    link = CloudLink(cloud.endpoint, bundle.content_hash)
+    try:
+        link.handshake(timeout_ms=30_000)
+        yield link
+    finally:
+        link.close()
+        cloud.stop()
 
 
 def with_samples(options: Sequence[ActionOption], samples_ms: dict[str, list[float]],
@@ -92,11 +165,12 @@ def with_samples(options: Sequence[ActionOption], samples_ms: dict[str, list[flo
 
 
 def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: DeviceProfile, image: np.ndarray,
-                   cache: Path | None = None, repeats: int = 30, interval_ms: float = 200.0
+                   cache: Path | None = None, repeats: int = 30, interval_ms: float = 200.0, emulation: str = "quota"
                    ) -> tuple[list[ActionOption], str]:
-    """`measured` (CPU ms on this machine) as the device runs them: edge times sampled under the profile's
-    quota (cached in `cache` by bundle, profile and actions). With `repeats` 0 or without a writable cgroup:
-    CPU ms / share, and the returned cost model says so."""
+    """`measured` (CPU ms on this machine) as the device runs them: edge times sampled on the emulated device
+    (`emulation`: under the profile's quota, or dilated; cached in `cache` by bundle, profile, emulation and
+    actions). With `repeats` 0 or, for the quota, without a writable cgroup: CPU ms / share, and the returned cost
+    model says so."""
     if repeats <= 0:  # asked not to sample
         return [replace(o, edge_ms=o.edge_ms / profile.cpu_share) for o in measured], "cpu/share"
     keys = [o.key for o in measured]
@@ -107,12 +181,16 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
     valid = (document.get("bundle_hash") == bundle.content_hash and document.get("profile") == profile.name
              and document.get("cpu_share") == profile.cpu_share and document.get("interval_ms") == interval_ms
              and document.get("repeats") == repeats and document.get("method") == SAMPLING_METHOD
+             and document.get("emulation", "quota") == emulation
              and isinstance(stored, dict) and set(keys) <= set(stored))
     if valid:
         samples = {k: [float(v) for v in stored[k]] for k in keys}  # type: ignore[index]
+        after_link = {k: [float(v) for v in values] for k, values in document["after_link_ms"].items()}  # type: ignore[union-attr]
     else:
         try:
-            samples = edge_samples_ms(bundle, [o.action for o in measured], profile, image, repeats, interval_ms)
+            with loopback_cloud(bundle) if any(o.remote for o in measured) else contextlib.nullcontext() as link:
+                samples, after_link = edge_samples_ms(bundle, [o.action for o in measured], profile, image, repeats,
+                                                      interval_ms, emulation, link)
         except (CgroupUnavailable, OSError) as exc:
             warnings.warn(f"device costs: no CPU quota ({exc}); using CPU ms / share {profile.cpu_share}", stacklevel=2)
             return [replace(o, edge_ms=o.edge_ms / profile.cpu_share) for o in measured], "cpu/share"
@@ -120,6 +198,6 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"bundle_hash": bundle.content_hash, "profile": profile.name,
                                          "cpu_share": profile.cpu_share, "interval_ms": interval_ms, "repeats": repeats,
-                                         "method": SAMPLING_METHOD,
-                                         "samples_ms": samples}), encoding="utf-8")
-    return with_samples(measured, samples), "sampled under the quota"
+                                         "method": SAMPLING_METHOD, "emulation": emulation,
+                                         "samples_ms": samples, "after_link_ms": after_link}), encoding="utf-8")
+    return with_samples(measured, samples, after_link), "sampled under the quota" if emulation == "quota" else "sampled dilated"

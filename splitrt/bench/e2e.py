@@ -2,7 +2,8 @@
 
 For every trace and policy: a `splitrt cloud serve` process (no batching, as the simulator assumes no queue),
 an emulated link in front of it (`splitrt.bench.netem.Emulation`: the trace's rate, half the RTT each way)
-and an edge process (`splitrt.bench.e2e_edge`) under the device profile's CPU quota that runs the policy live
+and an edge process (`splitrt.bench.e2e_edge`) on the emulated device (under the profile's CPU quota, or with
+its stages dilated to the profile's share) that runs the policy live
 on paced frames of the odd-class images. The edge starts, connects and warms up before it joins the quota; under
 the quota it measures its own actions (`calibration_frames` paced frames each through the real link, before the
 trace limits its rate: device times, and times after the link) and runs its policy with them; then the trace starts and trace time 0 is its first frame. Each row is measured the
@@ -15,14 +16,17 @@ options and images, three ways:
 - `calibrated_*`: with the edge's calibration alone (device times measured seconds before the run).
 - `presampled_*`: with the device times sampled earlier (`bench.device_costs`), as `bench policy` predicts.
 
-The three differ because the emulated device's speed is not stationary on a shared machine: the CPU time of one
-inference drifts by ~15% between minutes, and under a 13% quota of a 10 ms period (below the kernel's 4 ms
-tick) a frame's latency comes in clusters a period apart whose mix moves, so device times sampled even seconds
-before a run can put an action that sits near the deadline tens of points off in deadline hits.
+Under the quota (`device_emulation` "quota") the three differ because the emulated device's speed is not
+stationary on a shared machine: under a 13% quota of a 10 ms period (below the kernel's 4 ms tick) a frame's
+latency comes in clusters a period apart whose mix moves, so device times sampled even seconds before a run can
+put an action that sits near the deadline tens of points off in deadline hits. With "dilation" the edge runs
+each stage at this machine's speed and sleeps to its CPU time / share (`splitrt.devices.dilation`): a device as
+steady as a real one, whose remaining drift is that of the CPU time itself (a few percent).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -38,8 +42,8 @@ from typing import Sequence
 import numpy as np
 
 from splitrt.bench.common import format_table, p50, read_labelled_images, select_parity, write_json
-from splitrt.bench.device_costs import device_options, with_samples
-from splitrt.bench.e2e_edge import frame_times_ms, option_to_json
+from splitrt.bench.device_costs import device_options, frame_times_ms, with_samples
+from splitrt.bench.e2e_edge import option_to_json
 from splitrt.bench.failover import CloudProcess, free_tcp_port
 from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.payloads import offload_sizes
@@ -74,6 +78,7 @@ class E2ESettings:
     edge_cost_samples: int = 30  # device-time samples per action for the simulator (`bench.device_costs`)
     calibration_frames: int = 12  # device-time samples per action that the edge takes under the quota, before the run
     candidates: str = DEFAULT_CANDIDATES  # the action set, as `bench policy --candidates`
+    device_emulation: str = "quota"  # the edge under the profile's CPU quota, or its stages dilated (`devices.dilation`)
 
     def sim_config(self) -> SimConfig:
         return SimConfig(fps=self.fps, deadline_ms=self.deadline_ms, duration_s=self.duration_s, rtt_ms=self.rtt_ms,
@@ -123,7 +128,7 @@ def actions_for(policy: str, options: Sequence[ActionOption]) -> list[ActionOpti
 class EdgeRun:
     outcomes: list[dict[str, object]]
     trace_start_wall_ms: float
-    quota: str  # "cgroup" or "threads only"
+    quota: str  # how the device was emulated: "cgroup", "threads only" (no cgroup) or "dilation"
     calibration_ms: dict[str, list[float]]  # the edge's own device-time samples per action, under the quota
     after_link_ms: dict[str, list[float]]  # and of the time after the link (less the RTT), remote actions
 
@@ -172,14 +177,15 @@ class _EdgeProcess:
 
 
 def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: DeviceProfile,
-                     allow_thread_fallback: bool, timeout_s: float) -> EdgeRun:
-    """Start the edge, wait until it is warm, put it under the quota, let it calibrate, start the trace, let
-    it run."""
+                     allow_thread_fallback: bool, timeout_s: float, device_emulation: str = "quota") -> EdgeRun:
+    """Start the edge, wait until it is warm, put it under the quota (with `device_emulation` "dilation" the edge
+    slows its own stages instead: `spec["dilation_share"]`), let it calibrate, start the trace, let it run."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = profile_environment(profile)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    with tempfile.TemporaryDirectory(prefix="splitrt-e2e-") as scratch, \
-            profile_quota(profile, "threads" if allow_thread_fallback else "error", label=f"e2e-{profile.name}") as quota:
+    limit = (profile_quota(profile, "threads" if allow_thread_fallback else "error", label=f"e2e-{profile.name}")
+             if device_emulation == "quota" else contextlib.nullcontext())
+    with tempfile.TemporaryDirectory(prefix="splitrt-e2e-") as scratch, limit as quota:
         spec_path = Path(scratch) / "spec.json"
         spec_path.write_text(json.dumps({**spec, "out": str(Path(scratch) / "outcomes.jsonl")}), encoding="utf-8")
         argv = emulation.edge_command([sys.executable, "-m", "splitrt.bench.e2e_edge", str(spec_path)])
@@ -201,7 +207,8 @@ def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: Dev
     def samples(name: str) -> dict[str, list[float]]:
         return {str(k): [float(x) for x in v] for k, v in calibrated[name].items()}  # type: ignore[union-attr]
 
-    return EdgeRun([json.loads(line) for line in lines], trace_start_wall_ms, "cgroup" if quota else "threads only",
+    device_mode = "dilation" if device_emulation == "dilation" else "cgroup" if quota else "threads only"
+    return EdgeRun([json.loads(line) for line in lines], trace_start_wall_ms, device_mode,
                    samples("samples_ms"), samples("after_link_ms"))
 
 
@@ -252,8 +259,9 @@ def run_e2e_bench(
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), limit, actions)
     items = select_parity(read_labelled_images(images), "odd")[:limit]
     options, cost_model = device_options(bundle, measured, profile, load_rgb(items[0].path),
-                                         device_costs_path(bundle, profile.name),
-                                         repeats=settings.edge_cost_samples, interval_ms=1000.0 / settings.fps)
+                                         device_costs_path(bundle, profile.name, settings.device_emulation),
+                                         repeats=settings.edge_cost_samples, interval_ms=1000.0 / settings.fps,
+                                         emulation=settings.device_emulation)
     labels = [i.class_index for i in items]
     sizes = offload_sizes(bundle, images, options, limit)
     loaded = [UplinkTrace.load(t) for t in traces]
@@ -277,12 +285,13 @@ def run_e2e_bench(
                     "deadline_ms": settings.deadline_ms, "rtt_ms": settings.rtt_ms,
                     "initial_bps": settings.initial_bps, "probe_interval_ms": settings.probe_interval_ms,
                     "calibration_frames": settings.calibration_frames,
+                    "dilation_share": profile.cpu_share if settings.device_emulation == "dilation" else None,
                 }
                 with Emulation(("127.0.0.1", cloud.port), trace, one_way_delay_ms=settings.rtt_ms / 2.0,
                                mode=settings.mode, follow_now=False) as emulation:
                     spec["endpoint"] = emulation.endpoint
                     run = run_edge_process(spec, emulation, profile, settings.allow_thread_fallback,
-                                           timeout_s=settings.duration_s + 60.0)
+                                           timeout_s=settings.duration_s + 60.0, device_emulation=settings.device_emulation)
                     mode = emulation.mode
                 records = measured_records(run, labels)
                 # frames at the run's own phase of the trace (its first came a few ms after the trace's start)
@@ -429,6 +438,7 @@ def _run(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         edge_cost_samples=args.edge_cost_samples,
         calibration_frames=args.calibration_frames,
+        device_emulation=args.device_emulation,
     )
     policies = [p for p in (args.policies or "").split(",") if p]
     run_e2e_bench([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json, settings,

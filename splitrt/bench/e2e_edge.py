@@ -23,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from splitrt.actions import Action
-from splitrt.bench.device_costs import paced_outcomes, with_samples
+from splitrt.bench.device_costs import calibrate, with_samples
 from splitrt.bench.policy import action_from_key
 from splitrt.bundle import Bundle
+from splitrt.devices.dilation import TimeDilation
 from splitrt.devices.ort import default_threads
-from splitrt.edge.adaptive import AdaptiveRuntime, LinkEstimates
+from splitrt.edge.adaptive import AdaptiveRuntime
 from splitrt.edge.link import CloudLink
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
 from splitrt.imaging import load_rgb
+from splitrt.policies.estimators import LinkEstimates
 from splitrt.policies.policies import ActionOption, make_policy
 
 
@@ -51,6 +52,7 @@ class EdgeSpec:
     probe_interval_ms: float
     out: str
     calibration_frames: int = 0
+    dilation_share: float | None = None  # set: the device is emulated by dilating stages to this share, not a quota
 
     @classmethod
     def load(cls, path: str | Path) -> "EdgeSpec":
@@ -69,59 +71,6 @@ def option_from_json(item: dict[str, object]) -> ActionOption:
                         int(item["payload_bytes"]), float(item["cloud_ms"]), float(item["accuracy"]),  # type: ignore[arg-type]
                         tuple(float(v) for v in item.get("edge_samples_ms", ())),  # type: ignore[union-attr]
                         tuple(float(v) for v in item.get("cloud_samples_ms", ())))  # type: ignore[union-attr]
-
-
-@dataclass(frozen=True)
-class FrameTimes:
-    frame: int  # the outcome's frame_id
-    action: str
-    edge_ms: float  # from when the device could start the frame (its capture, or the end of the frame before)
-    # to its end (local) or to the moment its request left (remote)
-    after_send_ms: float | None  # remote frames answered in time: from the request leaving to the frame's end
-
-
-def frame_times_ms(outcomes: list[dict[str, object]]) -> list[FrameTimes]:
-    """Each frame's time split as the simulator counts it, from outcomes' JSON (`FrameOutcome.to_json`). A remote
-    frame's request left at its end less the round trip and the merge (`trace_ms`). Frames that ended otherwise
-    than ok or timeout, or a local one that timed out, are left out."""
-    times: list[FrameTimes] = []
-    previous_done_ms = float("-inf")
-    for o in sorted(outcomes, key=lambda o: int(o["frame_id"])):  # type: ignore[arg-type]
-        if o["status"] == "dropped":
-            continue
-        capture_ms = float(o["capture_ms"])  # type: ignore[arg-type]
-        done_ms = capture_ms + float(o["age_ms"])  # type: ignore[arg-type]
-        start_ms, previous_done_ms = max(capture_ms, previous_done_ms), done_ms  # busy until any frame ends
-        if o["status"] not in ("ok", "timeout"):
-            continue
-        stages: dict[str, float] = o["trace_ms"]  # type: ignore[assignment]
-        after_send_ms: float | None = None
-        if "network" in stages:
-            after_send_ms = sum(stages.get(k, 0.0) for k in ("network", "cloud_queue", "cloud_compute", "merge"))
-        elif o["status"] != "ok":
-            continue
-        edge_ms = max(0.0, done_ms - (after_send_ms or 0.0) - start_ms)
-        answered = after_send_ms if o["status"] == "ok" else None
-        times.append(FrameTimes(int(o["frame_id"]), str(o["action"]), edge_ms, answered))  # type: ignore[arg-type]
-    return times
-
-
-def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, frames: int, fps: float,
-              rtt_ms: float) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Each action `frames` paced frames through `runtime` (the first after a change of action left out):
-    (device ms, after-link ms) samples per action; the latter only for remote actions answered in time."""
-    device: dict[str, list[float]] = {}
-    after_link: dict[str, list[float]] = {}
-    for action in actions:
-        ran = paced_outcomes(runtime, action, image, frames + 1, 1000.0 / fps, budget_ms=1000.0)
-        outcomes = [o.to_json() for o in ran]
-        first = ran[0].frame_id if ran else 0
-        times = [t for t in frame_times_ms(outcomes) if t.frame != first]
-        device[action.describe()] = [t.edge_ms for t in times]
-        after = [max(0.0, t.after_send_ms - rtt_ms) for t in times if t.after_send_ms is not None]
-        if after:
-            after_link[action.describe()] = after
-    return device, after_link
 
 
 def _emit(event: str, **fields: object) -> None:
@@ -143,7 +92,8 @@ def run_edge(spec: EdgeSpec) -> int:
     link = CloudLink(spec.endpoint, bundle.content_hash)
     try:
         link.handshake(timeout_ms=30_000)
-        runtime = EdgeRuntime(bundle, link, intra_op_threads=default_threads(1))
+        speed = TimeDilation(spec.dilation_share) if spec.dilation_share else None
+        runtime = EdgeRuntime(bundle, link, intra_op_threads=default_threads(1), device_speed=speed)
         # Every action once, with time to spare: sessions loaded, the cloud's tails touched.
         for option in options:
             warm = runtime.infer(images[0], option.action, budget_ms=30_000.0)

@@ -1,9 +1,10 @@
 """`splitrt bench policy`: replay mahimahi uplink traces against measured action costs and per-image
 correctness, for every static action, `latency`, `deadline` and `oracle`.
 
-Costs: each action's edge part (crop, head or exit, encode) is run as `EdgeRuntime.infer` runs it, under the
-device profile's CPU quota, paced like the frames (`splitrt.bench.device_costs`): the simulator draws every
-frame's device time from those samples (CPU time / share without a writable cgroup). The tail's CPU time
+Costs: each action's edge part (crop, head or exit, encode) is run as `EdgeRuntime.infer` runs it, on the
+emulated device (under the profile's CPU quota, or dilated: `--device-emulation`), paced like the frames
+(`splitrt.bench.device_costs`): the simulator draws every frame's device time from those samples (CPU time /
+share without a writable cgroup). The tail's CPU time
 is the cloud's time (a cloud core to itself). Bytes are the real encoded
 payloads. Correctness is each action's real top-1 on every evaluation image (odd `class_index`, so early
 exits are judged on images they were not trained on). Frames cycle through the images in order.
@@ -29,6 +30,7 @@ from splitrt.bench.payloads import offload_sizes, request_bytes
 from splitrt.bench.plot import save_figure
 from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle
 from splitrt.codecs import codec_for_point, get_codec
+from splitrt.devices.dilation import EMULATIONS
 from splitrt.devices.ort import create_session
 from splitrt.devices.timing import time_calls_ms
 from splitrt.edge.commands import DEFAULT_BUNDLE
@@ -189,9 +191,10 @@ def cached_options(bundle: Bundle, images: str | Path, cache: Path | None, limit
     return options, correctness
 
 
-def device_costs_path(bundle: Bundle, profile_name: str) -> Path:
-    """Where `bench.device_costs` keeps its samples for a bundle and device profile."""
-    return Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile_name}.json"
+def device_costs_path(bundle: Bundle, profile_name: str, emulation: str = "quota") -> Path:
+    """Where `bench.device_costs` keeps its samples for a bundle, device profile and emulation."""
+    suffix = "" if emulation == "quota" else f"-{emulation}"
+    return Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile_name}{suffix}.json"
 
 
 def options_cache_path(bundle: Bundle, actions: Sequence[Action]) -> Path:
@@ -213,6 +216,7 @@ def run_policy_bench(
     limit: int | None = None,
     candidates: str = DEFAULT_CANDIDATES,
     edge_cost_samples: int = 30,
+    device_emulation: str = "quota",
 ) -> dict[str, list[dict[str, object]]]:
     from splitrt.devices.profiles import get_profile
 
@@ -222,7 +226,8 @@ def run_policy_bench(
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), limit, actions)
     options, cost_model = device_options(
         bundle, measured, profile, load_rgb(select_parity(read_labelled_images(images), "odd")[0].path),
-        device_costs_path(bundle, profile.name), repeats=edge_cost_samples, interval_ms=1000.0 / fps)
+        device_costs_path(bundle, profile.name, device_emulation), repeats=edge_cost_samples, interval_ms=1000.0 / fps,
+        emulation=device_emulation)
     sizes = offload_sizes(bundle, images, options, limit)
     print(format_table([{"action": o.key, "edge_ms": o.edge_ms, "bytes": o.payload_bytes, "cloud_ms": o.cloud_ms,
                          "accuracy": o.accuracy} for o in options], ["action", "edge_ms", "bytes", "cloud_ms", "accuracy"]))
@@ -253,7 +258,8 @@ def run_policy_bench(
                options=[{"action": o.key, "edge_ms": o.edge_ms, "payload_bytes": o.payload_bytes,
                          "cloud_ms": o.cloud_ms, "accuracy": o.accuracy} for o in options],
                settings={"candidates": candidates, "device_profile": device_profile, "cpu_share": profile.cpu_share,
-                         "edge_cost_model": cost_model, "deadline_ms": deadline_ms,
+                         "edge_cost_model": cost_model, "device_emulation": device_emulation,
+                         "deadline_ms": deadline_ms,
                          "fps": fps, "rtt_ms": rtt_ms, "evaluation_images": int(len(next(iter(correctness.values()))))})
     if plot:
         plot_timelines(timelines, options, plot, oracle=oracle_timelines)
@@ -299,7 +305,7 @@ def plot_timelines(timelines: dict[str, tuple[UplinkTrace, list]], options: Sequ
 def _run(args: argparse.Namespace) -> int:
     traces = [t for t in args.trace.split(",") if t]
     run_policy_bench(traces, args.bundle, args.images, args.json, args.device_profile, args.deadline_ms, args.fps,
-                     args.rtt_ms, args.plot, args.limit, args.candidates, args.edge_cost_samples)
+                     args.rtt_ms, args.plot, args.limit, args.candidates, args.edge_cost_samples, args.device_emulation)
     return 0
 
 
@@ -320,8 +326,12 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                              "bottlenecks, if it has any: `splitrt codecs add-bottleneck`); measured once per bundle "
                              "and set, cached under .cache/")
     parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
+    parser.add_argument("--device-emulation", choices=EMULATIONS, default="quota",
+                        help="how the device is made slow: quota (the process under the profile's CPU quota) or "
+                        "dilation (each stage takes its CPU time / share: steady, as a real device; see "
+                        "splitrt.devices.dilation)")
     parser.add_argument("--edge-cost-samples", type=int, default=30,
-                        help="device-time samples per action under the quota (0: CPU time / share instead)")
+                        help="device-time samples per action on the emulated device (0: CPU time / share instead)")
     parser.add_argument("--json", required=True)
 
 

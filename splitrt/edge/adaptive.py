@@ -1,9 +1,8 @@
 """The live decision loop: per frame, prefilter, ask the policy with live estimates, run, learn from it.
 
-The estimators learn only from what frames observe. A remote frame's `network` stage (round trip minus the
-cloud's queue and compute) is the RTT plus the upload: the smallest recent value stands for the RTT (a
-windowed minimum, as BBR keeps) and the rest is the transfer. A frame that timed out bounds the rate from
-above, and every Result carries the cloud's queue delay. When no remote frame has measured the link for
+The estimates (`LinkEstimates`, the simulator's too) learn only from what frames observe: a remote frame's
+`network` stage (round trip minus the cloud's queue and compute), a timeout, a request that could not be sent,
+and the cloud's queue delay that every Result carries. When no remote frame has measured the link for
 `probe_interval_ms` (doubling while probes fail, `ProbeSchedule`) and the policy keeps a frame local, the frame
 runs what the policy would choose if the link were as fast as first believed, when that is remote
 (`probe_decision`): this is how a link that came back is noticed, at the risk of one frame per probe. The
@@ -12,7 +11,6 @@ simulator models the same probes.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 
 import numpy as np
@@ -20,8 +18,8 @@ import numpy as np
 from splitrt.clock import wall_clock_ms
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import Frame, FrameOutcome, Status
-from splitrt.policies.estimators import EwmaEstimator, ThroughputEstimator
-from splitrt.policies.policies import ActionOption, Decision, LinkView, Policy, ProbeSchedule, probe_decision
+from splitrt.policies.estimators import LinkEstimates
+from splitrt.policies.policies import ActionOption, Decision, Policy, ProbeSchedule, probe_decision
 from splitrt.policies.prefilter import Prefilter
 
 if TYPE_CHECKING:
@@ -30,56 +28,19 @@ if TYPE_CHECKING:
     from splitrt.edge.sources import FrameSource
 
 
-@dataclass
-class LinkEstimates:
-    """Live estimates of the uplink, the RTT and the cloud's queue, from frame outcomes (pure)."""
-
-    initial_bps: float = 2e6
-    initial_rtt_ms: float = 40.0
-    rtt_window: int = 30
-    retry_ms: float = 1000.0  # after a request could not even be sent, the cloud counts as away this long
-    throughput: ThroughputEstimator = field(init=False)
-    unreachable_since_ms: float | None = None
-    queue_ms: EwmaEstimator = field(default_factory=EwmaEstimator)
-    _network_ms: collections.deque[float] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.throughput = ThroughputEstimator(initial_bps=self.initial_bps)
-        self._network_ms = collections.deque(maxlen=self.rtt_window)
-
-    @property
-    def rtt_ms(self) -> float:
-        return min(self._network_ms) if self._network_ms else self.initial_rtt_ms
-
-    def reachable(self, now_ms: float) -> bool:
-        return self.unreachable_since_ms is None or now_ms - self.unreachable_since_ms >= self.retry_ms
-
-    def view(self, cloud_up: bool, now_ms: float, deviations: float = 1.0) -> LinkView:
-        return LinkView(
-            bandwidth_bps=self.throughput.estimate_bps,
-            cautious_bandwidth_bps=self.throughput.cautious_bps(deviations),
-            rtt_ms=self.rtt_ms,
-            cautious_rtt_ms=self.rtt_ms * 1.25,
-            queue_ms=self.queue_ms.value,
-            cloud_up=cloud_up and self.reachable(now_ms),
-            bandwidth_log_sd=self.throughput.log_sd,
-        )
-
-    def observe(self, now_ms: float, outcome: FrameOutcome) -> None:
-        if not outcome.bytes_sent:
-            return
-        network = outcome.trace_ms.get("network")
-        if outcome.status is Status.FAILED and network is None:  # never left: no connection to the cloud
-            self.unreachable_since_ms = now_ms
-            return
-        self.unreachable_since_ms = None
-        if outcome.status is Status.OK and network is not None:
-            self._network_ms.append(network)
-            transfer_ms = max(network - self.rtt_ms, 0.5)
-            self.throughput.observe(now_ms, outcome.bytes_sent, transfer_ms)
-            self.queue_ms.observe(outcome.trace_ms.get("cloud_queue", 0.0))
-        elif outcome.status is Status.TIMEOUT and network is not None:
-            self.throughput.observe_timeout(now_ms, outcome.bytes_sent, max(network - self.rtt_ms, 0.5))
+def observe_outcome(estimates: LinkEstimates, now_ms: float, outcome: FrameOutcome) -> None:
+    """What a frame's outcome tells the link estimates (nothing, for a frame that sent nothing)."""
+    if not outcome.bytes_sent:
+        return
+    network = outcome.trace_ms.get("network")
+    if outcome.status is Status.FAILED and network is None:  # never left: no connection to the cloud
+        estimates.observe_unreachable(now_ms)
+    elif outcome.status is Status.OK and network is not None:
+        estimates.observe_reply(now_ms, outcome.bytes_sent, network, outcome.trace_ms.get("cloud_queue", 0.0))
+    elif outcome.status is Status.TIMEOUT and network is not None:
+        estimates.observe_timeout(now_ms, outcome.bytes_sent, network)
+    else:
+        estimates.unreachable_since_ms = None  # it reached the cloud (a reject, say): the link is there
 
 
 class AdaptiveRuntime:
@@ -158,7 +119,7 @@ class AdaptiveRuntime:
         outcome.predicted_ms = decision.predicted_ms
         if decision.reason.startswith("probe"):
             self.probes.record(outcome.ok and not outcome.missed_deadline)
-        self.estimates.observe(self.clock_ms(), outcome)
+        observe_outcome(self.estimates, self.clock_ms(), outcome)
         if outcome.ok:
             self.last = outcome
         return outcome

@@ -6,10 +6,11 @@ trace holds each stage's time in milliseconds; it is what the summary tables and
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures
 import itertools
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +19,7 @@ from splitrt.clock import wall_clock_ms
 from splitrt.actions import Action, Local, Offload, Skip, Split
 from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, TAIL_INPUT_NAME, Bundle, BundleError
 from splitrt.codecs import CodecError, UnknownCodec, codec_for_point
+from splitrt.devices.dilation import DeviceSpeed, NativeSpeed
 from splitrt.devices.ort import create_session
 from splitrt.edge.link import Link, LinkError
 from splitrt.frame import Frame, FrameOutcome, Prediction, Status
@@ -65,8 +67,10 @@ class EdgeRuntime:
         exit_threshold: float = 0.0,
         action: Action = Local(),
         fallback: Action | None = None,
+        device_speed: DeviceSpeed | None = None,
     ) -> None:
         self.bundle = bundle
+        self.device_speed = device_speed or NativeSpeed()  # `TimeDilation`: stages take as long as on a slower device
         self.link = link
         self.exit_threshold = exit_threshold  # an exit less confident than this continues to the final classifier
         self.intra_op_threads = intra_op_threads
@@ -228,20 +232,21 @@ class EdgeRuntime:
         self._record_fallback_ms(_since_ms(started))
         outcome.reason = f"{why}: ran {outcome.action} instead of {outcome.planned}"
 
+    def _stage(self, trace: dict[str, float], name: str) -> contextlib.AbstractContextManager[None]:
+        return _timed(trace, name, self.device_speed)
+
     def _run(self, pixels: np.ndarray, action: Action, deadline_ms: float, outcome: FrameOutcome) -> None:
         trace = outcome.trace_ms
         manifest = self.bundle.manifest
-        t = time.perf_counter()
-        image = crop_for_model(pixels, manifest.preprocess)[None]
-        trace["preprocess"] = _since_ms(t)
+        with self._stage(trace, "preprocess"):
+            image = crop_for_model(pixels, manifest.preprocess)[None]
 
         if isinstance(action, Local):
             if action.exit is not None:
                 self._run_exit(image, action.exit, outcome)
             else:
-                t = time.perf_counter()
-                logits = self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image})[0]
-                trace["head"] = _since_ms(t)
+                with self._stage(trace, "head"):
+                    logits = self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image})[0]
                 self._merge(logits, outcome)
             if action == self.fallback and not outcome.planned:
                 self._record_fallback_ms(sum(trace.values()))
@@ -254,12 +259,10 @@ class EdgeRuntime:
         if point.head_file is None:
             activation = image
         else:
-            t = time.perf_counter()
-            activation = self._session(point.head_file).run(None, {HEAD_INPUT_NAME: image})[0]
-            trace["head"] = _since_ms(t)
-        t = time.perf_counter()
-        payload = codec.encode(activation)
-        trace["encode"] = _since_ms(t)
+            with self._stage(trace, "head"):
+                activation = self._session(point.head_file).run(None, {HEAD_INPUT_NAME: image})[0]
+        with self._stage(trace, "encode"):
+            payload = codec.encode(activation)
         spec = TensorSpec(point.activation.dtype, (1, *point.activation.shape))
         self._send(point.name, codec.codec_id, spec, payload, deadline_ms, outcome, codec.version_hash)
 
@@ -323,27 +326,33 @@ class EdgeRuntime:
     def _run_exit(self, image: np.ndarray, name: str, outcome: FrameOutcome) -> None:
         """Stop at exit `name` when it is confident enough; otherwise finish the model locally from there."""
         exit_point = self.bundle.manifest.exit(name)
-        t = time.perf_counter()
-        outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image})
-        outcome.trace_ms["head"] = _since_ms(t)
+        with self._stage(outcome.trace_ms, "head"):
+            outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image})
         if not exit_point.point:  # a complete shallower model: nothing to continue with
             self._merge(outputs[0], outcome)
             return
         activation, logits = outputs
         top = softmax_top(logits, self.bundle.label, k=1)[0]
         if top.confidence < self.exit_threshold:
-            t = time.perf_counter()
             tail = self.bundle.manifest.split(exit_point.point).tail_file
-            logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation})[0]
-            outcome.trace_ms["local_tail"] = _since_ms(t)
+            with self._stage(outcome.trace_ms, "local_tail"):
+                logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation})[0]
             outcome.reason = f"exit {name} not confident ({top.confidence:.2f} < {self.exit_threshold:.2f})"
         self._merge(logits, outcome)
 
     def _merge(self, logits: np.ndarray, outcome: FrameOutcome) -> None:
-        t = time.perf_counter()
-        outcome.logits = np.array(logits, dtype=np.float32).reshape(-1)
-        outcome.top = softmax_top(outcome.logits, self.bundle.label)
-        outcome.trace_ms["merge"] = _since_ms(t)
+        with self._stage(outcome.trace_ms, "merge"):
+            outcome.logits = np.array(logits, dtype=np.float32).reshape(-1)
+            outcome.top = softmax_top(outcome.logits, self.bundle.label)
+
+
+@contextlib.contextmanager
+def _timed(trace: dict[str, float], name: str, speed: DeviceSpeed) -> Iterator[None]:
+    """Time a stage into `trace[name]` (ms), stretched to the device's speed by `speed`."""
+    start = time.perf_counter()
+    with speed.stage():
+        yield
+    trace[name] = _since_ms(start)
 
 
 def _since_ms(start: float) -> float:

@@ -4,8 +4,11 @@ All are pure: they take observations with timestamps and never read a clock them
 """
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass, field
+
+from splitrt.policies.policies import LinkView
 
 
 @dataclass
@@ -68,31 +71,6 @@ class ThroughputEstimator:
 
 
 @dataclass
-class RttEstimator:
-    """Smoothed RTT and its mean deviation, as TCP does (RFC 6298 gains)."""
-
-    initial_ms: float = 50.0
-    srtt_ms: float = field(init=False)
-    rttvar_ms: float = field(init=False)
-    samples: int = field(init=False, default=0)
-
-    def __post_init__(self) -> None:
-        self.srtt_ms = self.initial_ms
-        self.rttvar_ms = self.initial_ms / 2
-
-    def observe(self, rtt_ms: float) -> None:
-        if self.samples == 0:
-            self.srtt_ms, self.rttvar_ms = rtt_ms, rtt_ms / 2
-        else:
-            self.rttvar_ms = 0.75 * self.rttvar_ms + 0.25 * abs(self.srtt_ms - rtt_ms)
-            self.srtt_ms = 0.875 * self.srtt_ms + 0.125 * rtt_ms
-        self.samples += 1
-
-    def cautious_ms(self, deviations: float = 2.0) -> float:
-        return self.srtt_ms + deviations * self.rttvar_ms
-
-
-@dataclass
 class EwmaEstimator:
     """A plain EWMA, for the cloud's queue delay (from every Result) and per-action device time."""
 
@@ -128,3 +106,63 @@ class DeviceLatencyEstimator:
     def expected_ms(self, key: str, load_fraction: float = 0.0) -> float:
         base = self._observed[key].value if key in self._observed else self.profile_ms.get(key, 0.0)
         return base / (1.0 - min(max(load_fraction, 0.0), 0.9))
+
+
+@dataclass
+class LinkEstimates:
+    """What the edge knows of the link, from what its frames observed: the uplink rate, the RTT, the cloud's
+    queue delay, whether the cloud could be reached. The edge runtime (`AdaptiveRuntime`) and the simulator keep
+    one each and feed it the same observations, so a policy sees the same view in both.
+
+    A remote frame's `network_ms` (its round trip less the cloud's queue and compute) is the RTT plus the
+    upload: the smallest recent value stands for the RTT (a windowed minimum, as BBR keeps) and the rest is the
+    transfer. A frame that timed out bounds the rate from above.
+    """
+
+    initial_bps: float = 2e6
+    initial_rtt_ms: float = 40.0
+    rtt_window: int = 30
+    retry_ms: float = 1000.0  # after a request could not even be sent, the cloud counts as away this long
+    rtt_caution: float = 1.25  # the cautious RTT, as a multiple of the estimate
+    throughput: ThroughputEstimator = field(init=False)
+    unreachable_since_ms: float | None = None
+    queue_ms: EwmaEstimator = field(default_factory=EwmaEstimator)
+    _network_ms: collections.deque[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.throughput = ThroughputEstimator(initial_bps=self.initial_bps)
+        self._network_ms = collections.deque(maxlen=self.rtt_window)
+
+    @property
+    def rtt_ms(self) -> float:
+        return min(self._network_ms) if self._network_ms else self.initial_rtt_ms
+
+    def reachable(self, now_ms: float) -> bool:
+        return self.unreachable_since_ms is None or now_ms - self.unreachable_since_ms >= self.retry_ms
+
+    def view(self, cloud_up: bool, now_ms: float, deviations: float = 1.0) -> LinkView:
+        return LinkView(
+            bandwidth_bps=self.throughput.estimate_bps,
+            cautious_bandwidth_bps=self.throughput.cautious_bps(deviations),
+            rtt_ms=self.rtt_ms,
+            cautious_rtt_ms=self.rtt_ms * self.rtt_caution,
+            queue_ms=self.queue_ms.value,
+            cloud_up=cloud_up and self.reachable(now_ms),
+            bandwidth_log_sd=self.throughput.log_sd,
+        )
+
+    def observe_reply(self, now_ms: float, size_bytes: int, network_ms: float, queue_ms: float) -> None:
+        """A remote frame answered in time: `size_bytes` went up, `network_ms` was its round trip less the cloud."""
+        self.unreachable_since_ms = None
+        self._network_ms.append(network_ms)
+        self.throughput.observe(now_ms, size_bytes, max(network_ms - self.rtt_ms, 0.5))
+        self.queue_ms.observe(queue_ms)
+
+    def observe_timeout(self, now_ms: float, size_bytes: int, network_ms: float) -> None:
+        """A remote frame gave up after waiting `network_ms` for its reply."""
+        self.unreachable_since_ms = None
+        self.throughput.observe_timeout(now_ms, size_bytes, max(network_ms - self.rtt_ms, 0.5))
+
+    def observe_unreachable(self, now_ms: float) -> None:
+        """A request could not even be sent (no connection to the cloud)."""
+        self.unreachable_since_ms = now_ms

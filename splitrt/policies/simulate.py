@@ -3,15 +3,17 @@
 The model matches the edge runtime: one frame at a time; a newer frame that arrives while the pipeline
 is busy replaces any older waiting one (latest frame wins: the older ends `dropped`); a remote action
 queues its bytes on the uplink behind earlier transfers; the edge waits for a reply no longer than the
-frame's deadline (it ends `timeout`), but bytes already sent still occupy the link. Estimators see a
-transfer only when its reply would have arrived, and a timeout as an upper bound on the rate. While no
+frame's deadline (it ends `timeout`), but bytes already sent still occupy the link. The policy sees the
+edge's own estimates (`LinkEstimates`), fed what the edge would observe: a reply that arrived in time, when it
+arrives, and a timeout (an upper bound on the rate) when the frame gives up. While no
 transfer has been seen for a while (`ProbeSchedule`) and the policy keeps a frame local, the frame runs the
 action the policy would choose at the link's initial rate, when that is remote (`probe_decision`), as the edge
 does.
-An option with measured device times (`edge_samples_ms`) takes a random one of them per frame (seeded), and one
-with measured times after the link (`cloud_samples_ms`) likewise for its cloud part; a device time is drawn unless
-`frame_edge_ms` says what that frame's device time was for that action (a measured run replayed: the device's
-speed then comes from the run, and what the simulator predicts is the rest: link, cloud and policy).
+An option with measured device times (`edge_samples_ms`) takes a random one of them per frame (seeded, the same
+for every policy: `_FrameCosts`), and one with measured times after the link (`cloud_samples_ms`) likewise for its
+cloud part; a device time is drawn unless `frame_edge_ms` says what that frame's device time was for that action
+(a measured run replayed: the device's speed then comes from the run, and what the simulator predicts is the
+rest: link, cloud and policy). The oracle knows the link's future and the frame's drawn times.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from splitrt.policies.estimators import RttEstimator, ThroughputEstimator
-from splitrt.policies.policies import ActionOption, LinkView, OraclePolicy, Policy, ProbeSchedule, probe_decision
+from splitrt.policies.estimators import LinkEstimates
+from splitrt.policies.policies import ActionOption, OraclePolicy, Policy, ProbeSchedule, probe_decision
 from splitrt.policies.trace import UplinkTrace
 
 
@@ -70,12 +72,36 @@ class _Link:
         return self.trace.transfer_end_ms(max(start_ms, self.free_at_ms), size_bytes)
 
 
+class _FrameCosts:
+    """Each option's device and cloud time on each frame: drawn once per run from its measured samples (seeded),
+    so every policy meets the same device on the same frame and the oracle knows the times it will get; or its
+    point estimates without samples; a measured run's device time where `frame_edge_ms` has one for that action."""
+
+    def __init__(self, options: Sequence[ActionOption], frames: int, seed: int,
+                 frame_edge_ms: Mapping[int, tuple[str, float]] | None) -> None:
+        rng = np.random.default_rng(seed)
+        self._edge = {o.key: rng.choice(o.edge_samples_ms, frames) for o in options if o.edge_samples_ms}
+        self._cloud = {o.key: rng.choice(o.cloud_samples_ms, frames) for o in options if o.cloud_samples_ms}
+        self._measured = frame_edge_ms or {}
+
+    def of(self, option: ActionOption, frame_id: int) -> tuple[float, float]:
+        """(device ms, cloud ms) of `option` on frame `frame_id`."""
+        measured = self._measured.get(frame_id)
+        if measured is not None and measured[0] == option.key:
+            edge_ms = measured[1]
+        else:
+            edge = self._edge.get(option.key)
+            edge_ms = option.edge_ms if edge is None else float(edge[frame_id])
+        cloud = self._cloud.get(option.key)
+        return edge_ms, option.cloud_ms if cloud is None else float(cloud[frame_id])
+
+
 @dataclass
 class _Observations:
-    """Estimator updates that become visible at a given time (when a reply would arrive)."""
+    """Estimator updates that become visible at a given time (when a reply would arrive), fed to the same
+    `LinkEstimates` as the edge runtime keeps."""
 
-    throughput: ThroughputEstimator
-    rtt: RttEstimator
+    estimates: LinkEstimates
     pending: list[tuple[float, int, str, tuple[float, ...]]] = field(default_factory=list)
     _seq: int = 0
 
@@ -86,13 +112,12 @@ class _Observations:
     def advance(self, now_ms: float) -> None:
         while self.pending and self.pending[0][0] <= now_ms:
             when, _, kind, values = heapq.heappop(self.pending)
-            if kind == "transfer":
-                size_bytes, transfer_ms, rtt_ms = values
-                self.throughput.observe(when, int(size_bytes), transfer_ms)
-                self.rtt.observe(rtt_ms)
+            if kind == "reply":
+                size_bytes, network_ms, queue_ms = values
+                self.estimates.observe_reply(when, int(size_bytes), network_ms, queue_ms)
             else:  # timeout
-                size_bytes, elapsed_ms = values
-                self.throughput.observe_timeout(when, int(size_bytes), elapsed_ms)
+                size_bytes, network_ms = values
+                self.estimates.observe_timeout(when, int(size_bytes), network_ms)
 
 
 def simulate(
@@ -113,9 +138,10 @@ def simulate(
     captures = config.first_frame_ms + np.arange(0.0, duration_ms, frame_gap_ms)
     images = min(len(v) for v in correctness.values())
     link = _Link(trace)
-    seen = _Observations(ThroughputEstimator(initial_bps=config.initial_bps), RttEstimator(initial_ms=config.rtt_ms))
+    seen = _Observations(LinkEstimates(initial_bps=config.initial_bps, initial_rtt_ms=config.rtt_ms))
+    throughput = seen.estimates.throughput
     records: list[FrameRecord] = []
-    rng = np.random.default_rng(config.seed)
+    costs = _FrameCosts(options, len(captures), config.seed, frame_edge_ms)
     probes = ProbeSchedule(config.probe_interval_ms)
     edge_free_ms = 0.0
     for frame_id, capture_ms in enumerate(captures):
@@ -125,28 +151,18 @@ def simulate(
             continue
         seen.advance(start_ms)
         deadline_ms = capture_ms + config.deadline_ms
-        view = LinkView(
-            bandwidth_bps=seen.throughput.estimate_bps,
-            cautious_bandwidth_bps=seen.throughput.cautious_bps(config.cautious_deviations),
-            rtt_ms=seen.rtt.srtt_ms,
-            cautious_rtt_ms=seen.rtt.cautious_ms(),
-            queue_ms=config.queue_ms,
-            bandwidth_log_sd=seen.throughput.log_sd,
-        )
-        if isinstance(policy, OraclePolicy):
+        view = seen.estimates.view(True, start_ms, config.cautious_deviations)
+        if isinstance(policy, OraclePolicy):  # it knows this frame's own device and cloud times too
             policy.true_latency_ms = lambda o, s=start_ms, c=capture_ms, f=frame_id: (
-                _true_end_ms(o, s, link, config, _frame_bytes(o, f, payload_bytes)) - c)
+                _true_end_ms(o, s, link, config, _frame_bytes(o, f, payload_bytes), *costs.of(o, f)) - c)
         option, probing = policy.decide(deadline_ms - start_ms, options, view).option, False
-        if not option.remote and policy.uses_link_estimates and probes.due(start_ms, seen.throughput.last_sample_ms):
+        if not option.remote and policy.uses_link_estimates and probes.due(start_ms, throughput.last_sample_ms):
             probe = probe_decision(policy, deadline_ms - start_ms, options, view, config.initial_bps)
             if probe is not None:  # as the edge runtime does: this frame measures the link
                 option, probing = probe.option, True
-                seen.throughput.last_sample_ms = start_ms
+                throughput.last_sample_ms = start_ms
         key = option.key
-        edge_ms = float(rng.choice(option.edge_samples_ms)) if option.edge_samples_ms else option.edge_ms
-        measured = frame_edge_ms.get(frame_id) if frame_edge_ms else None
-        if measured is not None and measured[0] == key:
-            edge_ms = measured[1]
+        edge_ms, cloud_ms = costs.of(option, frame_id)
         correct = bool(correctness[key][frame_id % images])
         bytes_sent = 0
         if not option.remote:
@@ -155,15 +171,15 @@ def simulate(
         else:
             size_bytes = _frame_bytes(option, frame_id, payload_bytes)
             send_ms, sent_ms = link.send(start_ms + edge_ms, size_bytes)
-            cloud_ms = float(rng.choice(option.cloud_samples_ms)) if option.cloud_samples_ms else option.cloud_ms
             reply_ms = sent_ms + config.rtt_ms + config.queue_ms + cloud_ms
-            seen.at(reply_ms, "transfer", size_bytes, sent_ms - send_ms, config.rtt_ms)
             bytes_sent = size_bytes
             if reply_ms <= deadline_ms:
                 end_ms, status = reply_ms, "ok"
+                # what the edge measures: the round trip less the cloud's part (`cloud_ms`, its queue and compute)
+                seen.at(reply_ms, "reply", size_bytes, sent_ms - send_ms + config.rtt_ms, config.queue_ms)
             else:
                 end_ms, status = deadline_ms, "timeout"
-                seen.at(deadline_ms, "timeout", size_bytes, max(deadline_ms - send_ms - config.rtt_ms, 0.1))
+                seen.at(deadline_ms, "timeout", size_bytes, deadline_ms - send_ms)
                 correct = False
         if probing:
             probes.record(status == "ok")
@@ -177,11 +193,12 @@ def _frame_bytes(option: ActionOption, frame_id: int, payload_bytes: Mapping[str
     return option.payload_bytes if sizes is None else int(sizes[frame_id % len(sizes)])
 
 
-def _true_end_ms(option: ActionOption, start_ms: float, link: _Link, config: SimConfig, size_bytes: int) -> float:
+def _true_end_ms(option: ActionOption, start_ms: float, link: _Link, config: SimConfig, size_bytes: int,
+                 edge_ms: float, cloud_ms: float) -> float:
     if not option.remote:
-        return start_ms + option.edge_ms
-    sent_ms = link.peek_end(start_ms + option.edge_ms, size_bytes)
-    return sent_ms + config.rtt_ms + config.queue_ms + option.cloud_ms
+        return start_ms + edge_ms
+    sent_ms = link.peek_end(start_ms + edge_ms, size_bytes)
+    return sent_ms + config.rtt_ms + config.queue_ms + cloud_ms
 
 
 def summarize(policy_name: str, records: Sequence[FrameRecord]) -> dict[str, object]:

@@ -1,0 +1,121 @@
+"""Device emulation by time dilation: a stage lasts its CPU time / share, with fake clocks and with a real runtime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from splitrt.actions import Local
+from splitrt.bundle import Bundle
+from splitrt.devices.dilation import NativeSpeed, TimeDilation, device_speed
+from splitrt.edge.runtime import EdgeRuntime
+
+
+class FakeClocks:
+    """A thread that computes for `cpu_ms` of each stage and waits for the host for `preempted_ms` more."""
+
+    def __init__(self) -> None:
+        self.wall_ms = 0.0
+        self.cpu_ms = 0.0
+        self.sleeps_ms: list[float] = []
+
+    def compute(self, cpu_ms: float, preempted_ms: float = 0.0) -> None:
+        self.cpu_ms += cpu_ms
+        self.wall_ms += cpu_ms + preempted_ms
+
+    def sleep_s(self, seconds: float) -> None:
+        self.sleeps_ms.append(seconds * 1000.0)
+        self.wall_ms += seconds * 1000.0
+
+
+def dilation(clocks: FakeClocks, share: float) -> TimeDilation:
+    return TimeDilation(share, cpu_clock_ms=lambda: clocks.cpu_ms, wall_clock_ms=lambda: clocks.wall_ms,
+                        sleep_s=clocks.sleep_s)
+
+
+def test_a_stage_lasts_its_cpu_time_over_the_share() -> None:
+    clocks = FakeClocks()
+    slow = dilation(clocks, 0.25)
+    with slow.stage():
+        clocks.compute(10.0)
+    assert clocks.wall_ms == pytest.approx(40.0)
+    assert slow.slept_ms == pytest.approx(30.0)
+
+
+def test_time_the_host_took_from_the_thread_is_not_added_again() -> None:
+    clocks = FakeClocks()
+    slow = dilation(clocks, 0.25)
+    with slow.stage():
+        clocks.compute(10.0, preempted_ms=12.0)  # other processes ran meanwhile: the device would not have waited
+    assert clocks.wall_ms == pytest.approx(40.0)
+    with slow.stage():
+        clocks.compute(1.0, preempted_ms=50.0)  # already later than the device would be: no sleep
+    assert clocks.sleeps_ms == [pytest.approx(18.0)]
+
+
+def test_a_stage_that_raises_still_takes_the_device_time() -> None:
+    clocks = FakeClocks()
+    slow = dilation(clocks, 0.5)
+    with pytest.raises(RuntimeError), slow.stage():
+        clocks.compute(4.0)
+        raise RuntimeError("codec failed")
+    assert clocks.wall_ms == pytest.approx(8.0)
+
+
+def test_shares_and_emulation_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="cpu_share"):
+        TimeDilation(0.0)
+    with pytest.raises(ValueError, match="cpu_share"):
+        TimeDilation(1.5)
+    with pytest.raises(ValueError, match="unknown device emulation"):
+        device_speed("netem", 0.2)
+    assert isinstance(device_speed("quota", 0.2), NativeSpeed)
+    assert isinstance(device_speed("dilation", 0.2), TimeDilation)
+
+
+def test_a_dilated_runtime_stretches_each_stage_and_keeps_the_result(tiny_bundle: Bundle) -> None:
+    pixels = np.random.default_rng(3).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    reference = EdgeRuntime(tiny_bundle).infer(pixels, Local(), budget_ms=60_000.0)
+    ticks = iter(range(1_000_000))  # a CPU clock that says every stage cost 1 ms of CPU
+    slow = TimeDilation(0.05, cpu_clock_ms=lambda: float(next(ticks)))
+    outcome = EdgeRuntime(tiny_bundle, device_speed=slow).infer(pixels, Local(), budget_ms=60_000.0)
+    assert outcome.ok and outcome.top[0].class_index == reference.top[0].class_index
+    stages = ("preprocess", "head", "merge")
+    assert set(outcome.trace_ms) >= set(stages)
+    assert all(outcome.trace_ms[k] >= 20.0 for k in stages), outcome.trace_ms  # 1 ms / 0.05 each
+    assert outcome.latency_ms >= 60.0
+
+
+def test_device_costs_are_sampled_dilated_without_a_cgroup(tiny_bundle: Bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from splitrt.bench.device_costs import device_options
+    from splitrt.devices.profiles import get_profile
+    from splitrt.policies.policies import ActionOption
+
+    image = np.random.default_rng(4).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    measured = [ActionOption(Local(), edge_ms=1.0, accuracy=1.0)]
+    cache = tmp_path / "costs.json"
+    options, model = device_options(tiny_bundle, measured, get_profile("0.02"), image, cache, repeats=3,
+                                    interval_ms=50.0, emulation="dilation")
+    assert model == "sampled dilated"
+    assert len(options[0].edge_samples_ms) == 3
+    assert '"emulation": "dilation"' in cache.read_text()
+    # The cache answers the same question again without sampling.
+    again, _ = device_options(tiny_bundle, measured, get_profile("0.02"), image, cache, repeats=3,
+                              interval_ms=50.0, emulation="dilation")
+    assert again[0].edge_samples_ms == options[0].edge_samples_ms
+
+
+def test_remote_actions_are_sampled_through_a_loopback_cloud(tiny_bundle: Bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from splitrt.actions import Offload
+    from splitrt.bench.device_costs import device_options
+    from splitrt.devices.profiles import get_profile
+    from splitrt.policies.policies import ActionOption
+
+    image = np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    measured = [ActionOption(Local(), edge_ms=1.0, accuracy=1.0),
+                ActionOption(Offload("jpeg-q75"), edge_ms=1.0, payload_bytes=900, cloud_ms=0.5, accuracy=1.0)]
+    options, _ = device_options(tiny_bundle, measured, get_profile("0.5"), image, tmp_path / "costs.json",
+                                repeats=3, interval_ms=100.0, emulation="dilation")
+    local, offload = options
+    assert len(offload.edge_samples_ms) == 3 and len(offload.cloud_samples_ms) == 3  # every reply came in time
+    assert not local.cloud_samples_ms
+    assert offload.cloud_ms == pytest.approx(float(np.median(offload.cloud_samples_ms)))
