@@ -158,3 +158,20 @@ def test_e2e_bench_runs_real_processes_through_the_relay(tiny_bundle: Bundle, tm
     assert len(frames) == 3
     lines = [json.loads(line) for line in frames[0].read_text().splitlines()]
     assert len(lines) == 20 and {"frame", "measured", "simulated"} <= set(lines[0])
+
+
+def test_e2e_bench_with_a_dilated_device(tiny_bundle: Bundle, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No cgroup: the edge process stretches its own stages to the share, and says so in every row."""
+    monkeypatch.chdir(tmp_path)
+    images = write_labelled_images(tmp_path / "images", 6, 3)
+    trace = tmp_path / "four-mbps.up"
+    trace.write_text("\n".join(str(t) for t in range(1, 3001, 3)) + "\n")
+    bundle = shutil.copytree(tiny_bundle.root, tmp_path / "bundle")
+    settings = E2ESettings(device_profile="0.5", deadline_ms=400.0, fps=10.0, rtt_ms=20.0, duration_s=1.0,
+                           edge_cost_samples=2, calibration_frames=2, device_emulation="dilation")
+    [row] = run_e2e_bench([trace], bundle, images, tmp_path / "e2e.json", settings, policies=["static:offload/jpeg-q90"])
+    assert row["device_quota"] == "dilation" and row["frames"] == 10 and row["deadline_hit"] > 0.5
+    assert set(row["calibrated_after_link_ms_p50"]) == {"offload/jpeg-q90"}
+    document = json.loads((tmp_path / "e2e.json").read_text())
+    assert document["settings"]["device_emulation"] == "dilation"
+    assert len(list((tmp_path / ".cache").glob("device-costs-*-0.5-dilation.json"))) == 1
