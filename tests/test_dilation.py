@@ -7,6 +7,7 @@ import pytest
 from splitrt.actions import Local
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import NativeSpeed, TimeDilation, device_speed
+from splitrt.devices.profiles import PROFILES, get_profile
 from splitrt.edge.runtime import EdgeRuntime
 
 
@@ -67,9 +68,14 @@ def test_shares_and_emulation_names_are_checked() -> None:
     with pytest.raises(ValueError, match="cpu_share"):
         TimeDilation(1.5)
     with pytest.raises(ValueError, match="unknown device emulation"):
-        device_speed("netem", 0.2)
-    assert isinstance(device_speed("quota", 0.2), NativeSpeed)
-    assert isinstance(device_speed("dilation", 0.2), TimeDilation)
+        device_speed("netem", get_profile("0.2"))
+    assert isinstance(device_speed("quota", get_profile("0.2")), NativeSpeed)
+    dilated = device_speed("dilation", get_profile("0.2"))
+    assert isinstance(dilated, TimeDilation) and dilated.cpu_share == 0.2  # a what-if share is its own
+    nano = device_speed("dilation", get_profile("jetson-nano"))
+    assert isinstance(nano, TimeDilation) and nano.cpu_share == PROFILES["jetson-nano"].dilation_share
+    # a board's dilation share is above its quota share: the quota's tick overrun gives it more CPU than it says
+    assert all(p.dilation_share >= p.cpu_share for p in PROFILES.values())
 
 
 def test_a_dilated_runtime_stretches_each_stage_and_keeps_the_result(tiny_bundle: Bundle) -> None:
@@ -87,7 +93,6 @@ def test_a_dilated_runtime_stretches_each_stage_and_keeps_the_result(tiny_bundle
 
 def test_device_costs_are_sampled_dilated_without_a_cgroup(tiny_bundle: Bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from splitrt.bench.device_costs import device_options
-    from splitrt.devices.profiles import get_profile
     from splitrt.policies.policies import ActionOption
 
     image = np.random.default_rng(4).integers(0, 255, (40, 40, 3), dtype=np.uint8)
@@ -107,7 +112,6 @@ def test_device_costs_are_sampled_dilated_without_a_cgroup(tiny_bundle: Bundle, 
 def test_remote_actions_are_sampled_through_a_loopback_cloud(tiny_bundle: Bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from splitrt.actions import Offload
     from splitrt.bench.device_costs import device_options
-    from splitrt.devices.profiles import get_profile
     from splitrt.policies.policies import ActionOption
 
     image = np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8)

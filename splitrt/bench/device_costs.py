@@ -120,7 +120,7 @@ def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DevicePr
     Remote actions go through `link` (a loopback cloud: the after-link samples are its tail, the transport and the
     device receiving the reply); without one nothing is sent and there are no after-link samples."""
     runtime = EdgeRuntime(bundle, link or UnsentLink(), intra_op_threads=profile.threads,  # type: ignore[arg-type]
-                          device_speed=device_speed(emulation, profile.cpu_share))
+                          device_speed=device_speed(emulation, profile))
     for action in actions:  # sessions load before the device is slowed: loading is not a frame's cost
         runtime.infer(image, action, budget_ms=60_000.0)
     limit = cpu_limit(profile) if emulation == "quota" else contextlib.nullcontext()
@@ -171,15 +171,16 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
     (`emulation`: under the profile's quota, or dilated; cached in `cache` by bundle, profile, emulation and
     actions). With `repeats` 0 or, for the quota, without a writable cgroup: CPU ms / share, and the returned cost
     model says so."""
+    share = profile.dilation_share if emulation == "dilation" else profile.cpu_share
     if repeats <= 0:  # asked not to sample
-        return [replace(o, edge_ms=o.edge_ms / profile.cpu_share) for o in measured], "cpu/share"
+        return [replace(o, edge_ms=o.edge_ms / share) for o in measured], "cpu/share"
     keys = [o.key for o in measured]
     document: dict[str, object] = {}
     if cache is not None and cache.is_file():
         document = json.loads(cache.read_text(encoding="utf-8"))
     stored = document.get("samples_ms")
     valid = (document.get("bundle_hash") == bundle.content_hash and document.get("profile") == profile.name
-             and document.get("cpu_share") == profile.cpu_share and document.get("interval_ms") == interval_ms
+             and document.get("cpu_share") == share and document.get("interval_ms") == interval_ms
              and document.get("repeats") == repeats and document.get("method") == SAMPLING_METHOD
              and document.get("emulation", "quota") == emulation
              and isinstance(stored, dict) and set(keys) <= set(stored))
@@ -192,12 +193,12 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
                 samples, after_link = edge_samples_ms(bundle, [o.action for o in measured], profile, image, repeats,
                                                       interval_ms, emulation, link)
         except (CgroupUnavailable, OSError) as exc:
-            warnings.warn(f"device costs: no CPU quota ({exc}); using CPU ms / share {profile.cpu_share}", stacklevel=2)
-            return [replace(o, edge_ms=o.edge_ms / profile.cpu_share) for o in measured], "cpu/share"
+            warnings.warn(f"device costs: no CPU quota ({exc}); using CPU ms / share {share}", stacklevel=2)
+            return [replace(o, edge_ms=o.edge_ms / share) for o in measured], "cpu/share"
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"bundle_hash": bundle.content_hash, "profile": profile.name,
-                                         "cpu_share": profile.cpu_share, "interval_ms": interval_ms, "repeats": repeats,
+                                         "cpu_share": share, "interval_ms": interval_ms, "repeats": repeats,
                                          "method": SAMPLING_METHOD, "emulation": emulation,
                                          "samples_ms": samples, "after_link_ms": after_link}), encoding="utf-8")
     return with_samples(measured, samples, after_link), "sampled under the quota" if emulation == "quota" else "sampled dilated"

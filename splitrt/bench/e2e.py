@@ -285,7 +285,7 @@ def run_e2e_bench(
                     "deadline_ms": settings.deadline_ms, "rtt_ms": settings.rtt_ms,
                     "initial_bps": settings.initial_bps, "probe_interval_ms": settings.probe_interval_ms,
                     "calibration_frames": settings.calibration_frames,
-                    "dilation_share": profile.cpu_share if settings.device_emulation == "dilation" else None,
+                    "dilation_share": profile.dilation_share if settings.device_emulation == "dilation" else None,
                 }
                 with Emulation(("127.0.0.1", cloud.port), trace, one_way_delay_ms=settings.rtt_ms / 2.0,
                                mode=settings.mode, follow_now=False) as emulation:
@@ -316,7 +316,7 @@ def run_e2e_bench(
     print()
     print(format_table(rows, ("trace", *COLUMNS)))
     write_json(json_out, "e2e", rows, settings={**asdict(settings), "traces": [str(t) for t in traces],
-               "evaluation_images": len(items), "cpu_share": profile.cpu_share,
+               "evaluation_images": len(items), "cpu_share": profile.cpu_share, "dilation_share": profile.dilation_share,
                          "edge_cost_model": cost_model},
                options=[option_to_json(o) for o in options])
     if plot:

@@ -49,10 +49,11 @@ def _telemetry(args: argparse.Namespace) -> int:
 def _profiles(args: argparse.Namespace) -> int:
     from splitrt.devices.profiles import PROFILES
 
-    print(f"{'profile':<18} {'cpu share':>9} {'threads':>7} {'published ms':>12}  basis      description")
+    print(f"{'profile':<18} {'cpu share':>9} {'dilated':>7} {'threads':>7} {'published ms':>12}  basis      description")
     for p in PROFILES.values():
         published = "-" if p.published_ms is None else f"{p.published_ms:.1f}"
-        print(f"{p.name:<18} {p.cpu_share:>9.2f} {p.threads:>7} {published:>12}  {p.basis:<10} {p.description}")
+        print(f"{p.name:<18} {p.cpu_share:>9.2f} {p.dilation_share:>7.3f} {p.threads:>7} {published:>12}  {p.basis:<10} "
+              f"{p.description}")
     return 0
 
 

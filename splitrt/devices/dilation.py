@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
+from splitrt.devices.profiles import DeviceProfile
 from splitrt.devices.timing import perf_ms, thread_cpu_ms
 
 EMULATIONS = ("quota", "dilation")  # how a benchmark makes this machine as slow as a device profile
@@ -63,9 +64,9 @@ class TimeDilation:
                 self.sleep_s(wait_ms / 1000.0)
 
 
-def device_speed(emulation: str, cpu_share: float) -> DeviceSpeed:
-    """What a runtime uses to stretch its stages: `TimeDilation` for emulation "dilation"; nothing for "quota"
-    (the cgroup slows the process down instead)."""
+def device_speed(emulation: str, profile: DeviceProfile) -> DeviceSpeed:
+    """What a runtime uses to stretch its stages: `TimeDilation` at the profile's dilation share for emulation
+    "dilation"; nothing for "quota" (the cgroup slows the process down instead)."""
     if emulation not in EMULATIONS:
         raise ValueError(f"unknown device emulation {emulation!r}: use {' or '.join(EMULATIONS)}")
-    return TimeDilation(cpu_share) if emulation == "dilation" else NativeSpeed()
+    return TimeDilation(profile.dilation_share) if emulation == "dilation" else NativeSpeed()

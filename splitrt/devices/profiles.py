@@ -51,6 +51,14 @@ class DeviceProfile:
     published_ms: float | None  # EfficientNet-Lite0 latency on the board, what the share is calibrated to
     basis: str  # "published": that figure is for this board; "derived": scaled from one, see `source`
     source: str
+    # The share at which time dilation (`devices.dilation`: each stage's CPU time / share) gives `published_ms`
+    # on the reference machine: its CPU time per run / published ms. The quota's share is lower because a
+    # budget below the scheduler tick overruns (see `device_costs`). None: the same as `cpu_share`.
+    cpu_share_dilated: float | None = None
+
+    @property
+    def dilation_share(self) -> float:
+        return self.cpu_share if self.cpu_share_dilated is None else self.cpu_share_dilated
 
     @property
     def quota_us(self) -> int:
@@ -68,7 +76,8 @@ class DeviceProfile:
 # measured wall-clock latency under the quota; the faster two (pi5, jetson-orin-nano) need more CPU than a
 # busy 2-core machine reliably gives one thread, so they were set from the CPU time per run (cpu ms /
 # published ms), corrected by the factor (0.83) by which the quota-bound profiles ran faster than that
-# estimate.
+# estimate. Each profile's dilation share is `share_from_cpu_time` from the same calibration (CPU ms of the full
+# model on one thread / published ms).
 PROFILES: dict[str, DeviceProfile] = {
     profile.name: profile
     for profile in (
@@ -91,6 +100,7 @@ PROFILES: dict[str, DeviceProfile] = {
             # EfficientNet-Lite0, TensorFlow Lite on the Pi 4 CPU: 49 ms.
             source="TildAlice, 'MobileNet vs EfficientNet-Lite: Pi 4 First Model 38ms Gap', dev.to/tildalice "
             "(mobilenet-vs-efficientnet-lite-pi-4-first-model-38ms-gap-3l84)",
+            cpu_share_dilated=0.209,
         ),
         DeviceProfile(
             name="pi5",
@@ -103,6 +113,7 @@ PROFILES: dict[str, DeviceProfile] = {
             # runs EfficientNet-Lite0 fp32 in 12 ms: the same core class and clock as the Pi 5.
             source="EfficientNet-Lite README, tensorflow/tpu models/official/efficientnet/lite: Lite0 FP32 CPU "
             "latency 12 ms on Pixel 4, 4 threads (same Cortex-A76 core class as the Pi 5)",
+            cpu_share_dilated=0.854,
         ),
         DeviceProfile(
             name="jetson-nano",
@@ -114,6 +125,7 @@ PROFILES: dict[str, DeviceProfile] = {
             # No per-board Lite0 CPU figure found; scaled from the Pi 4's 49 ms by clock (1.5/1.43 GHz)
             # and the A72's ~1.3x per-clock advantage over the A57: 49 * 1.05 * 1.3 = 67 ms.
             source="derived from the pi4 figure (TildAlice, dev.to) by clock and core generation",
+            cpu_share_dilated=0.152,
         ),
         DeviceProfile(
             name="jetson-orin-nano",
@@ -124,6 +136,7 @@ PROFILES: dict[str, DeviceProfile] = {
             basis="derived",
             # Scaled from the Pixel 4 A76 figure: clock 2.42/1.5 GHz, A78 ~1.2x per clock: 12*1.61/1.2 = 16 ms.
             source="derived from the EfficientNet-Lite README Pixel 4 figure (12 ms) by clock and core generation",
+            cpu_share_dilated=0.628,
         ),
     )
 }
