@@ -76,7 +76,7 @@ class E2ESettings:
     probe_interval_ms: float = 1000.0
     allow_thread_fallback: bool = False
     edge_cost_samples: int = 30  # device-time samples per action for the simulator (`bench.device_costs`)
-    calibration_frames: int = 12  # device-time samples per action that the edge takes under the quota, before the run
+    calibration_frames: int = 12  # device-time samples per action that the edge takes on the device, before the run
     candidates: str = DEFAULT_CANDIDATES  # the action set, as `bench policy --candidates`
     device_emulation: str = "quota"  # the edge under the profile's CPU quota, or its stages dilated (`devices.dilation`)
 
@@ -129,7 +129,7 @@ class EdgeRun:
     outcomes: list[dict[str, object]]
     trace_start_wall_ms: float
     quota: str  # how the device was emulated: "cgroup", "threads only" (no cgroup) or "dilation"
-    calibration_ms: dict[str, list[float]]  # the edge's own device-time samples per action, under the quota
+    calibration_ms: dict[str, list[float]]  # the edge's own device-time samples per action, on the emulated device
     after_link_ms: dict[str, list[float]]  # and of the time after the link (less the RTT), remote actions
 
 
@@ -456,7 +456,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-thread-fallback", action="store_true",
                         help="without a writable cgroup, emulate the device by thread count only (labelled)")
     parser.add_argument("--calibration-frames", type=int, default=E2ESettings.calibration_frames,
-                        help="paced frames per action with which the edge measures its device times under the quota "
+                        help="paced frames per action with which the edge measures its device times on the emulated device "
                         "before each run (0: use the times sampled earlier, as bench policy does)")
     parser.add_argument("--plot", help="PNG: capacity and latency over time, accuracy at deadline per window")
     parser.add_argument("--frames-dir", help="write each run's frames, measured and simulated, as JSON lines here")
