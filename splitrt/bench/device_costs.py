@@ -172,8 +172,12 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
     actions). With `repeats` 0 or, for the quota, without a writable cgroup: CPU ms / share, and the returned cost
     model says so."""
     share = profile.dilation_share if emulation == "dilation" else profile.cpu_share
-    if repeats <= 0:  # asked not to sample
+
+    def cpu_over_share() -> tuple[list[ActionOption], str]:
         return [replace(o, edge_ms=o.edge_ms / share) for o in measured], "cpu/share"
+
+    if repeats <= 0:  # asked not to sample
+        return cpu_over_share()
     keys = [o.key for o in measured]
     document: dict[str, object] = {}
     if cache is not None and cache.is_file():
@@ -194,7 +198,7 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
                                                       interval_ms, emulation, link)
         except (CgroupUnavailable, OSError) as exc:
             warnings.warn(f"device costs: no CPU quota ({exc}); using CPU ms / share {share}", stacklevel=2)
-            return [replace(o, edge_ms=o.edge_ms / share) for o in measured], "cpu/share"
+            return cpu_over_share()
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"bundle_hash": bundle.content_hash, "profile": profile.name,

@@ -3,12 +3,12 @@
 For every trace and policy: a `splitrt cloud serve` process (no batching, as the simulator assumes no queue),
 an emulated link in front of it (`splitrt.bench.netem.Emulation`: the trace's rate, half the RTT each way)
 and an edge process (`splitrt.bench.e2e_edge`) on the emulated device (under the profile's CPU quota, or with
-its stages dilated to the profile's share) that runs the policy live
-on paced frames of the odd-class images. The edge starts, connects and warms up before it joins the quota; under
-the quota it measures its own actions (`calibration_frames` paced frames each through the real link, before the
-trace limits its rate: device times, and times after the link) and runs its policy with them; then the trace starts and trace time 0 is its first frame. Each row is measured the
-same way as a `bench policy` row and is put beside what the simulator says for the same settings, trace window,
-options and images, three ways:
+its stages dilated to the profile's share) that runs the policy live on paced frames of the odd-class images.
+The edge starts, connects and warms up before the device is slowed; then it measures its own actions
+(`calibration_frames` paced frames each through the real link, before the trace limits its rate: device times,
+and times after the link) and runs its policy with them; then the trace starts and trace time 0 is its first
+frame. Each row is measured the same way as a `bench policy` row and is put beside what the simulator says for
+the same settings, trace window, options and images, three ways:
 
 - `simulated_*` (and `difference_pp` of accuracy at deadline): with each frame's device time as the run measured
   it (`measured_device_ms`; the edge's calibration for an action the run did not take on that frame). The
@@ -177,14 +177,15 @@ class _EdgeProcess:
 
 
 def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: DeviceProfile,
-                     allow_thread_fallback: bool, timeout_s: float, device_emulation: str = "quota") -> EdgeRun:
-    """Start the edge, wait until it is warm, put it under the quota (with `device_emulation` "dilation" the edge
-    slows its own stages instead: `spec["dilation_share"]`), let it calibrate, start the trace, let it run."""
+                     allow_thread_fallback: bool, timeout_s: float) -> EdgeRun:
+    """Start the edge, wait until it is warm, put it under the quota (unless `spec["dilation_share"]` is set: the
+    edge then slows its own stages), let it calibrate, start the trace, let it run."""
+    dilating = spec.get("dilation_share") is not None
     package_root = str(Path(__file__).resolve().parents[2])
     env = profile_environment(profile)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     limit = (profile_quota(profile, "threads" if allow_thread_fallback else "error", label=f"e2e-{profile.name}")
-             if device_emulation == "quota" else contextlib.nullcontext())
+             if not dilating else contextlib.nullcontext())
     with tempfile.TemporaryDirectory(prefix="splitrt-e2e-") as scratch, limit as quota:
         spec_path = Path(scratch) / "spec.json"
         spec_path.write_text(json.dumps({**spec, "out": str(Path(scratch) / "outcomes.jsonl")}), encoding="utf-8")
@@ -207,7 +208,7 @@ def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: Dev
     def samples(name: str) -> dict[str, list[float]]:
         return {str(k): [float(x) for x in v] for k, v in calibrated[name].items()}  # type: ignore[union-attr]
 
-    device_mode = "dilation" if device_emulation == "dilation" else "cgroup" if quota else "threads only"
+    device_mode = "dilation" if dilating else "cgroup" if quota else "threads only"
     return EdgeRun([json.loads(line) for line in lines], trace_start_wall_ms, device_mode,
                    samples("samples_ms"), samples("after_link_ms"))
 
@@ -291,7 +292,7 @@ def run_e2e_bench(
                                mode=settings.mode, follow_now=False) as emulation:
                     spec["endpoint"] = emulation.endpoint
                     run = run_edge_process(spec, emulation, profile, settings.allow_thread_fallback,
-                                           timeout_s=settings.duration_s + 60.0, device_emulation=settings.device_emulation)
+                                           timeout_s=settings.duration_s + 60.0)
                     mode = emulation.mode
                 records = measured_records(run, labels)
                 # frames at the run's own phase of the trace (its first came a few ms after the trace's start)
@@ -316,7 +317,8 @@ def run_e2e_bench(
     print()
     print(format_table(rows, ("trace", *COLUMNS)))
     write_json(json_out, "e2e", rows, settings={**asdict(settings), "traces": [str(t) for t in traces],
-               "evaluation_images": len(items), "cpu_share": profile.cpu_share, "dilation_share": profile.dilation_share,
+               "evaluation_images": len(items), "cpu_share": profile.cpu_share,
+               "dilation_share": profile.dilation_share,
                          "edge_cost_model": cost_model},
                options=[option_to_json(o) for o in options])
     if plot:

@@ -232,8 +232,13 @@ class EdgeRuntime:
         self._record_fallback_ms(_since_ms(started))
         outcome.reason = f"{why}: ran {outcome.action} instead of {outcome.planned}"
 
-    def _stage(self, trace: dict[str, float], name: str) -> contextlib.AbstractContextManager[None]:
-        return _timed(trace, name, self.device_speed)
+    @contextlib.contextmanager
+    def _stage(self, trace: dict[str, float], name: str) -> Iterator[None]:
+        """Time a stage into `trace[name]` (ms), stretched to the device's speed (`device_speed`)."""
+        start = time.perf_counter()
+        with self.device_speed.stage():
+            yield
+        trace[name] = _since_ms(start)
 
     def _run(self, pixels: np.ndarray, action: Action, deadline_ms: float, outcome: FrameOutcome) -> None:
         trace = outcome.trace_ms
@@ -344,15 +349,6 @@ class EdgeRuntime:
         with self._stage(outcome.trace_ms, "merge"):
             outcome.logits = np.array(logits, dtype=np.float32).reshape(-1)
             outcome.top = softmax_top(outcome.logits, self.bundle.label)
-
-
-@contextlib.contextmanager
-def _timed(trace: dict[str, float], name: str, speed: DeviceSpeed) -> Iterator[None]:
-    """Time a stage into `trace[name]` (ms), stretched to the device's speed by `speed`."""
-    start = time.perf_counter()
-    with speed.stage():
-        yield
-    trace[name] = _since_ms(start)
 
 
 def _since_ms(start: float) -> float:
