@@ -65,3 +65,27 @@ def test_the_prefilter_reuses_the_last_result_for_an_unchanged_frame(tiny_bundle
     assert first.ok and changed.ok
     assert second.status is Status.SKIPPED and "reused" in second.reason
     assert second.top == first.top and second.frame_id != first.frame_id
+
+
+def test_heartbeats_give_the_estimates_their_rtt(tiny_bundle: Bundle) -> None:
+    """Over a link that sends heartbeats, their round trip (no upload) replaces the configured RTT guess."""
+    from splitrt.edge.failover import ResilientLink
+    from splitrt.edge.health import HeartbeatConfig
+
+    running = start_service([tiny_bundle], batching=False)
+    link = ResilientLink(running.endpoint, tiny_bundle.content_hash, HeartbeatConfig(interval_ms=50.0))
+    image = np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    adaptive = AdaptiveRuntime(EdgeRuntime(tiny_bundle, link), DeadlinePolicy(), [LOCAL, SPLIT],
+                               estimates=LinkEstimates(initial_bps=50e6, initial_rtt_ms=400.0))
+    try:
+        link.handshake(10_000)
+        deadline = time.monotonic() + 10
+        while link.heartbeat_rtt_ms is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert link.heartbeat_rtt_ms is not None, "no heartbeat answered within 10 s"
+        adaptive.infer(image, budget_ms=300)
+        assert adaptive.estimates.rtt_ms < 100.0  # loopback: a heartbeat's round trip is a few ms
+    finally:
+        link.close()
+        running.service.stop()
+        running.thread.join(10)

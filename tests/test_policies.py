@@ -113,6 +113,19 @@ def test_link_estimates_take_the_rtt_as_the_least_recent_network_time_and_the_re
     assert link.view(True, 1_800.0).cloud_up  # a timeout is an answer from a reachable link
 
 
+def test_the_rtt_is_never_taken_from_a_frames_upload_alone() -> None:
+    """Every frame uploads something: its network time is an upper bound on the RTT. Were the least of them the
+    RTT, the first frame's upload would look instantaneous (a rate of gigabits); the configured RTT, or
+    heartbeats (round trips that upload nothing), bound it instead."""
+    link = LinkEstimates(initial_bps=1e6, initial_rtt_ms=20.0)
+    link.observe_reply(100.0, 7_000, 76.0, queue_ms=0.0)  # 56 ms of upload after a 20 ms round trip
+    assert link.rtt_ms == 20.0
+    assert link.throughput.estimate_bps == pytest.approx(7_000 * 8 / 0.056, rel=0.01)
+    for _ in range(link.rtt_window):  # heartbeats measure 30 ms: the configured 20 ms ages out of the window
+        link.observe_rtt(30.0)
+    assert link.rtt_ms == 30.0
+
+
 def test_device_estimator() -> None:
     device = DeviceLatencyEstimator(profile_ms={"local": 100.0})
     assert device.expected_ms("local") == 100.0
@@ -296,9 +309,11 @@ def test_latest_frame_wins_when_the_pipeline_is_slower_than_the_source() -> None
     assert max(r.latency_ms for r in records if r.status != "dropped") <= 350.0, "no backlog builds up"
 
 
-def test_the_oracle_knows_each_frames_own_device_and_cloud_times() -> None:
-    """With measured samples, every policy meets the same drawn times on the same frame, and the oracle takes
-    the remote action exactly on the frames where its draw arrives in time: it is never late."""
+def test_the_clairvoyant_oracle_knows_each_frames_own_device_and_cloud_times() -> None:
+    """With measured samples, every policy meets the same drawn times on the same frame, and the clairvoyant
+    oracle takes the remote action exactly on the frames where its draw arrives in time: it is never late. The
+    plain oracle knows only the link: a remote action in time one frame in two is worth 0.45 to it, less than
+    the sure local 0.5, so it stays local."""
     sure = ActionOption(Local("skip9"), edge_ms=20.0, accuracy=0.5)
     remote = ActionOption(Offload("jpeg-q90"), edge_ms=5.0, payload_bytes=1_000, cloud_ms=30.0, accuracy=0.9,
                           cloud_samples_ms=(5.0, 60.0), edge_samples_ms=(4.0, 6.0))
@@ -306,9 +321,42 @@ def test_the_oracle_knows_each_frames_own_device_and_cloud_times() -> None:
     correct = {o.key: np.ones(10, bool) for o in options}
     config = SimConfig(fps=5, deadline_ms=60.0, duration_s=20.0, rtt_ms=10.0)
     trace = UplinkTrace.constant("10mbps", 10e6)
-    oracle = simulate(OraclePolicy(), options, correct, trace, config)
+    clairvoyant = simulate(OraclePolicy("frame"), options, correct, trace, config)
     static = simulate(StaticPolicy(remote.key), options, correct, trace, config)
-    assert all(r.status == "ok" for r in oracle)
+    assert all(r.status == "ok" for r in clairvoyant)
     on_time = [r.frame_id for r in static if r.status == "ok"]
     assert 0 < len(on_time) < len(static)  # the draws differ by frame
-    assert [r.frame_id for r in oracle if r.action == remote.key] == on_time
+    assert [r.frame_id for r in clairvoyant if r.action == remote.key] == on_time
+    assert all(r.action == sure.key for r in simulate(OraclePolicy(), options, correct, trace, config))
+
+
+def test_the_past_oracle_knows_what_the_link_did_not_what_it_will_do() -> None:
+    """On a link that goes off for 2 s at a time, `oracle-past` (the link's exact last second) keeps sending
+    into the first frames of an outage, which time out, where the oracle, which knows the future, does not."""
+    trace = on_off_trace(8e6, on_ms=2000, off_ms=2000)
+    config = SimConfig(fps=10, deadline_ms=200, rtt_ms=40, duration_s=16, initial_bps=8e6)
+    correct = {o.key: np.ones(50, bool) for o in OPTIONS}
+    past = simulate(OraclePolicy("past"), OPTIONS, correct, trace, config)
+    assert any(r.status == "timeout" for r in past)
+    accuracy = {p.name: summarize(p.name, simulate(p, OPTIONS, correct, trace, config))["accuracy_at_deadline"]
+                for p in (OraclePolicy(), OraclePolicy("past"))}
+    assert summarize("past", past)["accuracy_at_deadline"] == accuracy["oracle-past"] < accuracy["oracle"]
+    assert make_policy("oracle-past").name == "oracle-past"
+
+
+def test_the_oracle_follows_the_links_future_and_is_never_late_with_steady_costs() -> None:
+    """On a link that goes off for 2 s at a time, the oracle sends a frame remote only when the link is on before
+    its deadline, and runs it locally otherwise; with fixed device and cloud times it never misses a deadline, and no
+    policy that decides from what it has seen does better."""
+    trace = on_off_trace(8e6, on_ms=2000, off_ms=2000)
+    config = SimConfig(fps=10, deadline_ms=200, rtt_ms=40, duration_s=16, initial_bps=8e6)
+    correct = {o.key: np.ones(50, bool) for o in OPTIONS}
+    oracle = simulate(OraclePolicy(), OPTIONS, correct, trace, config)
+    assert all(r.status == "ok" for r in oracle)
+    remote = [r for r in oracle if r.action != LOCAL.key]
+    assert remote and all(trace.throughput_bps(r.capture_ms, r.capture_ms + config.deadline_ms) > 0 for r in remote)
+    local = [r for r in oracle if r.action == LOCAL.key]
+    assert sum(trace.throughput_bps(r.capture_ms, r.capture_ms + 50) == 0 for r in local) >= 0.25 * len(oracle)
+    accuracy = {p.name: summarize(p.name, simulate(p, OPTIONS, correct, trace, config))["accuracy_at_deadline"]
+                for p in (OraclePolicy(), DeadlinePolicy(), *(StaticPolicy(o.key) for o in OPTIONS))}
+    assert accuracy["oracle"] >= max(v for k, v in accuracy.items() if k != "oracle")

@@ -1,5 +1,7 @@
 """`splitrt bench policy`: replay mahimahi uplink traces against measured action costs and per-image
-correctness, for every static action, `latency`, `deadline` and `oracle`.
+correctness, for every static action, `latency`, `deadline` and the oracles (`OraclePolicy`: `oracle` knows the
+link's future; `oracle-clairvoyant` also each frame's own device and cloud times; `oracle-past` the link's exact
+past, the most a causal policy could know).
 
 Costs: each action's edge part (crop, head or exit, encode) is run as `EdgeRuntime.infer` runs it, on the
 emulated device (under the profile's CPU quota, or dilated: `--device-emulation`), paced like the frames
@@ -239,7 +241,8 @@ def run_policy_bench(
         trace = UplinkTrace.load(trace_path)
         policies = [StaticPolicy(o.key) for o in options] + [LatencyPolicy(), DeadlinePolicy(),
                                                              DeadlinePolicy(name="deadline-cautious", rule="cautious"),
-                                                             OraclePolicy()]
+                                                             OraclePolicy(), OraclePolicy("past"),
+                                                             OraclePolicy("frame")]
         rows = []
         for policy in policies:
             records = simulate(policy, options, correctness, trace, config, sizes)
@@ -248,12 +251,14 @@ def run_policy_bench(
                 timelines[trace.name] = (trace, records)
             elif policy.name == "oracle":
                 oracle_timelines[trace.name] = records
-        oracle = next(r for r in rows if r["policy"] == "oracle")["accuracy_at_deadline"]
+        oracle, clairvoyant = (next(r for r in rows if r["policy"] == name)["accuracy_at_deadline"]
+                               for name in ("oracle", "oracle-clairvoyant"))
         for row in rows:
             row["vs_oracle"] = row["accuracy_at_deadline"] / oracle if oracle else float("nan")
+            row["vs_clairvoyant"] = row["accuracy_at_deadline"] / clairvoyant if clairvoyant else float("nan")
         results[trace.name] = rows
         print(f"\n{trace.name}: mean {trace.mean_bps / 1e6:.2f} Mbit/s, {trace.duration_s:.0f} s")
-        print(format_table(rows, (*COLUMNS, "vs_oracle")))
+        print(format_table(rows, (*COLUMNS, "vs_oracle", "vs_clairvoyant")))
     write_json(json_out, "policy", [r for rows in results.values() for r in rows],
                options=[{"action": o.key, "edge_ms": o.edge_ms, "payload_bytes": o.payload_bytes,
                          "cloud_ms": o.cloud_ms, "accuracy": o.accuracy} for o in options],

@@ -1,12 +1,13 @@
 """`splitrt bench policy-sweep`: the `bench policy` comparison over a grid of settings (device profile x deadline
 x fps x RTT), to find where the choice of action matters.
 
-For each setting and trace: the best static action, `latency`, `deadline` and `oracle` (accuracy at deadline),
-and whether `deadline` beats every static action and `latency` at >= 95% of the oracle. Static actions that
+For each setting and trace: the best static action, `latency`, `deadline` and the oracles (accuracy at
+deadline; `OraclePolicy`), and whether `deadline` beats every static action and `latency` at >= 95% of the oracle. Static actions that
 cannot meet the deadline even on an infinite link, or that another action of the same kind (local or remote)
 beats on every cost and on accuracy, are left out (they cannot be the best static). Options come from the same
-measured cache as `bench policy`. Counterfactuals: a device given as a bare CPU share (e.g. `0.065`), and
-`--uplink-scale K` (every delivery opportunity of a trace carries K packets: a K times faster uplink).
+measured cache as `bench policy`; device times are CPU time / share, or with `--edge-cost-samples N` sampled
+on the emulated device as `bench policy` samples them. Counterfactuals: a device given as a bare CPU share (e.g.
+`0.065`), and `--uplink-scale K` (every delivery opportunity of a trace carries K packets: a K times faster uplink).
 """
 from __future__ import annotations
 
@@ -18,20 +19,20 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from splitrt.bench.common import format_table, write_json
+from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
+from splitrt.bench.device_costs import device_options
+from splitrt.bench.policy import (DEFAULT_CANDIDATES, cached_options, candidate_set, device_costs_path,
+                                  options_cache_path)
+from splitrt.bundle import Bundle
+from splitrt.devices.dilation import EMULATIONS
+from splitrt.devices.profiles import get_profile
+from splitrt.imaging import load_rgb
 from splitrt.policies.policies import ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 
 SWEEP_COLUMNS = ("device", "deadline_ms", "fps", "rtt_ms", "trace", "best_static", "best_static_acc", "latency",
                  "deadline", "oracle", "vs_oracle", "met")
-
-
-def cpu_share_of(device: str) -> float:
-    """A profile name (`splitrt devices profiles`) or a bare CPU share such as `0.065`."""
-    from splitrt.devices.profiles import get_profile
-
-    return get_profile(device).cpu_share
 
 
 def scaled_trace(path: str | Path, scale: int = 1) -> UplinkTrace:
@@ -58,20 +59,19 @@ def static_candidates(options: Sequence[ActionOption], deadline_ms: float, rtt_m
 
 
 def evaluate_setting(
-    measured: Sequence[ActionOption], correctness: Mapping[str, np.ndarray], traces: Sequence[UplinkTrace],
+    options: Sequence[ActionOption], correctness: Mapping[str, np.ndarray], traces: Sequence[UplinkTrace],
     device: str, deadline_ms: float, fps: float, rtt_ms: float, duration_s: float | None = None,
     initial_bps: float = SimConfig.initial_bps,
 ) -> list[dict[str, object]]:
-    """One row per trace for one setting (`measured`: edge ms at this machine's one-thread speed)."""
-    share = cpu_share_of(device)
-    options = [ActionOption(o.action, o.edge_ms / share, o.payload_bytes, o.cloud_ms, o.accuracy) for o in measured]
+    """One row per trace for one setting (`options`: their costs on `device`)."""
     statics = static_candidates(options, deadline_ms, rtt_ms)
     rows = []
     for trace in traces:
         duration = min(duration_s, trace.duration_s) if duration_s else None
         config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms, duration_s=duration, initial_bps=initial_bps)
         accuracy = {}
-        for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), DeadlinePolicy(), OraclePolicy()]:
+        for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), DeadlinePolicy(), OraclePolicy(),
+                       OraclePolicy("past"), OraclePolicy("frame")]:
             records = simulate(policy, options, correctness, trace, config)
             accuracy[policy.name] = float(summarize(policy.name, records)["accuracy_at_deadline"])
         static_rows = {k.removeprefix("static:"): v for k, v in accuracy.items() if k.startswith("static:")}
@@ -81,7 +81,8 @@ def evaluate_setting(
         rows.append({
             "device": device, "deadline_ms": deadline_ms, "fps": fps, "rtt_ms": rtt_ms, "trace": trace.name,
             "best_static": best, "best_static_acc": best_acc, "latency": accuracy["latency"],
-            "deadline": accuracy["deadline"], "oracle": oracle,
+            "deadline": accuracy["deadline"], "oracle": oracle, "oracle_past": accuracy["oracle-past"],
+            "oracle_clairvoyant": accuracy["oracle-clairvoyant"],
             "vs_oracle": accuracy["deadline"] / oracle if oracle else float("nan"),
             "met": bool(accuracy["deadline"] > best_acc and accuracy["deadline"] > accuracy["latency"]
                         and accuracy["deadline"] >= 0.95 * oracle),
@@ -104,6 +105,7 @@ def summarize_settings(rows: Sequence[dict[str, object]]) -> list[dict[str, obje
             "min_oracle_gain": min(float(r["oracle"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
             "max_oracle_gain": max(float(r["oracle"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
             "min_deadline_gain": min(float(r["deadline"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
+            "min_past_gain": min(float(r["oracle_past"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
             "met_all": all(bool(r["met"]) for r in group),
         })
     return out
@@ -113,19 +115,30 @@ def _evaluate(args: tuple) -> list[dict[str, object]]:  # type: ignore[type-arg]
     return evaluate_setting(*args)
 
 
+def device_options_for(bundle: Bundle, measured: Sequence[ActionOption], images: str | Path, device: str, fps: float,
+                       edge_cost_samples: int, emulation: str) -> list[ActionOption]:
+    """`measured` as they cost on `device`, as `bench policy` takes them: device times sampled on the emulated
+    device (cached), or with `edge_cost_samples` 0 CPU time / share."""
+    profile = get_profile(device)
+    image = load_rgb(select_parity(read_labelled_images(images), "odd")[0].path)
+    options, _ = device_options(bundle, measured, profile, image, device_costs_path(bundle, profile.name, emulation),
+                                repeats=edge_cost_samples, interval_ms=1000.0 / fps, emulation=emulation)
+    return options
+
+
 def run_policy_sweep(
     traces: Sequence[str | Path], bundle_dir: str | Path, images: str | Path, json_out: str | Path,
     devices: Sequence[str], deadlines_ms: Sequence[float], fps: Sequence[float], rtts_ms: Sequence[float],
     duration_s: float | None = 300.0, uplink_scale: int = 1, candidates: str | None = None, workers: int = 1,
+    edge_cost_samples: int = 0, device_emulation: str = "quota",
 ) -> list[dict[str, object]]:
-    from splitrt.bench.policy import DEFAULT_CANDIDATES, cached_options, candidate_set, options_cache_path
-    from splitrt.bundle import Bundle
-
     bundle = Bundle.load(bundle_dir)
     actions = candidate_set(bundle, candidates or DEFAULT_CANDIDATES)
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), None, actions)
     loaded = [scaled_trace(t, uplink_scale) for t in traces]
-    jobs = [(measured, correctness, loaded, d, dl, f, r, duration_s)
+    on_device = {(d, f): device_options_for(bundle, measured, images, d, f, edge_cost_samples, device_emulation)
+                 for d, f in itertools.product(devices, fps)}
+    jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s)
             for d, dl, f, r in itertools.product(devices, deadlines_ms, fps, rtts_ms)]
     rows: list[dict[str, object]] = []
     if workers > 1:
@@ -137,10 +150,13 @@ def run_policy_sweep(
             rows += _evaluate(job)
     settings = summarize_settings(rows)
     print(format_table(settings, ("device", "deadline_ms", "fps", "rtt_ms", "distinct_best_static", "best_static",
-                                  "min_oracle_gain", "max_oracle_gain", "min_deadline_gain", "met_all")))
+                                  "min_oracle_gain", "max_oracle_gain", "min_past_gain", "min_deadline_gain",
+                                  "met_all")))
     write_json(json_out, "policy-sweep", rows, settings=settings,
                sweep={"candidates": candidates or DEFAULT_CANDIDATES, "duration_s": duration_s,
-                      "uplink_scale": uplink_scale, "traces": [t.name for t in loaded]})
+                      "uplink_scale": uplink_scale, "traces": [t.name for t in loaded],
+                      "edge_cost_model": "cpu/share" if edge_cost_samples <= 0 else f"sampled ({device_emulation})",
+                      "device_emulation": device_emulation})
     return rows
 
 
@@ -151,12 +167,13 @@ def _floats(text: str) -> list[float]:
 def _run(args: argparse.Namespace) -> int:
     run_policy_sweep([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json,
                      [d for d in args.devices.split(",") if d], _floats(args.deadlines_ms), _floats(args.fps),
-                     _floats(args.rtts_ms), args.duration_s or None, args.uplink_scale, args.candidates, args.workers)
+                     _floats(args.rtts_ms), args.duration_s or None, args.uplink_scale, args.candidates, args.workers,
+                     args.edge_cost_samples, args.device_emulation)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from splitrt.bench.policy import CANDIDATE_SETS, DEFAULT_CANDIDATES
+    from splitrt.bench.policy import CANDIDATE_SETS
     from splitrt.edge.commands import DEFAULT_BUNDLE
 
     parser = sub.add_parser("policy-sweep", help="`bench policy` over device x deadline x fps x RTT settings")
@@ -171,5 +188,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration-s", type=float, default=300.0, help="simulated seconds per trace (0: whole trace)")
     parser.add_argument("--uplink-scale", type=int, default=1, help="counterfactual: K packets per opportunity")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--edge-cost-samples", type=int, default=0,
+                        help="device-time samples per action on the emulated device, as bench policy takes them "
+                        "(cached per device; 0: CPU time / share)")
+    parser.add_argument("--device-emulation", choices=EMULATIONS, default="quota",
+                        help="with --edge-cost-samples: quota or dilation (see bench policy)")
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)

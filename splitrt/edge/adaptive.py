@@ -2,7 +2,7 @@
 
 The estimates (`LinkEstimates`, the simulator's too) learn only from what frames observe: a remote frame's
 `network` stage (round trip minus the cloud's queue and compute), a timeout, a request that could not be sent,
-and the cloud's queue delay that every Result carries. When no remote frame has measured the link for
+and the cloud's queue delay that every Result carries; and, over a link that sends heartbeats, their round trip. When no remote frame has measured the link for
 `probe_interval_ms` (doubling while probes fail, `ProbeSchedule`) and the policy keeps a frame local, the frame
 runs what the policy would choose if the link were as fast as first believed, when that is remote
 (`probe_decision`): this is how a link that came back is noticed, at the risk of one frame per probe. The
@@ -68,12 +68,17 @@ class AdaptiveRuntime:
         self.clock_ms = clock_ms
         self.last: FrameOutcome | None = None
         self.decisions: collections.deque[Decision] = collections.deque(maxlen=1000)  # the latest ones
+        self._heartbeat_rtt_ms: float | None = None
 
     def _cloud_up(self) -> bool:
         link = self.runtime.link
         return link is not None and getattr(link, "is_up", True)
 
     def _decide(self, budget_ms: float) -> Decision:
+        heartbeat_rtt_ms = getattr(self.runtime.link, "heartbeat_rtt_ms", None)  # a FailoverLink measures it
+        if heartbeat_rtt_ms is not None and heartbeat_rtt_ms != self._heartbeat_rtt_ms:
+            self.estimates.observe_rtt(heartbeat_rtt_ms)
+            self._heartbeat_rtt_ms = heartbeat_rtt_ms
         view = self.estimates.view(self._cloud_up(), self.clock_ms())
         decision = self.policy.decide(budget_ms, self.options, view)
         if decision.option.remote or not self.policy.uses_link_estimates:

@@ -115,8 +115,11 @@ class LinkEstimates:
     one each and feed it the same observations, so a policy sees the same view in both.
 
     A remote frame's `network_ms` (its round trip less the cloud's queue and compute) is the RTT plus the
-    upload: the smallest recent value stands for the RTT (a windowed minimum, as BBR keeps) and the rest is the
-    transfer. A frame that timed out bounds the rate from above.
+    upload; the rest after the RTT is the transfer. The RTT is a windowed minimum (as BBR keeps) over round
+    trips that carry no upload (heartbeats, `observe_rtt`; until there are any, the configured `initial_rtt_ms`)
+    and frames' network times: a frame's network time is only an upper bound, since every frame uploads
+    something, and taking the least of them alone would make the fastest frame's upload look instantaneous. A
+    frame that timed out bounds the rate from above.
     """
 
     initial_bps: float = 2e6
@@ -132,10 +135,15 @@ class LinkEstimates:
     def __post_init__(self) -> None:
         self.throughput = ThroughputEstimator(initial_bps=self.initial_bps)
         self._network_ms = collections.deque(maxlen=self.rtt_window)
+        self._rtt_samples_ms = collections.deque([self.initial_rtt_ms], maxlen=self.rtt_window)
 
     @property
     def rtt_ms(self) -> float:
-        return min(self._network_ms) if self._network_ms else self.initial_rtt_ms
+        return min(min(self._rtt_samples_ms), min(self._network_ms, default=math.inf))
+
+    def observe_rtt(self, rtt_ms: float) -> None:
+        """A round trip that carried no upload (a heartbeat's)."""
+        self._rtt_samples_ms.append(rtt_ms)
 
     def reachable(self, now_ms: float) -> bool:
         return self.unreachable_since_ms is None or now_ms - self.unreachable_since_ms >= self.retry_ms

@@ -4,7 +4,8 @@ Pure: no clock reads, no I/O. `static:<action>`, `latency` (least expected laten
 Neurosurgeon's rule), `deadline` (the action with the highest expected accuracy at the deadline: its accuracy
 times the probability that it arrives in time under the link's estimated spread; or, with rule "cautious",
 the most accurate action that meets the deadline at the cautious estimates) and `oracle` (offline: knows the
-true future of the link).
+true future of the link; `oracle-clairvoyant` also each frame's own device and cloud times; `oracle-past` the
+link's exact past).
 """
 from __future__ import annotations
 
@@ -248,38 +249,59 @@ class ProbeSchedule:
         self.failures = 0 if arrived else self.failures + 1
 
 
-TrueLatency = Callable[[ActionOption], float]
+# What the simulator tells an oracle of an option before it decides: (probability that it ends in time, its
+# expected capture-to-result latency in ms).
+Outlook = Callable[[ActionOption], tuple[float, float]]
+# What an oracle knows (the simulator computes its outlook from that): the link's true future; the future and
+# each frame's own drawn device and cloud times; or only the link's exact past.
+ORACLE_KNOWLEDGE = {"oracle": "future", "oracle-clairvoyant": "frame", "oracle-past": "past"}
 
 
 @dataclass
 class OraclePolicy:
-    """Offline upper bound: told each option's true latency (from the trace's future) before it decides."""
+    """Offline bounds: told each option's chance to end in time before it decides, and taking the highest
+    expected accuracy at the deadline (accuracy x that chance), as `deadline` does from its estimates.
 
-    true_latency_ms: TrueLatency | None = None
-    name: str = "oracle"
+    knows "future" (`oracle`, the upper bound): the link's true future, its queue included; the chance averages
+    over the option's measured device and cloud times, as the deadline policy's does. "frame"
+    (`oracle-clairvoyant`): also this frame's own device and cloud times (the chance is 0 or 1), a profit from
+    per-frame luck that no policy deciding before the frame runs can have. "past" (`oracle-past`): only the
+    link's exact past (every delivery opportunity of the last second), more than any edge measures from its own
+    transfers: what the best estimator could know, so how much of the oracle's gain a causal policy can reach."""
+
+    knows: str = "future"
+    outlook: Outlook | None = None
     uses_link_estimates: bool = False
 
+    def __post_init__(self) -> None:
+        if self.knows not in ORACLE_KNOWLEDGE.values():
+            raise ValueError(f"an oracle knows one of {sorted(ORACLE_KNOWLEDGE.values())}, not {self.knows!r}")
+
+    @property
+    def name(self) -> str:
+        return next(name for name, knows in ORACLE_KNOWLEDGE.items() if knows == self.knows)
+
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
-        if self.true_latency_ms is None:
-            raise RuntimeError("the oracle needs the simulator to tell it the true latency of each option")
-        usable = _usable(options, link)
-        scored = [(self.true_latency_ms(o), o) for o in usable]
-        feasible = [(p, o) for p, o in scored if p <= budget_ms]
-        if feasible:
-            predicted, best = max(feasible, key=lambda pair: (pair[1].accuracy, -pair[0]))
-            return Decision(best, predicted, "most accurate on time (known future)")
-        predicted, best = min(scored, key=lambda pair: pair[0])
-        return Decision(best, predicted, "nothing on time: fastest (known future)")
+        if self.outlook is None:
+            raise RuntimeError("an oracle needs the simulator to tell it each option's outlook")
+        scored = [(*self.outlook(o), o) for o in _usable(options, link)]
+        possible = [s for s in scored if s[0] > 0.0]
+        if possible:
+            chance, predicted, best = max(possible, key=lambda s: (s[0] * s[2].accuracy, s[0], -s[1]))
+            return Decision(best, predicted, f"highest expected accuracy ({self.knows} known, on time with "
+                                             f"p={chance:.2f})")
+        _, predicted, best = min(scored, key=lambda s: s[1])
+        return Decision(best, predicted, f"nothing on time: fastest ({self.knows} known)")
 
 
 def make_policy(name: str) -> Policy:
-    """`static:<action key>`, `latency`, `deadline` or `oracle`."""
+    """`static:<action key>`, `latency`, `deadline`, or an oracle (`ORACLE_KNOWLEDGE`)."""
     if name.startswith("static:"):
         return StaticPolicy(name.removeprefix("static:"))
     if name == "latency":
         return LatencyPolicy()
     if name == "deadline":
         return DeadlinePolicy()
-    if name == "oracle":
-        return OraclePolicy()
-    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline or oracle")
+    if name in ORACLE_KNOWLEDGE:
+        return OraclePolicy(ORACLE_KNOWLEDGE[name])
+    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline or {', '.join(ORACLE_KNOWLEDGE)}")

@@ -13,10 +13,12 @@ An option with measured device times (`edge_samples_ms`) takes a random one of t
 for every policy: `_FrameCosts`), and one with measured times after the link (`cloud_samples_ms`) likewise for its
 cloud part; a device time is drawn unless `frame_edge_ms` says what that frame's device time was for that action
 (a measured run replayed: the device's speed then comes from the run, and what the simulator predicts is the
-rest: link, cloud and policy). The oracle knows the link's future and the frame's drawn times.
+rest: link, cloud and policy). The oracles are told what they know (`OraclePolicy`: the link's future, also the
+frame's drawn times, or the link's past) before they decide.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +29,12 @@ import numpy as np
 from splitrt.policies.estimators import LinkEstimates
 from splitrt.policies.policies import ActionOption, OraclePolicy, Policy, ProbeSchedule, probe_decision
 from splitrt.policies.trace import UplinkTrace
+
+
+# What `oracle-past` knows of the link: how long a transfer begun at each of this many points of the last
+# second took.
+PAST_WINDOW_MS = 1000.0
+PAST_STARTS = 100
 
 
 @dataclass(frozen=True)
@@ -68,13 +76,14 @@ class _Link:
         self.free_at_ms = end
         return begin, end
 
-    def peek_end(self, start_ms: float, size_bytes: int) -> float:
-        return self.trace.transfer_end_ms(max(start_ms, self.free_at_ms), size_bytes)
+    def peek_ends(self, starts_ms: np.ndarray, size_bytes: int) -> np.ndarray:
+        """When transfers queued at each of `starts_ms` would end (without queueing them)."""
+        return self.trace.transfer_ends_ms(np.maximum(starts_ms, self.free_at_ms), size_bytes)
 
 
 class _FrameCosts:
     """Each option's device and cloud time on each frame: drawn once per run from its measured samples (seeded),
-    so every policy meets the same device on the same frame and the oracle knows the times it will get; or its
+    so every policy meets the same device on the same frame and a clairvoyant oracle knows the times it will get; or its
     point estimates without samples; a measured run's device time where `frame_edge_ms` has one for that action."""
 
     def __init__(self, options: Sequence[ActionOption], frames: int, seed: int,
@@ -83,6 +92,15 @@ class _FrameCosts:
         self._edge = {o.key: rng.choice(o.edge_samples_ms, frames) for o in options if o.edge_samples_ms}
         self._cloud = {o.key: rng.choice(o.cloud_samples_ms, frames) for o in options if o.cloud_samples_ms}
         self._measured = frame_edge_ms or {}
+        self._distribution: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def distribution(self, option: ActionOption) -> tuple[np.ndarray, np.ndarray]:
+        """(device ms, sorted cloud ms) that `option`'s frames are drawn from."""
+        if option.key not in self._distribution:
+            self._distribution[option.key] = (np.asarray(option.edge_samples_ms or (option.edge_ms,), dtype=float),
+                                              np.sort(np.asarray(option.cloud_samples_ms or (option.cloud_ms,),
+                                                                 dtype=float)))
+        return self._distribution[option.key]
 
     def of(self, option: ActionOption, frame_id: int) -> tuple[float, float]:
         """(device ms, cloud ms) of `option` on frame `frame_id`."""
@@ -152,9 +170,9 @@ def simulate(
         seen.advance(start_ms)
         deadline_ms = capture_ms + config.deadline_ms
         view = seen.estimates.view(True, start_ms, config.cautious_deviations)
-        if isinstance(policy, OraclePolicy):  # it knows this frame's own device and cloud times too
-            policy.true_latency_ms = lambda o, s=start_ms, c=capture_ms, f=frame_id: (
-                _true_end_ms(o, s, link, config, _frame_bytes(o, f, payload_bytes), *costs.of(o, f)) - c)
+        if isinstance(policy, OraclePolicy):
+            policy.outlook = functools.partial(_oracle_outlook, policy.knows, link, config, costs,
+                                               payload_bytes, frame_id, capture_ms, start_ms)
         option, probing = policy.decide(deadline_ms - start_ms, options, view).option, False
         if not option.remote and policy.uses_link_estimates and probes.due(start_ms, throughput.last_sample_ms):
             probe = probe_decision(policy, deadline_ms - start_ms, options, view, config.initial_bps)
@@ -193,12 +211,35 @@ def _frame_bytes(option: ActionOption, frame_id: int, payload_bytes: Mapping[str
     return option.payload_bytes if sizes is None else int(sizes[frame_id % len(sizes)])
 
 
-def _true_end_ms(option: ActionOption, start_ms: float, link: _Link, config: SimConfig, size_bytes: int,
-                 edge_ms: float, cloud_ms: float) -> float:
-    if not option.remote:
-        return start_ms + edge_ms
-    sent_ms = link.peek_end(start_ms + edge_ms, size_bytes)
-    return sent_ms + config.rtt_ms + config.queue_ms + cloud_ms
+def _oracle_outlook(knows: str, link: _Link, config: SimConfig, costs: _FrameCosts,
+                    payload_bytes: Mapping[str, np.ndarray] | None, frame_id: int, capture_ms: float, start_ms: float,
+                    option: ActionOption) -> tuple[float, float]:
+    """What an oracle that `knows` (`OraclePolicy`) is told of `option` on this frame: (probability that it ends
+    by the deadline, expected latency ms). "frame": this frame's own drawn times on the link's true future
+    (probability 0 or 1); "future": over the option's measured device and cloud times (or its estimates) on the
+    link's true future, its queue included; "past": likewise, with each transfer taking as long as one begun at
+    any of `PAST_STARTS` points of the last `PAST_WINDOW_MS` took."""
+    deadline_ms = capture_ms + config.deadline_ms
+    if knows == "frame":
+        edge_ms, cloud_ms = costs.of(option, frame_id)
+        edges, clouds = np.array([edge_ms]), np.array([cloud_ms])
+    else:
+        edges, clouds = costs.distribution(option)
+    if option.remote:
+        size_bytes = _frame_bytes(option, frame_id, payload_bytes)
+        if knows == "past":
+            past_ms = start_ms - PAST_WINDOW_MS * np.arange(1, PAST_STARTS + 1) / PAST_STARTS
+            took_ms = link.trace.transfer_ends_ms(past_ms, size_bytes) - past_ms
+            sent_ms = np.maximum(start_ms + np.resize(edges, PAST_STARTS), link.free_at_ms) + took_ms
+        else:
+            sent_ms = link.peek_ends(start_ms + edges, size_bytes)
+        slack_ms = deadline_ms - sent_ms - config.rtt_ms - config.queue_ms
+        chance = float(np.searchsorted(clouds, slack_ms, "right").mean()) / clouds.size
+        end_ms = float(np.median(sent_ms)) + config.rtt_ms + config.queue_ms + float(np.median(clouds))
+    else:
+        chance = float(np.mean(start_ms + edges <= deadline_ms))
+        end_ms = start_ms + float(np.median(edges))
+    return chance, end_ms - capture_ms
 
 
 def summarize(policy_name: str, records: Sequence[FrameRecord]) -> dict[str, object]:

@@ -75,6 +75,18 @@ class UplinkTrace:
         packets = math.ceil(size_bytes / PAYLOAD_BYTES)
         return self.opportunity_ms(self.opportunities_until(start_ms) + packets)
 
+    def transfer_ends_ms(self, starts_ms: np.ndarray, size_bytes: int) -> np.ndarray:
+        """`transfer_end_ms` for many start times at once."""
+        starts_ms = np.asarray(starts_ms, dtype=np.float64)
+        if size_bytes <= 0:
+            return starts_ms.copy()
+        count = self.opportunities_ms.size
+        loops, rest = np.divmod(starts_ms, self.period_ms)
+        before = loops.astype(np.int64) * count + np.searchsorted(self.opportunities_ms, rest, "right")
+        index = np.where(starts_ms < 0, 0, before) + math.ceil(size_bytes / PAYLOAD_BYTES)
+        loops_end, position = np.divmod(index - 1, count)
+        return (loops_end * self.period_ms + self.opportunities_ms[position]).astype(np.float64)
+
     def throughput_bps(self, start_ms: float, end_ms: float) -> float:
         """Capacity of the link over [start_ms, end_ms)."""
         if end_ms <= start_ms:
