@@ -6,7 +6,7 @@ import pytest
 
 from splitrt.actions import Local
 from splitrt.bundle import Bundle
-from splitrt.devices.dilation import NativeSpeed, TimeDilation, device_speed
+from splitrt.devices.dilation import STEADY_RUNS, NativeSpeed, TimeDilation, device_speed
 from splitrt.devices.profiles import PROFILES, get_profile
 from splitrt.edge.runtime import EdgeRuntime
 
@@ -60,6 +60,25 @@ def test_a_stage_that_raises_still_takes_the_device_time() -> None:
         clocks.compute(4.0)
         raise RuntimeError("codec failed")
     assert clocks.wall_ms == pytest.approx(8.0)
+
+
+def test_steady_dilation_takes_a_models_least_recent_cpu_time() -> None:
+    """A model's run that the host slowed (more CPU time for the same work) lasts what its quickest recent run
+    did; a stage that names no model (its work depends on the input) lasts its own CPU time."""
+    clocks = FakeClocks()
+    steady = TimeDilation(0.25, steady_runs=2, cpu_clock_ms=lambda: clocks.cpu_ms,
+                          wall_clock_ms=lambda: clocks.wall_ms, sleep_s=clocks.sleep_s)
+    lasted = []
+    for model, cpu_ms in [("head.onnx", 10.0), ("head.onnx", 14.0), ("tail.onnx", 4.0), (None, 14.0),
+                          ("head.onnx", 12.0), ("head.onnx", 13.0)]:
+        start = clocks.wall_ms
+        with steady.stage(model):
+            clocks.compute(cpu_ms)
+        lasted.append(clocks.wall_ms - start)
+    # head: 10 -> 40; 14 (min 10) -> 40; tail's own history; unnamed: 56; head window of 2: min(14, 12), min(12, 13)
+    assert lasted == pytest.approx([40.0, 40.0, 16.0, 56.0, 48.0, 48.0])
+    assert device_speed("steady", get_profile("0.2")).steady_runs == STEADY_RUNS  # type: ignore[attr-defined]
+    assert device_speed("dilation", get_profile("0.2")).steady_runs == 0  # type: ignore[attr-defined]
 
 
 def test_shares_and_emulation_names_are_checked() -> None:

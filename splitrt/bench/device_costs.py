@@ -24,7 +24,7 @@ import numpy as np
 
 from splitrt.actions import Action
 from splitrt.bundle import Bundle
-from splitrt.devices.dilation import device_speed
+from splitrt.devices.dilation import device_speed, dilates
 from splitrt.devices.profiles import CgroupUnavailable, DeviceProfile, cpu_limit
 from splitrt.edge.link import CloudLink, Link
 from splitrt.edge.runtime import EdgeRuntime
@@ -171,7 +171,7 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
     (`emulation`: under the profile's quota, or dilated; cached in `cache` by bundle, profile, emulation and
     actions). With `repeats` 0 or, for the quota, without a writable cgroup: CPU ms / share, and the returned cost
     model says so."""
-    share = profile.dilation_share if emulation == "dilation" else profile.cpu_share
+    share = profile.dilation_share if dilates(emulation) else profile.cpu_share
 
     def cpu_over_share() -> tuple[list[ActionOption], str]:
         return [replace(o, edge_ms=o.edge_ms / share) for o in measured], "cpu/share"
@@ -205,4 +205,5 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
                                          "cpu_share": share, "interval_ms": interval_ms, "repeats": repeats,
                                          "method": SAMPLING_METHOD, "emulation": emulation,
                                          "samples_ms": samples, "after_link_ms": after_link}), encoding="utf-8")
-    return with_samples(measured, samples, after_link), "sampled under the quota" if emulation == "quota" else "sampled dilated"
+    labels = {"quota": "sampled under the quota", "dilation": "sampled dilated", "steady": "sampled dilated, steady"}
+    return with_samples(measured, samples, after_link), labels[emulation]

@@ -21,7 +21,8 @@ stationary on a shared machine: under a 13% quota of a 10 ms period (below the k
 latency comes in clusters a period apart whose mix moves, so device times sampled even seconds before a run can
 put an action that sits near the deadline tens of points off in deadline hits. With "dilation" the edge runs
 each stage at this machine's speed and sleeps to its CPU time / share (`splitrt.devices.dilation`): a device as
-steady as a real one, whose remaining drift is that of the CPU time itself (a few percent).
+steady as a real one, whose remaining drift is that of the CPU time itself; with "steady" a model's run takes
+the least CPU time of its recent runs, which takes the host's noise out of that too.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from splitrt.bench.plot import save_figure
 from splitrt.bench.policy import (DEFAULT_CANDIDATES, add_replay_arguments, cached_options, candidate_set,
                                   device_costs_path, options_cache_path)
 from splitrt.bundle import Bundle
+from splitrt.devices.dilation import STEADY_RUNS, dilates
 from splitrt.devices.profiles import DeviceProfile, get_profile, profile_environment, profile_quota
 from splitrt.imaging import load_rgb
 from splitrt.policies.policies import ActionOption, make_policy
@@ -128,7 +130,7 @@ def actions_for(policy: str, options: Sequence[ActionOption]) -> list[ActionOpti
 class EdgeRun:
     outcomes: list[dict[str, object]]
     trace_start_wall_ms: float
-    quota: str  # how the device was emulated: "cgroup", "threads only" (no cgroup) or "dilation"
+    quota: str  # how the device was emulated: "cgroup", "threads only" (no cgroup), "dilation" or "steady"
     calibration_ms: dict[str, list[float]]  # the edge's own device-time samples per action, on the emulated device
     after_link_ms: dict[str, list[float]]  # and of the time after the link (less the RTT), remote actions
 
@@ -208,7 +210,10 @@ def run_edge_process(spec: dict[str, object], emulation: Emulation, profile: Dev
     def samples(name: str) -> dict[str, list[float]]:
         return {str(k): [float(x) for x in v] for k, v in calibrated[name].items()}  # type: ignore[union-attr]
 
-    device_mode = "dilation" if dilating else "cgroup" if quota else "threads only"
+    if dilating:
+        device_mode = "steady" if spec.get("steady_runs") else "dilation"
+    else:
+        device_mode = "cgroup" if quota else "threads only"
     return EdgeRun([json.loads(line) for line in lines], trace_start_wall_ms, device_mode,
                    samples("samples_ms"), samples("after_link_ms"))
 
@@ -286,7 +291,8 @@ def run_e2e_bench(
                     "deadline_ms": settings.deadline_ms, "rtt_ms": settings.rtt_ms,
                     "initial_bps": settings.initial_bps, "probe_interval_ms": settings.probe_interval_ms,
                     "calibration_frames": settings.calibration_frames,
-                    "dilation_share": profile.dilation_share if settings.device_emulation == "dilation" else None,
+                    "dilation_share": profile.dilation_share if dilates(settings.device_emulation) else None,
+                    "steady_runs": STEADY_RUNS if settings.device_emulation == "steady" else 0,
                 }
                 with Emulation(("127.0.0.1", cloud.port), trace, one_way_delay_ms=settings.rtt_ms / 2.0,
                                mode=settings.mode, follow_now=False) as emulation:

@@ -53,6 +53,7 @@ class EdgeSpec:
     out: str
     calibration_frames: int = 0
     dilation_share: float | None = None  # set: the device is emulated by dilating stages to this share, not a quota
+    steady_runs: int = 0  # with dilation_share: `TimeDilation.steady_runs`
 
     @classmethod
     def load(cls, path: str | Path) -> "EdgeSpec":
@@ -92,7 +93,7 @@ def run_edge(spec: EdgeSpec) -> int:
     link = CloudLink(spec.endpoint, bundle.content_hash)
     try:
         link.handshake(timeout_ms=30_000)
-        speed = TimeDilation(spec.dilation_share) if spec.dilation_share else None
+        speed = TimeDilation(spec.dilation_share, spec.steady_runs) if spec.dilation_share else None
         runtime = EdgeRuntime(bundle, link, intra_op_threads=default_threads(1), device_speed=speed)
         # Every action once, with time to spare: sessions loaded, the cloud's tails touched.
         for option in options:

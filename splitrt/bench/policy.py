@@ -331,9 +331,10 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                              "and set, cached under .cache/")
     parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
     parser.add_argument("--device-emulation", choices=EMULATIONS, default="quota",
-                        help="how the device is made slow: quota (the process under the profile's CPU quota) or "
-                        "dilation (each stage takes its CPU time / share: steady, as a real device; see "
-                        "splitrt.devices.dilation)")
+                        help="how the device is made slow: quota (the process under the profile's CPU quota), "
+                        "dilation (each stage takes its CPU time / share) or steady (dilation, a model's run taking "
+                        "the least CPU time of its recent runs: without the host's noise); see "
+                        "splitrt.devices.dilation")
     parser.add_argument("--edge-cost-samples", type=int, default=30,
                         help="device-time samples per action on the emulated device (0: CPU time / share instead)")
     parser.add_argument("--json", required=True)

@@ -192,6 +192,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="device-time samples per action on the emulated device, as bench policy takes them "
                         "(cached per device; 0: CPU time / share)")
     parser.add_argument("--device-emulation", choices=EMULATIONS, default="quota",
-                        help="with --edge-cost-samples: quota or dilation (see bench policy)")
+                        help="with --edge-cost-samples: quota, dilation or steady (see bench policy)")
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)

@@ -233,10 +233,11 @@ class EdgeRuntime:
         outcome.reason = f"{why}: ran {outcome.action} instead of {outcome.planned}"
 
     @contextlib.contextmanager
-    def _stage(self, trace: dict[str, float], name: str) -> Iterator[None]:
-        """Time a stage into `trace[name]` (ms), stretched to the device's speed (`device_speed`)."""
+    def _stage(self, trace: dict[str, float], name: str, model: str | None = None) -> Iterator[None]:
+        """Time a stage into `trace[name]` (ms), stretched to the device's speed (`device_speed`; `model`: the
+        model file the stage runs, whose cost does not depend on the input)."""
         start = time.perf_counter()
-        with self.device_speed.stage():
+        with self.device_speed.stage(model):
             yield
         trace[name] = _since_ms(start)
 
@@ -250,7 +251,7 @@ class EdgeRuntime:
             if action.exit is not None:
                 self._run_exit(image, action.exit, outcome)
             else:
-                with self._stage(trace, "head"):
+                with self._stage(trace, "head", manifest.full_file):
                     logits = self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image})[0]
                 self._merge(logits, outcome)
             if action == self.fallback and not outcome.planned:
@@ -264,7 +265,7 @@ class EdgeRuntime:
         if point.head_file is None:
             activation = image
         else:
-            with self._stage(trace, "head"):
+            with self._stage(trace, "head", point.head_file):
                 activation = self._session(point.head_file).run(None, {HEAD_INPUT_NAME: image})[0]
         with self._stage(trace, "encode"):
             payload = codec.encode(activation)
@@ -331,7 +332,7 @@ class EdgeRuntime:
     def _run_exit(self, image: np.ndarray, name: str, outcome: FrameOutcome) -> None:
         """Stop at exit `name` when it is confident enough; otherwise finish the model locally from there."""
         exit_point = self.bundle.manifest.exit(name)
-        with self._stage(outcome.trace_ms, "head"):
+        with self._stage(outcome.trace_ms, "head", exit_point.file):
             outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image})
         if not exit_point.point:  # a complete shallower model: nothing to continue with
             self._merge(outputs[0], outcome)
@@ -340,7 +341,7 @@ class EdgeRuntime:
         top = softmax_top(logits, self.bundle.label, k=1)[0]
         if top.confidence < self.exit_threshold:
             tail = self.bundle.manifest.split(exit_point.point).tail_file
-            with self._stage(outcome.trace_ms, "local_tail"):
+            with self._stage(outcome.trace_ms, "local_tail", tail):
                 logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation})[0]
             outcome.reason = f"exit {name} not confident ({top.confidence:.2f} < {self.exit_threshold:.2f})"
         self._merge(logits, outcome)
