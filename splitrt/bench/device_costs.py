@@ -24,7 +24,7 @@ import numpy as np
 
 from splitrt.actions import Action
 from splitrt.bundle import Bundle
-from splitrt.devices.dilation import device_speed, dilates
+from splitrt.devices.dilation import device_speed, dilates, warmup_runs
 from splitrt.devices.profiles import CgroupUnavailable, DeviceProfile, cpu_limit
 from splitrt.edge.link import CloudLink, Link
 from splitrt.edge.runtime import EdgeRuntime
@@ -122,7 +122,8 @@ def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DevicePr
     runtime = EdgeRuntime(bundle, link or UnsentLink(), intra_op_threads=profile.threads,  # type: ignore[arg-type]
                           device_speed=device_speed(emulation, profile))
     for action in actions:  # sessions load before the device is slowed: loading is not a frame's cost
-        runtime.infer(image, action, budget_ms=60_000.0)
+        for _ in range(warmup_runs(emulation)):
+            runtime.infer(image, action, budget_ms=60_000.0)
     limit = cpu_limit(profile) if emulation == "quota" else contextlib.nullcontext()
     try:
         with limit:  # the runtime's thread starts inside: a quota limits it too

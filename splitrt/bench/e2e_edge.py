@@ -26,7 +26,7 @@ import numpy as np
 from splitrt.bench.device_costs import calibrate, with_samples
 from splitrt.bench.policy import action_from_key
 from splitrt.bundle import Bundle
-from splitrt.devices.dilation import TimeDilation
+from splitrt.devices.dilation import TimeDilation, warmup_runs
 from splitrt.devices.ort import default_threads
 from splitrt.edge.adaptive import AdaptiveRuntime
 from splitrt.edge.link import CloudLink
@@ -97,7 +97,8 @@ def run_edge(spec: EdgeSpec) -> int:
         runtime = EdgeRuntime(bundle, link, intra_op_threads=default_threads(1), device_speed=speed)
         # Every action once, with time to spare: sessions loaded, the cloud's tails touched.
         for option in options:
-            warm = runtime.infer(images[0], option.action, budget_ms=30_000.0)
+            for _ in range(warmup_runs("steady" if spec.steady_runs else "dilation")):
+                warm = runtime.infer(images[0], option.action, budget_ms=30_000.0)
             if not warm.ok:
                 _emit("error", detail=f"warm-up of {option.key} failed: {warm.status.value} {warm.reason}")
                 return 1

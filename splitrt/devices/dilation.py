@@ -34,6 +34,10 @@ from splitrt.devices.timing import perf_ms, thread_cpu_ms
 # dilated (to the profile's dilation share), "steady" also without the host's noise in its models' runs.
 EMULATIONS = ("quota", "dilation", "steady")
 STEADY_RUNS = 50  # a model's device time under "steady": the least CPU time of its last this many runs / share
+# Runs of each action before a "steady" device is measured or used: enough that one of them ran clear of the
+# host's other work (in every 30 s window of the measurement above, at least one run in ten was within 3% of the
+# least), so that the first measured frames are not slower than the later ones.
+STEADY_WARMUP_RUNS = 20
 
 
 def dilates(emulation: str) -> bool:
@@ -87,6 +91,11 @@ class TimeDilation:
             if wait_ms > 0.0:
                 self.slept_ms += wait_ms
                 self.sleep_s(wait_ms / 1000.0)
+
+
+def warmup_runs(emulation: str) -> int:
+    """How many times to run each action before measuring or using a device emulated this way."""
+    return STEADY_WARMUP_RUNS if emulation == "steady" else 1
 
 
 def device_speed(emulation: str, profile: DeviceProfile) -> DeviceSpeed:
