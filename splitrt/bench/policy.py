@@ -264,7 +264,8 @@ def run_policy_bench(
                          "cloud_ms": o.cloud_ms, "accuracy": o.accuracy} for o in options],
                settings={"candidates": candidates, "device_profile": device_profile, "cpu_share": profile.cpu_share,
                          "dilation_share": profile.dilation_share, "edge_cost_model": cost_model,
-                         "device_emulation": device_emulation, "deadline_ms": deadline_ms, "fps": fps, "rtt_ms": rtt_ms, "evaluation_images": int(len(next(iter(correctness.values()))))})
+                         "device_emulation": device_emulation, "deadline_ms": deadline_ms, "fps": fps,
+                         "rtt_ms": rtt_ms, "evaluation_images": int(len(next(iter(correctness.values()))))})
     if plot:
         plot_timelines(timelines, options, plot, oracle=oracle_timelines)
     return results

@@ -2,12 +2,13 @@
 x fps x RTT), to find where the choice of action matters.
 
 For each setting and trace: the best static action, `latency`, `deadline` and the oracles (accuracy at
-deadline; `OraclePolicy`), and whether `deadline` beats every static action and `latency` at >= 95% of the oracle. Static actions that
-cannot meet the deadline even on an infinite link, or that another action of the same kind (local or remote)
-beats on every cost and on accuracy, are left out (they cannot be the best static). Options come from the same
-measured cache as `bench policy`; device times are CPU time / share, or with `--edge-cost-samples N` sampled
-on the emulated device as `bench policy` samples them. Counterfactuals: a device given as a bare CPU share (e.g.
-`0.065`), and `--uplink-scale K` (every delivery opportunity of a trace carries K packets: a K times faster uplink).
+deadline; `OraclePolicy`), and whether `deadline` beats every static action and `latency` at >= 95% of the
+oracle. Static actions that cannot meet the deadline even on an infinite link, or that another action of the
+same kind (local or remote) beats on every cost and on accuracy, are left out (they cannot be the best static).
+Options come from the same measured cache as `bench policy`; device times are CPU time / share, or with
+`--edge-cost-samples N` sampled on the emulated device as `bench policy` samples them. Counterfactuals: a device
+given as a bare CPU share (e.g. `0.065`), and `--uplink-scale K` (every delivery opportunity of a trace carries K
+packets: a K times faster uplink).
 """
 from __future__ import annotations
 
@@ -90,6 +91,11 @@ def evaluate_setting(
     return rows
 
 
+def _gains(rows: Sequence[dict[str, object]], column: str) -> list[float]:
+    """`column`'s accuracy at deadline less the best static action's, per row."""
+    return [float(r[column]) - float(r["best_static_acc"]) for r in rows]  # type: ignore[arg-type]
+
+
 def summarize_settings(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     """Per setting: how many distinct best static actions over the traces, the least oracle headroom over the
     best static, and whether `deadline` met the condition on every trace."""
@@ -102,10 +108,10 @@ def summarize_settings(rows: Sequence[dict[str, object]]) -> list[dict[str, obje
             "device": key[0], "deadline_ms": key[1], "fps": key[2], "rtt_ms": key[3],
             "distinct_best_static": len({r["best_static"] for r in group}),
             "best_static": ",".join(sorted({str(r["best_static"]) for r in group})),
-            "min_oracle_gain": min(float(r["oracle"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
-            "max_oracle_gain": max(float(r["oracle"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
-            "min_deadline_gain": min(float(r["deadline"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
-            "min_past_gain": min(float(r["oracle_past"]) - float(r["best_static_acc"]) for r in group),  # type: ignore[arg-type]
+            "min_oracle_gain": min(_gains(group, "oracle")),
+            "max_oracle_gain": max(_gains(group, "oracle")),
+            "min_deadline_gain": min(_gains(group, "deadline")),
+            "min_past_gain": min(_gains(group, "oracle_past")),
             "met_all": all(bool(r["met"]) for r in group),
         })
     return out

@@ -304,4 +304,5 @@ def make_policy(name: str) -> Policy:
         return DeadlinePolicy()
     if name in ORACLE_KNOWLEDGE:
         return OraclePolicy(ORACLE_KNOWLEDGE[name])
-    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline or {', '.join(ORACLE_KNOWLEDGE)}")
+    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline or "
+                     f"{', '.join(ORACLE_KNOWLEDGE)}")

@@ -83,8 +83,9 @@ class _Link:
 
 class _FrameCosts:
     """Each option's device and cloud time on each frame: drawn once per run from its measured samples (seeded),
-    so every policy meets the same device on the same frame and a clairvoyant oracle knows the times it will get; or its
-    point estimates without samples; a measured run's device time where `frame_edge_ms` has one for that action."""
+    so every policy meets the same device on the same frame and a clairvoyant oracle knows the times it will get;
+    or its point estimates without samples; a measured run's device time where `frame_edge_ms` has one for that
+    action."""
 
     def __init__(self, options: Sequence[ActionOption], frames: int, seed: int,
                  frame_edge_ms: Mapping[int, tuple[str, float]] | None) -> None:
