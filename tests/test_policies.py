@@ -360,3 +360,13 @@ def test_the_oracle_follows_the_links_future_and_is_never_late_with_steady_costs
     accuracy = {p.name: summarize(p.name, simulate(p, OPTIONS, correct, trace, config))["accuracy_at_deadline"]
                 for p in (OraclePolicy(), DeadlinePolicy(), *(StaticPolicy(o.key) for o in OPTIONS))}
     assert accuracy["oracle"] >= max(v for k, v in accuracy.items() if k != "oracle")
+
+
+def test_transfer_ends_for_many_starts_match_one_at_a_time() -> None:
+    """The oracles ask for many start times at once; each must end where a single transfer would, across the
+    trace's loop and for sizes of zero, one and several packets."""
+    trace = on_off_trace(2e6, on_ms=700, off_ms=300)
+    starts = np.random.default_rng(4).uniform(-5.0, 3.5 * trace.period_ms, 500)
+    for size_bytes in (0, 1, 1_448, 1_449, 20_000):
+        one_by_one = [trace.transfer_end_ms(s, size_bytes) for s in starts]
+        assert trace.transfer_ends_ms(starts, size_bytes).tolist() == pytest.approx(one_by_one)
