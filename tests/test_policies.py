@@ -121,8 +121,7 @@ def test_the_rtt_is_never_taken_from_a_frames_upload_alone() -> None:
     link.observe_reply(100.0, 7_000, 76.0, queue_ms=0.0)  # 56 ms of upload after a 20 ms round trip
     assert link.rtt_ms == 20.0
     assert link.throughput.estimate_bps == pytest.approx(7_000 * 8 / 0.056, rel=0.01)
-    for _ in range(link.rtt_window):  # heartbeats measure 30 ms: the configured 20 ms ages out of the window
-        link.observe_rtt(30.0)
+    link.observe_rtt(30.0)  # a heartbeat measured 30 ms: measured round trips replace the configured 20 ms
     assert link.rtt_ms == 30.0
 
 
@@ -370,3 +369,18 @@ def test_transfer_ends_for_many_starts_match_one_at_a_time() -> None:
     for size_bytes in (0, 1, 1_448, 1_449, 20_000):
         one_by_one = [trace.transfer_end_ms(s, size_bytes) for s in starts]
         assert trace.transfer_ends_ms(starts, size_bytes).tolist() == pytest.approx(one_by_one)
+
+
+def test_the_past_oracle_knows_only_transfers_that_have_ended() -> None:
+    """`oracle-past` learns from transfers begun in the last second that have ended by now (or have waited past
+    any deadline): one still under way, whose end lies in the future, tells it nothing; before the trace's start
+    there is no past."""
+    from splitrt.policies.simulate import _past_transfer_ms
+
+    trace = UplinkTrace.constant("8mbps", 8e6, period_ms=10_000)
+    [took] = _past_transfer_ms(trace, 500.0, 200.0, 20_000)  # 14 packets: ~21 ms at 8 Mbit/s
+    assert 20 <= took.size < 50  # 50 starts since the trace's start, the last ~21 ms of them still under way
+    assert np.all(took <= 500.0) and np.allclose(took, 21.0, atol=2.0)
+    outage = on_off_trace(8e6, on_ms=2000, off_ms=2000)  # nothing between 2 s and 4 s
+    [waited] = _past_transfer_ms(outage, 3500.0, 200.0, 20_000)
+    assert waited.size and np.all(waited > 200.0)  # only those that have waited longer than any deadline

@@ -135,11 +135,12 @@ class LinkEstimates:
     def __post_init__(self) -> None:
         self.throughput = ThroughputEstimator(initial_bps=self.initial_bps)
         self._network_ms = collections.deque(maxlen=self.rtt_window)
-        self._rtt_samples_ms = collections.deque([self.initial_rtt_ms], maxlen=self.rtt_window)
+        self._rtt_samples_ms = collections.deque(maxlen=self.rtt_window)
 
     @property
     def rtt_ms(self) -> float:
-        return min(min(self._rtt_samples_ms), min(self._network_ms, default=math.inf))
+        upload_free_ms = min(self._rtt_samples_ms) if self._rtt_samples_ms else self.initial_rtt_ms
+        return min(upload_free_ms, min(self._network_ms, default=math.inf))
 
     def observe_rtt(self, rtt_ms: float) -> None:
         """A round trip that carried no upload (a heartbeat's)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -28,11 +29,11 @@ import numpy as np
 
 from splitrt.policies.estimators import LinkEstimates
 from splitrt.policies.policies import ActionOption, OraclePolicy, Policy, ProbeSchedule, probe_decision
-from splitrt.policies.trace import UplinkTrace
+from splitrt.policies.trace import PAYLOAD_BYTES, UplinkTrace
 
 
 # What `oracle-past` knows of the link: how long a transfer begun at each of this many points of the last
-# second took.
+# second took (those that have ended), and how many bytes it has queued that the link has not carried yet.
 PAST_WINDOW_MS = 1000.0
 PAST_STARTS = 100
 
@@ -68,13 +69,23 @@ class _Link:
 
     trace: UplinkTrace
     free_at_ms: float = 0.0
+    _queued: list[tuple[float, float, int]] = field(default_factory=list)  # (begin, end, bytes) of each transfer
 
     def send(self, start_ms: float, size_bytes: int) -> tuple[float, float]:
         """Queue a transfer; returns (start of transmission, end of transmission)."""
         begin = max(start_ms, self.free_at_ms)
         end = self.trace.transfer_end_ms(begin, size_bytes)
         self.free_at_ms = end
+        self._queued.append((begin, end, size_bytes))
         return begin, end
+
+    def unsent_bytes(self, now_ms: float) -> int:
+        """Bytes queued before `now_ms` that the link has not carried by then (what the sender knows it has
+        left to send, without knowing when it will have gone)."""
+        self._queued = [q for q in self._queued if q[1] > now_ms]
+        carried_until = self.trace.opportunities_until(now_ms)
+        return sum(max(0, size - max(0, carried_until - self.trace.opportunities_until(begin)) * PAYLOAD_BYTES)
+                   for begin, _, size in self._queued)
 
     def peek_ends(self, starts_ms: np.ndarray, size_bytes: int) -> np.ndarray:
         """When transfers queued at each of `starts_ms` would end (without queueing them)."""
@@ -219,7 +230,8 @@ def _oracle_outlook(knows: str, link: _Link, config: SimConfig, costs: _FrameCos
     by the deadline, expected latency ms). "frame": this frame's own drawn times on the link's true future
     (probability 0 or 1); "future": over the option's measured device and cloud times (or its estimates) on the
     link's true future, its queue included; "past": likewise, with each transfer taking as long as one begun at
-    any of `PAST_STARTS` points of the last `PAST_WINDOW_MS` took."""
+    any of `PAST_STARTS` points of the last `PAST_WINDOW_MS` took (`_past_transfer_ms`), behind the bytes still
+    queued."""
     deadline_ms = capture_ms + config.deadline_ms
     if knows == "frame":
         edge_ms, cloud_ms = costs.of(option, frame_id)
@@ -229,9 +241,12 @@ def _oracle_outlook(knows: str, link: _Link, config: SimConfig, costs: _FrameCos
     if option.remote:
         size_bytes = _frame_bytes(option, frame_id, payload_bytes)
         if knows == "past":
-            past_ms = start_ms - PAST_WINDOW_MS * np.arange(1, PAST_STARTS + 1) / PAST_STARTS
-            took_ms = link.trace.transfer_ends_ms(past_ms, size_bytes) - past_ms
-            sent_ms = np.maximum(start_ms + np.resize(edges, PAST_STARTS), link.free_at_ms) + took_ms
+            own_ms, with_backlog_ms = _past_transfer_ms(link.trace, start_ms, config.deadline_ms, size_bytes,
+                                                        size_bytes + link.unsent_bytes(start_ms))
+            if own_ms.size == 0:  # no past yet: nothing is known of the link
+                return 0.0, math.inf
+            # its bytes leave once encoded and once the bytes still queued before them have gone
+            sent_ms = (start_ms + np.maximum(edges[:, None] + own_ms[None, :], with_backlog_ms[None, :])).ravel()
         else:
             sent_ms = link.peek_ends(start_ms + edges, size_bytes)
         slack_ms = deadline_ms - sent_ms - config.rtt_ms - config.queue_ms
@@ -241,6 +256,20 @@ def _oracle_outlook(knows: str, link: _Link, config: SimConfig, costs: _FrameCos
         chance = float(np.mean(start_ms + edges <= deadline_ms))
         end_ms = start_ms + float(np.median(edges))
     return chance, end_ms - capture_ms
+
+
+def _past_transfer_ms(trace: UplinkTrace, now_ms: float, horizon_ms: float,
+                      *sizes_bytes: int) -> tuple[np.ndarray, ...]:
+    """For each of `sizes_bytes`: how long a transfer of that size took when begun at each of `PAST_STARTS` points
+    of the last `PAST_WINDOW_MS` (none before the trace's start), as known at `now_ms`: one that has not ended by
+    then counts only once it has waited longer than `horizon_ms` (too slow for any frame, however long it will
+    take), and then as that wait."""
+    past_ms = now_ms - PAST_WINDOW_MS * np.arange(1, PAST_STARTS + 1) / PAST_STARTS
+    past_ms = past_ms[past_ms >= 0.0]
+    waited_ms = now_ms - past_ms
+    ends_ms = [trace.transfer_ends_ms(past_ms, size) for size in sizes_bytes]
+    known = np.logical_and.reduce([end <= now_ms for end in ends_ms]) | (waited_ms > horizon_ms)
+    return tuple(np.where(end <= now_ms, end - past_ms, waited_ms)[known] for end in ends_ms)
 
 
 def summarize(policy_name: str, records: Sequence[FrameRecord]) -> dict[str, object]:
