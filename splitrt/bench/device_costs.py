@@ -122,7 +122,7 @@ def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DevicePr
     runtime = EdgeRuntime(bundle, link or UnsentLink(), intra_op_threads=profile.threads,  # type: ignore[arg-type]
                           device_speed=device_speed(emulation, profile))
     for action in actions:  # sessions load before the device is slowed: loading is not a frame's cost
-        for _ in range(warmup_runs(emulation)):
+        for _ in range(warmup_runs(runtime.device_speed)):
             runtime.infer(image, action, budget_ms=60_000.0)
     limit = cpu_limit(profile) if emulation == "quota" else contextlib.nullcontext()
     try:

@@ -97,7 +97,7 @@ def run_edge(spec: EdgeSpec) -> int:
         runtime = EdgeRuntime(bundle, link, intra_op_threads=default_threads(1), device_speed=speed)
         # Every action once, with time to spare: sessions loaded, the cloud's tails touched.
         for option in options:
-            for _ in range(warmup_runs("steady" if spec.steady_runs else "dilation")):
+            for _ in range(warmup_runs(runtime.device_speed)):
                 warm = runtime.infer(images[0], option.action, budget_ms=30_000.0)
             if not warm.ok:
                 _emit("error", detail=f"warm-up of {option.key} failed: {warm.status.value} {warm.reason}")

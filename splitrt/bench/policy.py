@@ -1,7 +1,7 @@
 """`splitrt bench policy`: replay mahimahi uplink traces against measured action costs and per-image
 correctness, for every static action, `latency`, `deadline` and the oracles (`OraclePolicy`: `oracle` knows the
-link's future; `oracle-clairvoyant` also each frame's own device and cloud times; `oracle-past` the link's exact
-past, the most a causal policy could know).
+link's future; `oracle-clairvoyant` also each frame's own device and cloud times; `oracle-past` only the link's
+exact past).
 
 Costs: each action's edge part (crop, head or exit, encode) is run as `EdgeRuntime.infer` runs it, on the
 emulated device (under the profile's CPU quota, or dilated: `--device-emulation`), paced like the frames
@@ -34,6 +34,7 @@ from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle
 from splitrt.codecs import codec_for_point, get_codec
 from splitrt.devices.dilation import EMULATIONS
 from splitrt.devices.ort import create_session
+from splitrt.devices.profiles import DeviceProfile
 from splitrt.devices.timing import time_calls_ms
 from splitrt.edge.commands import DEFAULT_BUNDLE
 from splitrt.imaging import crop_for_model, load_rgb
@@ -199,6 +200,16 @@ def device_costs_path(bundle: Bundle, profile_name: str, emulation: str = "quota
     return Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile_name}{suffix}.json"
 
 
+def options_on_device(bundle: Bundle, measured: Sequence[ActionOption], images: str | Path, profile: DeviceProfile,
+                      fps: float, edge_cost_samples: int, emulation: str) -> tuple[list[ActionOption], str]:
+    """`measured` as they cost on `profile`'s device: device times sampled on the emulated device at the frames'
+    pace, with the first evaluation image (cached by `device_costs_path`), or with `edge_cost_samples` 0 CPU time /
+    share; and the cost model used."""
+    image = load_rgb(select_parity(read_labelled_images(images), "odd")[0].path)
+    return device_options(bundle, measured, profile, image, device_costs_path(bundle, profile.name, emulation),
+                          repeats=edge_cost_samples, interval_ms=1000.0 / fps, emulation=emulation)
+
+
 def options_cache_path(bundle: Bundle, actions: Sequence[Action]) -> Path:
     """`.cache/policy-options-<bundle>-<actions>.json`: one file per bundle and candidate set."""
     digest = hashlib.sha256("\n".join(sorted(a.describe() for a in actions)).encode()).hexdigest()[:8]
@@ -226,10 +237,7 @@ def run_policy_bench(
     profile = get_profile(device_profile)
     actions = candidate_set(bundle, candidates)
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), limit, actions)
-    options, cost_model = device_options(
-        bundle, measured, profile, load_rgb(select_parity(read_labelled_images(images), "odd")[0].path),
-        device_costs_path(bundle, profile.name, device_emulation), repeats=edge_cost_samples, interval_ms=1000.0 / fps,
-        emulation=device_emulation)
+    options, cost_model = options_on_device(bundle, measured, images, profile, fps, edge_cost_samples, device_emulation)
     sizes = offload_sizes(bundle, images, options, limit)
     print(format_table([{"action": o.key, "edge_ms": o.edge_ms, "bytes": o.payload_bytes, "cloud_ms": o.cloud_ms,
                          "accuracy": o.accuracy} for o in options], ["action", "edge_ms", "bytes", "cloud_ms", "accuracy"]))

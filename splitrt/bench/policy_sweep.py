@@ -20,14 +20,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
-from splitrt.bench.device_costs import device_options
-from splitrt.bench.policy import (DEFAULT_CANDIDATES, cached_options, candidate_set, device_costs_path,
-                                  options_cache_path)
+from splitrt.bench.common import format_table, write_json
+from splitrt.bench.policy import (DEFAULT_CANDIDATES, cached_options, candidate_set, options_cache_path,
+                                  options_on_device)
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import EMULATIONS
 from splitrt.devices.profiles import get_profile
-from splitrt.imaging import load_rgb
 from splitrt.policies.policies import ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
@@ -121,17 +119,6 @@ def _evaluate(args: tuple) -> list[dict[str, object]]:  # type: ignore[type-arg]
     return evaluate_setting(*args)
 
 
-def device_options_for(bundle: Bundle, measured: Sequence[ActionOption], images: str | Path, device: str, fps: float,
-                       edge_cost_samples: int, emulation: str) -> list[ActionOption]:
-    """`measured` as they cost on `device`, as `bench policy` takes them: device times sampled on the emulated
-    device (cached), or with `edge_cost_samples` 0 CPU time / share."""
-    profile = get_profile(device)
-    image = load_rgb(select_parity(read_labelled_images(images), "odd")[0].path)
-    options, _ = device_options(bundle, measured, profile, image, device_costs_path(bundle, profile.name, emulation),
-                                repeats=edge_cost_samples, interval_ms=1000.0 / fps, emulation=emulation)
-    return options
-
-
 def run_policy_sweep(
     traces: Sequence[str | Path], bundle_dir: str | Path, images: str | Path, json_out: str | Path,
     devices: Sequence[str], deadlines_ms: Sequence[float], fps: Sequence[float], rtts_ms: Sequence[float],
@@ -142,7 +129,8 @@ def run_policy_sweep(
     actions = candidate_set(bundle, candidates or DEFAULT_CANDIDATES)
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), None, actions)
     loaded = [scaled_trace(t, uplink_scale) for t in traces]
-    on_device = {(d, f): device_options_for(bundle, measured, images, d, f, edge_cost_samples, device_emulation)
+    on_device = {(d, f): options_on_device(bundle, measured, images, get_profile(d), f, edge_cost_samples,
+                                           device_emulation)[0]
                  for d, f in itertools.product(devices, fps)}
     jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s)
             for d, dl, f, r in itertools.product(devices, deadlines_ms, fps, rtts_ms)]

@@ -93,9 +93,9 @@ class TimeDilation:
                 self.sleep_s(wait_ms / 1000.0)
 
 
-def warmup_runs(emulation: str) -> int:
-    """How many times to run each action before measuring or using a device emulated this way."""
-    return STEADY_WARMUP_RUNS if emulation == "steady" else 1
+def warmup_runs(speed: DeviceSpeed) -> int:
+    """How many times to run each action before measuring or using a device that runs at `speed`."""
+    return STEADY_WARMUP_RUNS if isinstance(speed, TimeDilation) and speed.steady_runs > 0 else 1
 
 
 def device_speed(emulation: str, profile: DeviceProfile) -> DeviceSpeed:

@@ -4,10 +4,9 @@ The estimates (`LinkEstimates`, the simulator's too) learn only from what frames
 `network` stage (round trip minus the cloud's queue and compute), a timeout, a request that could not be sent,
 and the cloud's queue delay that every Result carries; and, over a link that sends heartbeats, their round trip.
 When no remote frame has measured the link for `probe_interval_ms` (doubling while probes fail, `ProbeSchedule`)
-and the policy keeps a frame local, the frame
-runs what the policy would choose if the link were as fast as first believed, when that is remote
-(`probe_decision`): this is how a link that came back is noticed, at the risk of one frame per probe. The
-simulator models the same probes.
+and the policy keeps a frame local, the frame runs what the policy would choose if the link were as fast as first
+believed, when that is remote (`probe_decision`): this is how a link that came back is noticed, at the risk of one
+frame per probe. The simulator models the same probes.
 """
 from __future__ import annotations
 

@@ -266,8 +266,9 @@ class OraclePolicy:
     over the option's measured device and cloud times, as the deadline policy's does. "frame"
     (`oracle-clairvoyant`): also this frame's own device and cloud times (the chance is 0 or 1), a profit from
     per-frame luck that no policy deciding before the frame runs can have. "past" (`oracle-past`): only the
-    link's exact past (every delivery opportunity of the last second), more than any edge measures from its own
-    transfers: what the best estimator could know, so how much of the oracle's gain a causal policy can reach."""
+    link's exact past (how long transfers begun in the last second took, those that have ended), more than any
+    edge measures from its own transfers: a reference for how much of the oracle's gain knowing the past buys
+    (not a bound: a greedy rule over a short window)."""
 
     knows: str = "future"
     outlook: Outlook | None = None

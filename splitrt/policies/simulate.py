@@ -76,16 +76,17 @@ class _Link:
         begin = max(start_ms, self.free_at_ms)
         end = self.trace.transfer_end_ms(begin, size_bytes)
         self.free_at_ms = end
+        # frames start one after another: a transfer over before this one's frame started concerns no later one
+        self._queued = [q for q in self._queued if q[1] > start_ms]
         self._queued.append((begin, end, size_bytes))
         return begin, end
 
     def unsent_bytes(self, now_ms: float) -> int:
         """Bytes queued before `now_ms` that the link has not carried by then (what the sender knows it has
         left to send, without knowing when it will have gone)."""
-        self._queued = [q for q in self._queued if q[1] > now_ms]
         carried_until = self.trace.opportunities_until(now_ms)
         return sum(max(0, size - max(0, carried_until - self.trace.opportunities_until(begin)) * PAYLOAD_BYTES)
-                   for begin, _, size in self._queued)
+                   for begin, end, size in self._queued if end > now_ms)
 
     def peek_ends(self, starts_ms: np.ndarray, size_bytes: int) -> np.ndarray:
         """When transfers queued at each of `starts_ms` would end (without queueing them)."""
