@@ -205,6 +205,10 @@ class Welcome:
     splits: tuple[str, ...]
     codecs: tuple[str, ...]
     protocol_version: int = PROTOCOL_VERSION
+    # Largest total payload (bytes) of a request the server takes: past it a request earns Reject(too_large), and
+    # far past it (the server's transport cap) the connection is dropped with no answer at all. Optional on the
+    # wire (None: the server did not say, as older servers do not).
+    max_payload_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,10 @@ class Result:
     queue_ms: float
     compute_ms: float
     queue_depth: int
+    # When the tail began running this request: absolute, unix epoch milliseconds (the clock of Infer.deadline_ms),
+    # so a client can check for itself that nothing ran past its deadline. Optional on the wire (None: the server
+    # did not say, as older servers do not).
+    tail_started_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,11 @@ _KEYS: dict[MessageType, frozenset[str]] = {
     MessageType.HEARTBEAT: frozenset({"seq", "sent_ms"}),
 }
 # Fields a message may carry but need not (absent from older peers' messages).
-_OPTIONAL_KEYS: dict[MessageType, frozenset[str]] = {MessageType.INFER: frozenset({"codec_hash"})}
+_OPTIONAL_KEYS: dict[MessageType, frozenset[str]] = {
+    MessageType.INFER: frozenset({"codec_hash"}),
+    MessageType.WELCOME: frozenset({"max_payload_bytes"}),
+    MessageType.RESULT: frozenset({"tail_started_ms"}),
+}
 _SPEC_KEYS = frozenset({"dtype", "shape"})
 
 
@@ -447,6 +459,7 @@ def _parse_welcome(meta: dict[str, Any], limits: Limits) -> Welcome:
         splits=_str_tuple_field(meta, "splits", limits),
         codecs=_str_tuple_field(meta, "codecs", limits),
         protocol_version=_int_field(meta, "protocol_version", high=_U8_MAX),
+        max_payload_bytes=_int_field(meta, "max_payload_bytes") if "max_payload_bytes" in meta else None,
     )
 
 
@@ -476,6 +489,7 @@ def _parse_result(meta: dict[str, Any], limits: Limits) -> Result:
         queue_ms=_float_field(meta, "queue_ms"),
         compute_ms=_float_field(meta, "compute_ms"),
         queue_depth=_int_field(meta, "queue_depth"),
+        tail_started_ms=_float_field(meta, "tail_started_ms") if "tail_started_ms" in meta else None,
     )
 
 
@@ -584,7 +598,7 @@ def _meta_of(message: Message) -> dict[str, Any]:
             "splits": seq(message.splits),
             "codecs": seq(message.codecs),
             "protocol_version": message.protocol_version,
-        }
+        } | ({"max_payload_bytes": message.max_payload_bytes} if message.max_payload_bytes is not None else {})
     if isinstance(message, Infer):
         return {
             "frame_id": message.frame_id,
@@ -604,7 +618,7 @@ def _meta_of(message: Message) -> dict[str, Any]:
             "queue_ms": message.queue_ms,
             "compute_ms": message.compute_ms,
             "queue_depth": message.queue_depth,
-        }
+        } | ({"tail_started_ms": message.tail_started_ms} if message.tail_started_ms is not None else {})
     if isinstance(message, Reject):
         reason = message.reason
         return {

@@ -220,6 +220,89 @@ def test_metrics_and_readiness_endpoints(tiny_bundle: Bundle, activation: np.nda
         stop(running)
 
 
+def test_results_say_when_their_tail_started_on_the_deadline_clock(tiny_bundle: Bundle,
+                                                                  activation: np.ndarray) -> None:
+    running = start(tiny_bundle, workers=1)
+    socket = dealer(running.endpoint)
+    try:
+        sent_ms = now_ms()
+        deadline_ms = sent_ms + 5000
+        socket.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=1, deadline_ms=deadline_ms))
+        result = collect(socket, 1)[1].message
+        assert isinstance(result, Result) and result.tail_started_ms is not None
+        assert sent_ms <= result.tail_started_ms < min(deadline_ms, now_ms() + 1)
+    finally:
+        socket.close()
+        stop(running)
+
+
+def test_inflight_clients_gauge_counts_clients_with_requests_in_flight(tiny_bundle: Bundle,
+                                                                      activation: np.ndarray) -> None:
+    tails = SlowTails([tiny_bundle], delay_s=0.3)
+    running = start(tiny_bundle, tails, workers=1, batching=False)
+    sockets = [dealer(running.endpoint) for _ in range(2)]
+
+    def gauge() -> float | None:
+        return running.service.metrics.registry.get_sample_value("splitrt_inflight_clients")
+
+    try:
+        assert gauge() == 0
+        for index, socket in enumerate(sockets):
+            socket.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=index))
+        deadline = time.monotonic() + 2
+        while gauge() != 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gauge() == 2, "both clients have a request queued or running"
+        for socket in sockets:
+            assert len(collect(socket, 1)) == 1
+        deadline = time.monotonic() + 2
+        while gauge() != 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gauge() == 0
+    finally:
+        for socket in sockets:
+            socket.close()
+        stop(running)
+
+
+def test_ray_serve_replicas_gauge_only_for_a_runner_that_counts_them(tiny_bundle: Bundle) -> None:
+    class CountedTails(TailExecutor):
+        def running_replicas(self) -> float:
+            return 3.0
+
+    assert TailService([tiny_bundle], ServiceConfig()).metrics.registry.get_sample_value(
+        "splitrt_ray_serve_replicas") is None
+    service = TailService([tiny_bundle], ServiceConfig(), runner=CountedTails([tiny_bundle]))
+    assert service.metrics.registry.get_sample_value("splitrt_ray_serve_replicas") == 3.0
+    assert b"splitrt_ray_serve_replicas 3.0" in service.metrics.exposition()
+
+
+def test_ready_is_503_while_draining_after_stop(tiny_bundle: Bundle, activation: np.ndarray) -> None:
+    port = _free_port()
+    tails = SlowTails([tiny_bundle], delay_s=0.25)
+    running = start(tiny_bundle, tails, workers=1, batching=False, metrics_port=port)
+    socket = dealer(running.endpoint)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert urllib.request.urlopen(f"{base}/ready", timeout=5).status == 200
+        for frame_id in range(4):  # about 1 s of work queued: the drain lasts that long
+            socket.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=frame_id))
+        deadline = time.monotonic() + 2
+        while sum(running.service.inflight.values()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)  # until all four are admitted
+        running.service.stop()  # what SIGTERM calls in `splitrt cloud serve`
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(f"{base}/ready", timeout=5)
+        assert not_ready.value.code == 503 and not_ready.value.read() == b"not ready\n"
+        assert running.thread.is_alive(), "the 503 must come while the service is still draining"
+        assert urllib.request.urlopen(f"{base}/live", timeout=5).status == 200
+        replies = collect(socket, 4)
+        assert len(replies) == 4 and all(isinstance(r.message, Result) for r in replies.values())
+    finally:
+        socket.close()
+        stop(running)
+
+
 # --------------------------------------------------------------------------- CURVE
 
 

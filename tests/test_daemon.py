@@ -51,6 +51,10 @@ def test_a_minimal_config_gets_the_defaults() -> None:
         ({"source": {"kind": "images", "path": "p"}}, r"\[pipeline\]: missing section"),
         ({"pipeline": {"action": "local"}, "source": {"kind": "video", "path": "v"}}, r"\[pipeline\] bundle: missing required key"),
         (with_("source", path=""), r"\[source\] path: a images source needs a path"),
+        (with_("cloud", endpoint="tcp://c:1", client_key="edge.key_secret"), r"\[cloud\] server_public_key: missing"),
+        (with_("cloud", server_public_key="server.key"), r"\[cloud\] client_key: missing: CURVE needs"),
+        (with_("cloud", client_key=1, server_public_key="s"), r"\[cloud\] client_key: expected a string, got 1"),
+        (with_("cloud", client_keys="k"), r"\[cloud\] client_keys: unknown key; did you mean 'client_key'"),
     ],
 )
 def test_config_errors_name_the_bad_key(document: dict[str, object], message: str) -> None:
@@ -67,6 +71,53 @@ def test_config_files(tmp_path: Path) -> None:
         load_config(broken)
     example = load_config(Path(__file__).parents[1] / "deploy" / "edge.toml")
     assert example.pipeline.action == Split("b4", "fp16") and example.cloud.heartbeat_interval_ms == 100
+
+
+def test_curve_key_files_are_read_when_the_config_is_loaded(tmp_path: Path) -> None:
+    from splitrt.cloud.security import generate_keys
+
+    server_public, _ = generate_keys(tmp_path / "keys", "server")
+    client_public, client_secret = generate_keys(tmp_path / "keys", "cam-17")
+    config = tmp_path / "edge.toml"
+
+    def write(client_key: Path, server_key: Path) -> Path:
+        config.write_text(f'[pipeline]\nbundle = "b"\n[source]\nkind = "images"\npath = "p"\n[cloud]\n'
+                          f'endpoint = "tcp://cloud:5555"\nclient_key = "{client_key}"\nserver_public_key = "{server_key}"\n')
+        return config
+
+    loaded = load_config(write(client_secret, server_public))
+    assert loaded.cloud.client_key == str(client_secret) and loaded.cloud.server_public_key == str(server_public)
+    with pytest.raises(ConfigError, match=r"edge\.toml: \[cloud\] client_key: CURVE secret key file .*missing\.key_secret "
+                                          r"not found; create one with `splitrt cloud keygen`"):
+        load_config(write(tmp_path / "missing.key_secret", server_public))
+    with pytest.raises(ConfigError, match=r"\[cloud\] client_key: .*holds no secret key"):
+        load_config(write(client_public, server_public))  # the public half where the secret one belongs
+    with pytest.raises(ConfigError, match=r"\[cloud\] server_public_key: CURVE public key file .* not found"):
+        load_config(write(client_secret, tmp_path / "nowhere.key"))
+    (tmp_path / "garbage.key").write_text("not a key\n")
+    with pytest.raises(ConfigError, match=r"\[cloud\] server_public_key: .*garbage\.key is not a CURVE key file"):
+        load_config(write(client_secret, tmp_path / "garbage.key"))
+
+
+def test_device_telemetry_gauges_are_read_at_scrape(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import generate_latest
+
+    from splitrt.edge.metrics import EdgeMetrics
+
+    zone = tmp_path / "thermal" / "thermal_zone0"  # the sysfs layout: type and temp in millidegrees
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("47500\n")
+    metrics = EdgeMetrics(thermal_root=tmp_path / "thermal")
+    body = generate_latest(metrics.registry).decode()
+    assert 'splitrt_edge_temperature_celsius{zone="cpu-thermal"} 47.5' in body
+    assert "splitrt_edge_cpu_percent " in body and "splitrt_edge_memory_total_bytes " in body
+    (zone / "temp").write_text("51000\n")
+    assert 'splitrt_edge_temperature_celsius{zone="cpu-thermal"} 51.0' in generate_latest(metrics.registry).decode()
+    # No thermal zones (a VM, a container): the CPU and memory gauges still come, no temperature sample.
+    bare = generate_latest(EdgeMetrics(thermal_root=tmp_path / "none").registry).decode()
+    assert "splitrt_edge_memory_used_bytes " in bare and "splitrt_edge_temperature_celsius{" not in bare
 
 
 def test_check_reports_a_bad_key_and_exits_2(tmp_path: Path) -> None:
@@ -129,6 +180,11 @@ port = {port}
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert 'splitrt_edge_frames_total{action="split@res/fp16",status="ok"}' in body
         assert "splitrt_edge_cloud_up 1.0" in body and "splitrt_edge_result_age_seconds_bucket" in body
+        # Device telemetry; temperatures only where the machine has thermal zones (often none in a VM).
+        from splitrt.devices.telemetry import read_thermal_zones
+
+        assert "splitrt_edge_cpu_percent " in body and "splitrt_edge_memory_used_bytes " in body
+        assert ("splitrt_edge_temperature_celsius{" in body) == bool(read_thermal_zones())
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
     finally:

@@ -1,7 +1,11 @@
 """The edge runtime against a real service on loopback: actions agree, and every frame ends with a reason."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+import threading
 import time
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -9,10 +13,12 @@ import zmq
 
 from splitrt.actions import Local, Offload, Skip, Split, parse_action
 from splitrt.bundle import Bundle
-from splitrt.edge.link import CloudLink, LinkError
+from splitrt.edge.failover import ResilientLink
+from splitrt.edge.link import CloudLink, LinkError, max_reply_frame_bytes
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import Status
-from tests.conftest import RunningService
+from splitrt.protocol import Heartbeat, Limits, RejectReason, Welcome, encode
+from tests.conftest import RunningService, start_service
 
 
 @pytest.fixture()
@@ -98,3 +104,136 @@ def test_parse_action() -> None:
     assert parse_action("b4/fp16") == Split("b4", "fp16")
     with pytest.raises(ValueError):
         parse_action("")
+
+
+OTHER_BUNDLE = "sha256:" + "e" * 64
+
+
+def other_bundle(bundle: Bundle) -> Bundle:
+    """The same files under OTHER_BUNDLE: an edge whose bundle the flipped service does not really hold."""
+    return dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, content_hash=OTHER_BUNDLE))
+
+
+@pytest.fixture()
+def flipped_service(tiny_bundle: Bundle) -> Iterator[RunningService]:
+    """A real service that answers a Hello for OTHER_BUNDLE with a Welcome for the tiny bundle (as a cloud
+    holding another bundle under the edge's hash would): its answers would be for the wrong model."""
+    running = start_service([tiny_bundle])
+    running.service.bundles[OTHER_BUNDLE] = tiny_bundle
+    yield running
+    running.service.stop()
+    running.thread.join(10)
+
+
+def test_a_cloud_with_another_bundle_is_never_split_to(
+    flipped_service: RunningService, tiny_bundle: Bundle, photo: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    edge_bundle = other_bundle(tiny_bundle)
+    with caplog.at_level(logging.ERROR, logger="splitrt.edge"):
+        with CloudLink(flipped_service.endpoint, OTHER_BUNDLE) as link:
+            with pytest.raises(LinkError, match="unknown_bundle"):
+                link.handshake()
+            assert not link.is_up and link.welcome is None
+            failed = EdgeRuntime(edge_bundle, link).infer(photo, Split("res", "fp16"))
+            assert failed.status is Status.FAILED and "serves bundle" in failed.reason
+            local = EdgeRuntime(edge_bundle, link, fallback=Local()).infer(photo, Split("res", "fp16"))
+            assert local.ok and local.action == "local" and "cloud unreachable" in local.reason
+    assert any(getattr(r, "event", None) == "welcome_mismatch" and "serves bundle" in r.getMessage()
+               for r in caplog.records)
+    assert flipped_service.service.counters["result"] == 0, "no request reached the wrong tail"
+
+
+def test_a_resilient_link_stays_down_for_a_cloud_with_another_bundle(
+    flipped_service: RunningService, tiny_bundle: Bundle, photo: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    edge_bundle = other_bundle(tiny_bundle)
+    with caplog.at_level(logging.ERROR, logger="splitrt.edge"):
+        with ResilientLink(flipped_service.endpoint, OTHER_BUNDLE) as link:
+            assert not link.wait_up(5)
+            assert link.rejection is not None and link.rejection.reason is RejectReason.UNKNOWN_BUNDLE
+            with pytest.raises(LinkError, match="serves bundle"):
+                link.handshake(timeout_ms=500)
+            failed = EdgeRuntime(edge_bundle, link).infer(photo, Split("res", "fp16"))
+            assert failed.status is Status.FAILED and "serves bundle" in failed.reason
+            local = EdgeRuntime(edge_bundle, link, fallback=Local()).infer(photo, Split("res", "fp16"))
+            assert local.ok and local.action == "local"
+            time.sleep(0.3)  # Hellos go on with backoff, each answered by a mismatched Welcome
+    mismatches = [r for r in caplog.records if getattr(r, "event", None) == "welcome_mismatch"]
+    assert len(mismatches) == 1, "logged once, not at every retry"
+    assert flipped_service.service.counters["result"] == 0
+
+
+def test_a_cloud_speaking_another_protocol_version_is_not_split_to(tiny_bundle: Bundle) -> None:
+    fake = zmq.Context.instance().socket(zmq.ROUTER)  # a real socket answering Hello as a newer cloud would
+    fake.setsockopt(zmq.LINGER, 0)
+    port = fake.bind_to_random_port("tcp://127.0.0.1")
+
+    def answer_hello() -> None:
+        if fake.poll(5000):
+            client, *_ = fake.recv_multipart()
+            welcome = Welcome("future-cloud", tiny_bundle.content_hash, ("res",), ("fp16",), protocol_version=2)
+            fake.send_multipart([client, *encode(welcome)])
+
+    thread = threading.Thread(target=answer_hello)
+    thread.start()
+    try:
+        with CloudLink(f"tcp://127.0.0.1:{port}", tiny_bundle.content_hash) as link:
+            with pytest.raises(LinkError, match="version_mismatch.*protocol version 2"):
+                link.handshake()
+            assert not link.is_up
+    finally:
+        thread.join(10)
+        fake.close()
+
+
+def test_a_request_over_the_announced_limit_is_not_sent(tiny_bundle: Bundle, photo: np.ndarray) -> None:
+    running = start_service([tiny_bundle], limits=Limits(max_payload_bytes=1024))
+    try:
+        with CloudLink(running.endpoint, tiny_bundle.content_hash) as link:
+            assert link.handshake().max_payload_bytes == 1024
+            runtime = EdgeRuntime(tiny_bundle, link)
+            big = runtime.infer(photo, Split("stem", "fp32"))  # 8 KiB of activation
+            assert big.status is Status.REJECTED and big.reason.startswith("too_large: not sent")
+            assert link.oversize_requests == 1
+            small = runtime.infer(photo, Split("pool", "fp32"))  # 128 bytes
+            assert small.ok, small.reason
+            rescued = EdgeRuntime(tiny_bundle, link, fallback=Local()).infer(photo, Split("stem", "fp32"))
+            assert rescued.ok and rescued.action == "local" and "too_large" in rescued.reason
+        with ResilientLink(running.endpoint, tiny_bundle.content_hash) as resilient:
+            resilient.handshake()
+            outcome = EdgeRuntime(tiny_bundle, resilient).infer(photo, Split("stem", "fp32"))
+            assert outcome.status is Status.REJECTED and "not sent" in outcome.reason
+            assert resilient.oversize_requests == 1
+        # Only the small request ever reached the service (plus the two Hellos and some heartbeats).
+        assert running.service.counters["result"] == 1
+        assert running.service.counters["reject_too_large"] == 0
+    finally:
+        running.service.stop()
+        running.thread.join(10)
+
+
+def test_a_reply_over_the_edge_transport_cap_is_dropped_not_buffered(tiny_bundle: Bundle) -> None:
+    """A reply frame larger than any valid reply ends the connection as it arrives (libzmq does not reconnect
+    after such a protocol error): the link then fails fast instead of holding the frame in memory."""
+    limits = Limits(max_payload_bytes=1024, max_meta_bytes=1024)
+    fake = zmq.Context.instance().socket(zmq.ROUTER)  # a cloud that answers a heartbeat with a huge frame
+    fake.setsockopt(zmq.LINGER, 0)
+    port = fake.bind_to_random_port("tcp://127.0.0.1")
+
+    def answer() -> None:
+        if fake.poll(5000):
+            client, *_ = fake.recv_multipart()
+            fake.send_multipart([client, *encode(Heartbeat(1, 0.0)), b"\0" * (max_reply_frame_bytes(limits) + 1)])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        with CloudLink(f"tcp://127.0.0.1:{port}", tiny_bundle.content_hash, limits=limits) as link:
+            assert link._socket.getsockopt(zmq.MAXMSGSIZE) == max_reply_frame_bytes(limits)
+            time.sleep(0.2)  # let the connection come up
+            assert link.ping(1, timeout_ms=500) is None
+            with pytest.raises(LinkError, match="not connected"):
+                link.request(encode(Heartbeat(2, 0.0)), 2, timeout_ms=100)
+    finally:
+        thread.join(10)
+        fake.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -67,6 +68,54 @@ def test_video_file_source_on_a_generated_clip(runtime: EdgeRuntime, tmp_path: P
     assert {o.status for o in paced} <= {Status.OK, Status.DROPPED}
     with pytest.raises(FileNotFoundError):
         video_file_source(tmp_path / "missing.mp4")
+
+
+def test_a_realtime_video_source_holds_one_frame_and_reports_the_replaced(tmp_path: Path) -> None:
+    """The decoder runs ahead of a slow reader: it never waits and never queues more than one frame."""
+    pytest.importorskip("av")
+    from splitrt.edge.sources import write_test_clip
+
+    clip = write_test_clip(tmp_path / "fast.mp4", frames=60, fps=300, size=(96, 64))  # played in 0.2 s
+    source = VideoSource(clip, realtime=True)
+
+    async def read_slowly() -> tuple[list[Frame], list[tuple[Frame, int]]]:
+        frames, replaced = [], []
+        async for item in source:
+            frames.append(item)
+            replaced += source.take_replaced()
+            await asyncio.sleep(0.04)
+        return frames, replaced + source.take_replaced()
+
+    frames, replaced = asyncio.run(asyncio.wait_for(read_slowly(), 30))
+    assert sorted([f.frame_id for f in frames] + [r.frame_id for r, _ in replaced]) == list(range(1, 61))
+    assert len(frames) < 20 and source.replaced == len(replaced)  # an unbounded queue would hand over all 60
+    assert all(newer > r.frame_id and r.pixels.size == 0 and r.source == f"fast.mp4#{r.frame_id}"
+               for r, newer in replaced)
+    assert all(f.pixels.shape == (64, 96, 3) for f in frames)
+
+
+def test_frames_a_realtime_video_source_replaced_end_as_dropped(runtime: EdgeRuntime, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from splitrt.edge.sources import write_test_clip
+
+    clip = write_test_clip(tmp_path / "fast.mp4", frames=60, fps=300, size=(96, 64))
+    source = VideoSource(clip, realtime=True)
+
+    async def main() -> list[FrameOutcome]:
+        outcomes = []
+        async for outcome in runtime.run(source, budget_ms=5000):
+            outcomes.append(outcome)
+            time.sleep(0.03)  # a consumer that holds up the event loop: the source is not read meanwhile
+        return outcomes
+
+    outcomes = asyncio.run(asyncio.wait_for(main(), 30))
+    ids = Counter(o.frame_id for o in outcomes)
+    assert sorted(ids) == list(range(1, 61)) and set(ids.values()) == {1}  # each frame ends exactly once
+    assert source.replaced > 0
+    dropped = [o for o in outcomes if o.status is Status.DROPPED]
+    assert len(dropped) >= source.replaced and {o.status for o in outcomes} == {Status.OK, Status.DROPPED}
+    assert all(o.reason.endswith("before it ran (latest frame wins)") and o.deadline_ms > o.capture_ms > 0
+               and o.action == "local" for o in dropped)
 
 
 def test_a_realtime_source_faster_than_the_pipeline_drops_the_stale_frames(runtime: EdgeRuntime) -> None:

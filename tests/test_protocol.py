@@ -114,6 +114,8 @@ def roundtrip(message: Message, payloads: tuple[bytes, ...] = ()) -> Envelope:
         Hello("édge-☃", "h", protocol_version=3),
         Welcome("cloud", "abc123", ("layer1", "layer3"), ("raw", "fp16", "int8")),
         Welcome("cloud", "abc123", (), ()),
+        Welcome("cloud", "abc123", ("layer1",), ("raw",), max_payload_bytes=64 * 1024),
+        Welcome("cloud", "abc123", (), (), max_payload_bytes=0),
         Reject(7, RejectReason.EXPIRED, "deadline passed"),
         Reject(-1, RejectReason.MALFORMED),
         Heartbeat(0, 0.0),
@@ -499,6 +501,22 @@ def test_welcome_and_hello_validation() -> None:
     malformed(raw_frames(MessageType.HELLO, hello))
 
 
+def test_welcome_max_payload_bytes_is_optional_both_ways() -> None:
+    base = {"server_id": "s", "bundle_hash": "b", "splits": ["a"], "codecs": ["raw"], "protocol_version": 1}
+    # An older server's Welcome (no such key) still decodes: the limit is unknown.
+    assert decode(raw_frames(MessageType.WELCOME, base)).message.max_payload_bytes is None  # type: ignore[union-attr]
+    announced = decode(raw_frames(MessageType.WELCOME, {**base, "max_payload_bytes": 4096})).message
+    assert announced == Welcome("s", "b", ("a",), ("raw",), max_payload_bytes=4096)
+    # Not announced: not on the wire, so the message is byte for byte what an older server sends.
+    frames = encode(Welcome("s", "b", ("a",), ("raw",)))
+    assert set(msgpack.unpackb(frames[0][HEADER.size :])) == set(base)
+    assert frames == raw_frames(MessageType.WELCOME, base)
+    for bad in (-1, True, 1.5, "4096", 2**63, None):
+        malformed(raw_frames(MessageType.WELCOME, {**base, "max_payload_bytes": bad}))
+    malformed(raw_frames(MessageType.HELLO, {"client_id": "c", "bundle_hash": "b", "protocol_version": 1,
+                                             "max_payload_bytes": 1}))  # only Welcome knows it
+
+
 def test_result_and_heartbeat_validation() -> None:
     base = {
         "frame_id": 1,
@@ -627,7 +645,8 @@ def messages_with_payloads(draw: st.DrawFn) -> tuple[Message, tuple[bytes, ...]]
     if kind is MessageType.WELCOME:
         tags = st.lists(names, max_size=5).map(tuple)
         version = draw(st.integers(0, 255))
-        return Welcome(draw(names), draw(names), draw(tags), draw(tags), version), ()
+        max_payload = draw(st.none() | u63)
+        return Welcome(draw(names), draw(names), draw(tags), draw(tags), version, max_payload), ()
     if kind is MessageType.INFER:
         msg = Infer(draw(u63), draw(names), draw(names), draw(names), draw(specs), draw(times_ms))
         return msg, (draw(st.binary(max_size=64)),)

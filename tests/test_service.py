@@ -1,6 +1,7 @@
 """The tail service over a real ROUTER socket on loopback: every request is answered, bad ones with a reason."""
 from __future__ import annotations
 
+import logging
 import struct
 import time
 
@@ -12,10 +13,12 @@ from splitrt.bundle import HEAD_INPUT_NAME, Bundle
 from splitrt.codecs import get_codec
 from splitrt.devices.ort import create_session
 from splitrt.protocol import (
+    PROTOCOL_VERSION,
     Envelope,
     Heartbeat,
     Hello,
     Infer,
+    Limits,
     Reject,
     RejectReason,
     Result,
@@ -210,3 +213,62 @@ def test_stop_drains_queued_requests(tiny_bundle: Bundle, image: np.ndarray) -> 
     socket.close()
     assert answered == set(range(20))
     assert not running.thread.is_alive()
+
+
+def test_a_hello_for_another_protocol_version_is_rejected_with_that_reason(
+    service: RunningService, dealer: zmq.Socket, tiny_bundle: Bundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    dealer.connect(service.endpoint)
+    with caplog.at_level(logging.WARNING, logger="splitrt.cloud"):
+        reply = exchange(dealer, encode(Hello("future-edge", tiny_bundle.content_hash, protocol_version=2))).message
+    assert isinstance(reply, Reject) and reply.reason is RejectReason.VERSION_MISMATCH and reply.frame_id == -1
+    assert "version 2" in reply.detail and f"version {PROTOCOL_VERSION}" in reply.detail
+    assert any(getattr(r, "reason", None) == "version_mismatch" and "future-edge" in r.getMessage()
+               for r in caplog.records)
+    # The same client, speaking this version, is welcomed, and told the largest request the service takes.
+    welcome = exchange(dealer, encode(Hello("future-edge", tiny_bundle.content_hash))).message
+    assert isinstance(welcome, Welcome)
+    assert welcome.max_payload_bytes == service.service.config.limits.max_payload_bytes
+
+
+def test_a_frame_over_the_transport_cap_drops_only_its_connection_and_is_logged(
+    tiny_bundle: Bundle, image: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past 4x the message limit libzmq drops the sender before the gateway sees it (no Reject is possible):
+    the service stays up, serves the next client, and the drop shows in the log and the metrics."""
+    running = start_service([tiny_bundle], limits=Limits(max_payload_bytes=64 * 1024))
+    service = running.service
+    cap_bytes = 4 * service.config.max_message_bytes
+    context = zmq.Context.instance()
+    hostile = context.socket(zmq.DEALER)
+    hostile.setsockopt(zmq.LINGER, 0)
+    hostile.setsockopt(zmq.RECONNECT_IVL, 5000)  # not straight back: the test counts one drop
+    good = context.socket(zmq.DEALER)
+    good.setsockopt(zmq.LINGER, 0)
+    try:
+        with caplog.at_level(logging.INFO, logger="splitrt.cloud"):
+            hostile.connect(running.endpoint)
+            activation = head_output(tiny_bundle, "res", image)
+            header = infer_frames(tiny_bundle, "res", activation)[0]
+            hostile.send_multipart([header, b"\0" * (cap_bytes + 1)])
+            assert not hostile.poll(500), "a frame over the transport cap gets no answer"
+            deadline = time.monotonic() + 5
+            while not [r for r in caplog.records if getattr(r, "event", None) == "connection_closed"]:
+                assert time.monotonic() < deadline, "the dropped connection was not logged"
+                time.sleep(0.02)
+        closed = [r for r in caplog.records if getattr(r, "event", None) == "connection_closed"]
+        assert f"transport cap of {cap_bytes} bytes" in closed[0].getMessage()
+        assert closed[0].transport_cap_bytes == cap_bytes  # type: ignore[attr-defined]
+        assert service.metrics.registry.get_sample_value(
+            "splitrt_disconnects_total", {"event": "disconnected"}) == 1
+        assert service.counters["requests"] == 0, "the dropped request never reached the gateway"
+        # The service is still up and a well-behaved client is served.
+        good.connect(running.endpoint)
+        reply = exchange(good, infer_frames(tiny_bundle, "res", activation)).message
+        assert isinstance(reply, Result)
+        assert running.thread.is_alive() and service.ready
+    finally:
+        hostile.close()
+        good.close()
+        service.stop()
+        running.thread.join(10)

@@ -28,7 +28,13 @@ class ServiceMetrics:
         self.expired_executed = Counter(
             "splitrt_expired_executed", "Requests executed after their deadline (must stay 0)", registry=r)
         self.auth_denied = Counter("splitrt_auth_denied", "CURVE handshakes refused", registry=r)
+        self.disconnects = Counter(
+            "splitrt_disconnects",
+            "Client connections closed or dropped, and handshakes failed, by event (a frame over the transport cap "
+            "drops its connection unanswered: it shows here, never as a Reject)",
+            ["event"], registry=r)
         self.queue_depth = Gauge("splitrt_queue_depth", "Requests queued or running", registry=r)
+        # Read at scrape time from the gateway's per-client in-flight counts (see `track_inflight_clients`).
         self.inflight_clients = Gauge("splitrt_inflight_clients", "Clients with requests in flight", registry=r)
         self.batch_size = Histogram("splitrt_batch_size", "Requests per executed batch", buckets=_BATCH_BUCKETS,
                                     registry=r)
@@ -38,6 +44,16 @@ class ServiceMetrics:
                                     buckets=_LATENCY_BUCKETS_MS, registry=r)
         self.service_ms = Histogram("splitrt_service_ms", "Time from arrival to reply sent (ms)",
                                     buckets=_LATENCY_BUCKETS_MS, registry=r)
+
+    def track_inflight_clients(self, count: Callable[[], float]) -> None:
+        """`splitrt_inflight_clients` is `count()` at each scrape: nothing is added to the request path."""
+        self.inflight_clients.set_function(count)
+
+    def track_ray_serve_replicas(self, count: Callable[[], float]) -> None:
+        """Add `splitrt_ray_serve_replicas`, read at each scrape (only a service on the Ray backend has it)."""
+        gauge = Gauge("splitrt_ray_serve_replicas", "Ray Serve replicas running the tails (NaN: Serve could not say)",
+                      registry=self.registry)
+        gauge.set_function(count)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

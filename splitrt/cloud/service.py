@@ -22,9 +22,11 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from typing import Callable, Iterable
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from splitrt.clock import wall_clock_ms
 from splitrt.bundle import Bundle
@@ -35,6 +37,7 @@ from splitrt.cloud.executor import run_batch
 from splitrt.cloud.metrics import OpsServer, ServiceMetrics
 from splitrt.cloud.tails import TailExecutor, TailRunner
 from splitrt.protocol import (
+    PROTOCOL_VERSION,
     Heartbeat,
     Hello,
     Infer,
@@ -42,6 +45,7 @@ from splitrt.protocol import (
     Reject,
     RejectReason,
     Result,
+    Welcome,
     decode,
     encode,
     peek_frame_id,
@@ -54,6 +58,13 @@ log = logging.getLogger("splitrt.cloud")
 UNREAD_MESSAGES_PER_CLIENT = 16
 QUIET_BEFORE_EXIT_S = 0.1
 RECEIVE_BUFFER_BYTES = 256 * 1024
+# Connection events the gateway logs and counts (`splitrt_disconnects{event}`), read from a socket monitor.
+CONNECTION_EVENTS: dict[int, str] = {
+    zmq.EVENT_DISCONNECTED: "disconnected",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
+}
 
 
 
@@ -89,6 +100,9 @@ class TailService:
         self._batches: queue.SimpleQueue[Batch[Work] | None] = queue.SimpleQueue()
         # Gateway-only state.
         self.inflight: dict[bytes, int] = {}
+        self.metrics.track_inflight_clients(lambda: len(self.inflight))  # read at scrape time, off the request path
+        if hasattr(self.tails, "running_replicas"):  # the Ray backend: how many replicas Serve runs now
+            self.metrics.track_ray_serve_replicas(self.tails.running_replicas)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._draining = False  # gateway-only: the stop has been seen
@@ -149,6 +163,9 @@ class TailService:
         # Kernel buffers are kept small too: a request never waits long unread in them, it waits at the client.
         router.setsockopt(zmq.RCVHWM, UNREAD_MESSAGES_PER_CLIENT)
         router.setsockopt(zmq.RCVBUF, RECEIVE_BUFFER_BYTES)
+        # A frame over MAXMSGSIZE makes libzmq drop its connection before any of it reaches the gateway: no Reject
+        # can answer it, so the connection events are watched instead (see `_connection_events`).
+        monitor = router.get_monitor_socket(sum(CONNECTION_EVENTS))
         replies = self.context.socket(zmq.PULL)
         replies.bind(self._reply_endpoint)
         threads: list[threading.Thread] = []
@@ -169,7 +186,7 @@ class TailService:
                      "on" if self.config.batching else "off", "on" if self.authenticator else "off",
                      extra={"event": "serving", "endpoint": self.endpoint})
             self._ready.set()
-            self._loop(router, replies)
+            self._loop(router, replies, monitor)
         finally:
             self._stop.set()
             with self._cond:
@@ -177,6 +194,8 @@ class TailService:
             for thread in threads:
                 thread.join(5)
             replies.close(linger=0)
+            router.disable_monitor()
+            monitor.close(linger=0)
             router.close(linger=1000)
             if self.ops:
                 self.ops.stop()
@@ -186,10 +205,11 @@ class TailService:
                 self.context.term()
             log.info("stopped; counters: %s", dict(self.counters), extra={"event": "stopped"})
 
-    def _loop(self, router: zmq.Socket, replies: zmq.Socket) -> None:
+    def _loop(self, router: zmq.Socket, replies: zmq.Socket, monitor: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(replies, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         drain_until = float("inf")
         quiet_since: float | None = None
         cpu_start_s = time.thread_time()
@@ -214,6 +234,8 @@ class TailService:
                 self._forward_replies(replies, router)
             if router in events:
                 self._receive(router)
+            if monitor in events:
+                self._connection_events(monitor)
             self.cpu_s["gateway"] = time.thread_time() - cpu_start_s
         if self.inflight:
             log.warning("drain timeout: %d client(s) still had requests in flight", len(self.inflight))
@@ -262,6 +284,53 @@ class TailService:
                 self.counters["requests"] += 1
             self._handle(router, client, body)
 
+    def _connection_events(self, monitor: zmq.Socket) -> None:
+        """Log and count closed connections and failed handshakes (at most 256 per poll, like `_receive`).
+
+        A client that sends a frame over the transport cap (`zmq.MAXMSGSIZE`, 4x the message limit) is
+        disconnected by libzmq before the gateway sees any of it, so it gets no Reject, and libzmq's monitor
+        reports it as a plain disconnect: it cannot be told from a client that closed its socket. Every
+        disconnect is therefore logged naming both causes and counted in `splitrt_disconnects{event}`.
+        """
+        for _ in range(256):
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            name = CONNECTION_EVENTS.get(event["event"])
+            if name is None:
+                continue
+            self.metrics.disconnects.labels(name).inc()
+            with self._counters_lock:
+                self.counters[f"connection_{name}"] += 1
+            endpoint = event["endpoint"].decode(errors="replace") if event["endpoint"] else self.endpoint
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                log.info("client connection on %s closed (by the client, or by ZeroMQ for a frame over the "
+                         "transport cap of %d bytes: such a frame gets no Reject)", endpoint, self._max_frame_bytes,
+                         extra={"event": "connection_closed", "endpoint": endpoint,
+                                "transport_cap_bytes": self._max_frame_bytes})
+            else:  # CURVE refusals are logged with their reason by the authenticator too
+                log.log(logging.DEBUG if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else logging.WARNING,
+                        "a client connection on %s failed its handshake (%s, code %s)", endpoint, name,
+                        event["value"], extra={"event": "handshake_failed", "endpoint": endpoint,
+                                               "reason": name, "code": event["value"]})
+
+    def _answer_hello(self, client: bytes, message: Hello) -> Reply:
+        """A Welcome announcing this service's payload limit, or a Reject: unknown bundle, or a protocol version
+        this service does not speak (the header's version matched, the Hello's own field did not)."""
+        if message.protocol_version != PROTOCOL_VERSION:
+            log.warning("client %s (%s): hello with protocol version %d, this service speaks %d", client.hex(),
+                        message.client_id, message.protocol_version, PROTOCOL_VERSION,
+                        extra={"event": "reject", "client": client.hex(), "client_id": message.client_id,
+                               "reason": RejectReason.VERSION_MISMATCH.value})
+            return Reply(reject(-1, RejectReason.VERSION_MISMATCH,
+                                f"hello for protocol version {message.protocol_version}; this service speaks "
+                                f"version {PROTOCOL_VERSION} only"))
+        reply = handshake(message, self.bundles, self.server_id)
+        if isinstance(reply.message, Welcome):
+            reply = Reply(replace(reply.message, max_payload_bytes=self.config.limits.max_payload_bytes))
+        return reply
+
     def _handle(self, router: zmq.Socket, client: bytes, body: list[zmq.Frame]) -> None:
         try:
             envelope = decode(body, self.config.limits)
@@ -275,7 +344,7 @@ class TailService:
         message = envelope.message
         self.metrics.messages.labels(type(message).__name__.lower()).inc()
         if isinstance(message, Hello):
-            reply = handshake(message, self.bundles, self.server_id)
+            reply = self._answer_hello(client, message)
             log.info("client %s (%s): hello -> %s", client.hex(), message.client_id, type(reply.message).__name__,
                      extra={"event": "hello", "client": client.hex(), "client_id": message.client_id})
             self._send(router, client, reply)

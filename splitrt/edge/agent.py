@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 from splitrt.actions import Action, Local, Skip
 from splitrt.bundle import Bundle
-from splitrt.edge.link import CloudLink
+from splitrt.edge.link import CloudLink, CurveClientKeys
 from splitrt.edge.report import frame_line, summary_rows, summary_table
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import image_source
@@ -28,15 +28,24 @@ def run_agent(
     json_out: str | Path | None = None,
     echo: Callable[[str], None] = print,
     handshake_timeout_ms: float = 10000.0,
+    curve: CurveClientKeys | None = None,
 ) -> list[FrameOutcome]:
-    """Run each image through each action in turn; returns every frame's outcome (also written as JSON lines)."""
+    """Run each image through each action in turn; returns every frame's outcome (also written as JSON lines).
+
+    `curve`: keys for a service that requires CURVE (any `splitrt cloud serve` bound off loopback)."""
     link = None
     if needs_cloud(actions):
         if not endpoint:
             raise ValueError("split and offload actions need --connect tcp://HOST:PORT")
-        link = CloudLink(endpoint, bundle.content_hash)
-        welcome = link.handshake(handshake_timeout_ms)
-        echo(f"connected to {welcome.server_id} at {endpoint}: bundle {bundle.model_id} {bundle.content_hash[:19]}")
+        link = CloudLink(endpoint, bundle.content_hash, curve=curve)
+        try:
+            welcome = link.handshake(handshake_timeout_ms)
+        except BaseException:
+            link.close()
+            raise
+        secured = ", CURVE" if curve is not None else ""
+        echo(f"connected to {welcome.server_id} at {endpoint}{secured}: bundle {bundle.model_id} "
+             f"{bundle.content_hash[:19]}")
     runtime = EdgeRuntime(bundle, link, intra_op_threads=intra_op_threads)
     runtime.warm_up(list(actions))
     outcomes: list[FrameOutcome] = []

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from splitrt.edge.link import CurveClientKeys
 
 DEFAULT_BUNDLE = ".cache/bundles/efficientnet-lite0"
 
@@ -12,6 +16,7 @@ def _run(args: argparse.Namespace) -> int:
     from splitrt.edge.agent import run_agent
     from splitrt.frame import Status
 
+    curve = _curve_keys(args)
     bundle = Bundle.load(args.bundle)
     actions = [parse_action(text, args.codec) for text in args.split.split(",") if text]
     outcomes = run_agent(
@@ -23,9 +28,29 @@ def _run(args: argparse.Namespace) -> int:
         intra_op_threads=args.threads,
         json_out=args.json,
         handshake_timeout_ms=args.connect_timeout_ms,
+        curve=curve,
     )
     failed = [o for o in outcomes if o.status is Status.FAILED]
     return 1 if failed and len(failed) == len(outcomes) else 0
+
+
+_KEY_FLAGS = {"client_key": "--client-key", "server_public_key": "--server-key"}
+
+
+def _curve_keys(args: argparse.Namespace) -> "CurveClientKeys | None":
+    """CURVE keys from --client-key and --server-key (both or neither); errors name the flag."""
+    from splitrt.edge.link import CurveClientKeys, CurveKeyError
+
+    if not args.client_key and not args.server_key:
+        return None
+    if not args.client_key or not args.server_key:
+        missing = "--client-key" if not args.client_key else "--server-key"
+        raise ValueError(f"{missing} is missing: CURVE needs this edge's NAME.key_secret (--client-key) and the "
+                         "service's public NAME.key (--server-key)")
+    try:
+        return CurveClientKeys.load(args.server_key, args.client_key)
+    except CurveKeyError as exc:
+        raise CurveKeyError(exc.key, f"{_KEY_FLAGS[exc.key]}: {exc}") from None
 
 
 def _daemon(args: argparse.Namespace) -> int:
@@ -57,6 +82,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     run.add_argument("--json", help="write one JSON line per frame here")
     run.add_argument("--connect-timeout-ms", type=float, default=10000.0, help="how long to wait for the handshake")
+    run.add_argument("--client-key", help="CURVE: this edge's NAME.key_secret (`splitrt cloud keygen`); needed for a "
+                                          "service bound off loopback, whose allowed_clients_dir holds NAME.key")
+    run.add_argument("--server-key", "--server-public-key", dest="server_key",
+                     help="CURVE: the service's public NAME.key (not its .key_secret)")
     run.set_defaults(func=_run)
 
     daemon = sub.add_parser("daemon", help="the unattended agent: stream a source with failover, metrics and logs")

@@ -2,7 +2,9 @@
 
 Every error names the file, the section and the key, says what was expected and what was found, and
 suggests the closest known key for a misspelt one. Parsing is pure (`parse_config` takes a dict), so the
-rules are testable without files. See `deploy/edge.toml` for a commented example.
+rules are testable without files; `load_config` also reads the CURVE key files the config names (`curve_keys`),
+so a missing or unreadable key stops the daemon (and `--check`) before anything starts. See `deploy/edge.toml`
+for a commented example.
 """
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from splitrt.actions import Action, Local, Offload, Skip, Split, parse_action
+
+if TYPE_CHECKING:
+    from splitrt.edge.link import CurveClientKeys
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +46,8 @@ class CloudConfig:
     reconnect_initial_ms: float = 50.0
     reconnect_max_ms: float = 500.0
     connect_timeout_ms: float = 0.0  # wait this long for the first handshake at start (0: start at once)
+    client_key: str = ""  # CURVE: this edge's NAME.key_secret (`splitrt cloud keygen`); "": no CURVE
+    server_public_key: str = ""  # CURVE: the service's public NAME.key
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Check], tuple[str, ...]]] = {
         "endpoint": ENDPOINT, "heartbeat_interval_ms": _number(0, low_open=True),
         "down_after_intervals": _number(1), "reconnect_initial_ms": _number(0, low_open=True),
         "reconnect_max_ms": _number(0, low_open=True), "connect_timeout_ms": _number(0),
+        "client_key": _string(), "server_public_key": _string(),
     }, ()),
     "source": (SourceConfig, {
         "kind": _string(("images", "video", "camera")), "path": _string(), "realtime": _boolean, "loop": _boolean,
@@ -232,11 +240,30 @@ def _check_consistency(config: DaemonConfig, fail: Callable[[str, str], ConfigEr
         raise fail("[cloud] down_after_intervals", "must be below 3 so that a lost cloud is detected within 3 heartbeats")
     if cloud.reconnect_initial_ms > cloud.reconnect_max_ms:
         raise fail("[cloud] reconnect_initial_ms", f"is above reconnect_max_ms ({cloud.reconnect_max_ms:g})")
+    if cloud.client_key and not cloud.server_public_key:
+        raise fail("[cloud] server_public_key", "missing: CURVE needs the service's public NAME.key as well as client_key")
+    if cloud.server_public_key and not cloud.client_key:
+        raise fail("[cloud] client_key", "missing: CURVE needs this edge's NAME.key_secret as well as server_public_key")
     if results.sink == "jsonl" and not results.path:
         raise fail("[results] path", "the jsonl sink needs a path")
 
 
+def curve_keys(config: DaemonConfig) -> "CurveClientKeys | None":
+    """The CURVE keys `[cloud]` names, read from their files (None without CURVE); raises ConfigError naming
+    the key whose file is missing or unreadable."""
+    cloud = config.cloud
+    if not cloud.client_key:
+        return None
+    from splitrt.edge.link import CurveClientKeys, CurveKeyError
+
+    try:
+        return CurveClientKeys.load(cloud.server_public_key, cloud.client_key)
+    except CurveKeyError as exc:
+        raise ConfigError(f"{config.origin}: [cloud] {exc.key}: {exc}") from None
+
+
 def load_config(path: str | Path) -> DaemonConfig:
+    """Read and validate a TOML file, including that its CURVE key files (if any) can be read."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -246,4 +273,6 @@ def load_config(path: str | Path) -> DaemonConfig:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(document, origin=str(path))
+    config = parse_config(document, origin=str(path))
+    curve_keys(config)
+    return config

@@ -15,10 +15,13 @@ import logging
 import signal
 import sys
 from collections import Counter
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from splitrt.edge.config import DaemonConfig, SourceConfig
+from splitrt.edge.config import DaemonConfig, SourceConfig, curve_keys
 from splitrt.frame import FrameOutcome
+
+if TYPE_CHECKING:
+    from splitrt.edge.link import CurveClientKeys
 
 log = logging.getLogger("splitrt.edge.daemon")
 
@@ -176,12 +179,13 @@ class EdgeDaemon:
         from splitrt.edge.runtime import EdgeRuntime
 
         config = self.config
+        curve = curve_keys(config)  # a missing or unreadable key file stops the daemon before anything starts
         if self.device is not None and hasattr(self.device, "apply"):
             self.device.apply()
         threads = int(getattr(self.device, "intra_op_threads", config.pipeline.threads) or config.pipeline.threads)
         bundle = Bundle.load(config.pipeline.bundle)
         metrics = self._metrics()
-        link = self._link(bundle, metrics)
+        link = self._link(bundle, metrics, curve)
         runtime = EdgeRuntime(bundle, link, intra_op_threads=threads, action=config.pipeline.action,
                               fallback=config.pipeline.fallback)
         results = open_results_sink(config)
@@ -233,16 +237,24 @@ class EdgeDaemon:
                  extra={"event": "metrics_bound", "port": port})
         return metrics
 
-    def _link(self, bundle: Any, metrics: Any) -> Any:
+    def _link(self, bundle: Any, metrics: Any, curve: "CurveClientKeys | None" = None) -> Any:
         cloud = self.config.cloud
         if not cloud.endpoint:
             return None
+        from splitrt.cloud.config import is_loopback
         from splitrt.edge.failover import ResilientLink
         from splitrt.edge.health import HeartbeatConfig
 
+        if curve is not None:
+            log.info("CURVE on for %s: client key %s", cloud.endpoint, cloud.client_key,
+                     extra={"event": "curve", "endpoint": cloud.endpoint})
+        elif not is_loopback(cloud.endpoint):
+            log.warning("%s is not on loopback and [cloud] has no CURVE keys: a service bound off loopback "
+                        "requires them (set client_key and server_public_key)", cloud.endpoint,
+                        extra={"event": "curve_off", "endpoint": cloud.endpoint})
         link = ResilientLink(cloud.endpoint, bundle.content_hash, HeartbeatConfig(
             interval_ms=cloud.heartbeat_interval_ms, down_after_intervals=cloud.down_after_intervals,
-            backoff_initial_ms=cloud.reconnect_initial_ms, backoff_max_ms=cloud.reconnect_max_ms))
+            backoff_initial_ms=cloud.reconnect_initial_ms, backoff_max_ms=cloud.reconnect_max_ms), curve=curve)
 
         def on_state(state: Any, _now_ms: float) -> None:
             log.info("cloud link %s", state.value, extra={"event": "link", "state": state.value, "endpoint": cloud.endpoint})

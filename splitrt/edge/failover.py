@@ -7,6 +7,12 @@ still waiting fails at once with `LinkDown` (so no frame waits on a dead link), 
 (queued messages for the dead peer are discarded, as the Lazy Pirate pattern does), and Hellos go out with
 backoff until a Welcome brings the link back up; splitting then resumes by itself.
 
+With `curve` keys every socket it makes (the first, and each replacement) is a CURVE client. A service that
+refuses the security handshake (our key is not on its allow-list, or CURVE on one side only) is not retried
+by libzmq; the link records why (`refusal`, also in every LinkDown and `down_reason`) and tries again with a
+new socket after a backoff of its own (1 s doubling to 30 s), so a key added to the allow-list later is
+picked up without a restart and a refused edge never hammers the service.
+
 It answers to the same `request(frames, frame_id, timeout_ms)` as `CloudLink`, so `EdgeRuntime` takes either.
 """
 from __future__ import annotations
@@ -24,8 +30,17 @@ from typing import Callable, Sequence
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from splitrt.edge.health import HeartbeatConfig, LinkHealth, LinkState, Step
-from splitrt.edge.link import LinkError
+from splitrt.edge.health import Backoff, HeartbeatConfig, LinkHealth, LinkState, Step
+from splitrt.edge.link import (
+    HANDSHAKE_REFUSED_EVENTS,
+    CurveClientKeys,
+    LinkError,
+    handshake_refusal,
+    log_welcome_mismatch,
+    max_reply_frame_bytes,
+    oversize_reject,
+    welcome_mismatch,
+)
 from splitrt.protocol import (
     DEFAULT_LIMITS,
     Envelope,
@@ -53,6 +68,10 @@ def monotonic_ms() -> float:
 
 StateListener = Callable[[LinkState, float], None]
 
+# After the service refused our security handshake: try a new connection after 1 s, doubling up to 30 s.
+REFUSED_RETRY_INITIAL_MS = 1000.0
+REFUSED_RETRY_MAX_MS = 30_000.0
+
 
 class ResilientLink:
     """Heartbeats + failover + reconnect around a DEALER socket; see the module docstring."""
@@ -66,8 +85,10 @@ class ResilientLink:
         context: zmq.Context | None = None,
         limits: Limits = DEFAULT_LIMITS,
         clock_ms: Callable[[], float] = monotonic_ms,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.curve = curve
         self.bundle_hash = bundle_hash
         self.config = config
         self.client_id = client_id or f"edge-{uuid.uuid4().hex[:8]}"
@@ -75,8 +96,14 @@ class ResilientLink:
         self.clock_ms = clock_ms
         self.welcome: Welcome | None = None
         self.rejection: Reject | None = None  # a Reject of our Hello (e.g. unknown bundle): not retried blindly
+        self.refusal: str | None = None  # why the service refused our security handshake (CURVE key, mechanism)
+        self.refusals = 0
+        self._handshake_hint: str | None = None  # CURVE handshakes fail without a reason (wrong server key?)
+        self._refused_backoff = Backoff(REFUSED_RETRY_INITIAL_MS, REFUSED_RETRY_MAX_MS)
+        self._new_socket_at_ms: float | None = None  # after a refusal: when to try again on a new socket
         self.heartbeat_rtt_ms: float | None = None
         self.stale_replies = 0
+        self.oversize_requests = 0  # requests not sent: over the payload limit the cloud announced
         self.heartbeats_sent = 0
         self.reconnects = 0
         self.disconnects = 0
@@ -141,11 +168,24 @@ class ResilientLink:
         """(monotonic ms, state) of every transition so far."""
         return list(self._health.transitions)
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why the link is not up, when more is known than its state: a refused handshake or Hello."""
+        if self.is_up:
+            return None
+        if self.refusal is not None:
+            return self.refusal
+        if self.rejection is not None:
+            return f"{self.endpoint} refused the handshake: {self.rejection.reason.value} ({self.rejection.detail})"
+        return self._handshake_hint
+
     def wait_up(self, timeout_s: float) -> bool:
-        """Block until the link is up (True), or `timeout_s` passes or the cloud refuses our Hello (False)."""
+        """Block until the link is up (True), or `timeout_s` passes, or the cloud has refused our Hello or our
+        security handshake (False; see `down_reason`). After a refused handshake the link keeps trying by itself
+        (a key added to the allow-list later lets it in): poll `is_up` to wait for that."""
         end = time.monotonic() + timeout_s
         with self._state_changed:
-            while not self.is_up and self.rejection is None:
+            while not self.is_up and self.rejection is None and self.refusal is None:
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -156,10 +196,12 @@ class ResilientLink:
         """Start the link and wait for the first Welcome, like `CloudLink.handshake`; raises LinkError."""
         self.start()
         if not self.wait_up(timeout_ms / 1000.0):
-            if self.rejection is not None:
-                r = self.rejection
-                raise LinkError(f"{self.endpoint} refused the handshake: {r.reason.value} ({r.detail})")
-            raise LinkError(f"no answer from {self.endpoint} within {timeout_ms:.0f} ms; is `splitrt cloud serve` running?")
+            reason = self.down_reason
+            if self.refusal is not None or self.rejection is not None:
+                raise LinkError(reason)
+            hint = f" ({reason})" if reason else ""
+            raise LinkError(
+                f"no answer from {self.endpoint} within {timeout_ms:.0f} ms; is `splitrt cloud serve` running?{hint}")
         assert self.welcome is not None
         return self.welcome
 
@@ -171,7 +213,12 @@ class ResilientLink:
             future.set_exception(LinkDown(f"link to {self.endpoint} is closed"))
             return future
         if not self.is_up:
-            future.set_exception(LinkDown(f"cloud at {self.endpoint} is {self.state.value}"))
+            future.set_exception(LinkDown(self._down_message()))
+            return future
+        too_large = oversize_reject(frames, frame_id, self.welcome, self.endpoint)
+        if too_large is not None:  # never sent: the cloud announced it takes no such request
+            self.oversize_requests += 1
+            future.set_result(Envelope(too_large, ()))
             return future
         self._outbox.put((list(frames), frame_id, future))
         self._wake()
@@ -186,6 +233,10 @@ class ResilientLink:
             with self._pending_lock:
                 self._pending.pop(frame_id, None)
             return None
+
+    def _down_message(self) -> str:
+        reason = self.down_reason
+        return f"cloud at {self.endpoint} is {self.state.value}" + (f": {reason}" if reason else "")
 
     # -- I/O thread ------------------------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -203,10 +254,24 @@ class ResilientLink:
         # libzmq's own TCP reconnect: every 50 ms, backing off to 100 ms (cheap on a refused port).
         socket.setsockopt(zmq.RECONNECT_IVL, 50)
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(min(100.0, self.config.backoff_max_ms)))
+        socket.setsockopt(zmq.MAXMSGSIZE, max_reply_frame_bytes(self.limits))  # a huge reply cannot fill memory
+        if self.curve is not None:
+            self.curve.apply(socket)
         # Hello goes out the moment a ZMTP handshake completes (a frozen peer accepts TCP but never greets);
-        # a dropped connection fails the requests on it at once (a reply can never come back on another).
-        self._monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        # a dropped connection fails the requests on it at once (a reply can never come back on another);
+        # a refused security handshake is recorded and retried on a new socket (libzmq gives up on it).
+        self._monitor = socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_REFUSED_EVENTS
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         socket.connect(self.endpoint)
+        return socket
+
+    def _replace_socket(self, socket: zmq.Socket, poller: zmq.Poller) -> zmq.Socket:
+        """A new socket (and monitor) in place of `socket`: whatever was queued for the old peer is gone."""
+        self._close_socket(socket, poller)
+        socket = self._new_socket()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         return socket
 
     def _close_socket(self, socket: zmq.Socket, poller: zmq.Poller) -> None:
@@ -226,7 +291,14 @@ class ResilientLink:
             while not self._stop.is_set():
                 now = self.clock_ms()
                 socket = self._act(self._health.due(now), socket, poller, now)
-                timeout_ms = max(0.0, self._health.next_wakeup_ms(self.clock_ms()) - self.clock_ms())
+                if self._new_socket_at_ms is not None and now >= self._new_socket_at_ms:
+                    self._new_socket_at_ms = None
+                    log.debug("trying %s again after a refused handshake", self.endpoint)
+                    socket = self._replace_socket(socket, poller)
+                wakeup_ms = self._health.next_wakeup_ms(self.clock_ms())
+                if self._new_socket_at_ms is not None:
+                    wakeup_ms = min(wakeup_ms, self._new_socket_at_ms)
+                timeout_ms = max(0.0, wakeup_ms - self.clock_ms())
                 events = dict(poller.poll(max(1, int(timeout_ms))))
                 if self._wake_read in events:
                     try:
@@ -245,21 +317,43 @@ class ResilientLink:
 
     def _on_connected(self, socket: zmq.Socket) -> None:
         """Connection events. Up (the cloud is back, or first reachable): say Hello at once, no backoff wait.
-        Dropped: the requests sent on it cannot be answered any more; they fail now, not at their deadline."""
+        Dropped: the requests sent on it cannot be answered any more; they fail now, not at their deadline.
+        Refused (security handshake): recorded, and a new socket is scheduled after a backoff."""
         connected = dropped = False
+        refusal: str | None = None
         while True:
             try:
                 event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-            connected |= event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
-            dropped |= event["event"] == zmq.EVENT_DISCONNECTED
+            kind = event["event"]
+            connected |= kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            dropped |= kind == zmq.EVENT_DISCONNECTED
+            refusal = handshake_refusal(self.endpoint, kind, event["value"], self.curve is not None) or refusal
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.curve is not None:
+                self._handshake_hint = (f"CURVE handshakes with {self.endpoint} fail: is the server public key "
+                                        "the service's own?")
+        if connected:
+            self.refusal = self._handshake_hint = self._new_socket_at_ms = None
+            self._refused_backoff.reset()
+        elif refusal is not None:
+            self._on_refused(refusal)
         if dropped:
             self.disconnects += 1
             self._fail_pending(f"connection to {self.endpoint} dropped")
         if connected and not self.is_up:
             log.debug("connected to %s: hello", self.endpoint)
             self._try_send(socket, encode(Hello(self.client_id, self.bundle_hash)))
+
+    def _on_refused(self, refusal: str) -> None:
+        self.refusals += 1
+        if refusal != self.refusal:
+            log.error("%s; running frames locally, trying again with backoff", refusal,
+                      extra={"event": "link_refused", "endpoint": self.endpoint})
+        self.refusal = refusal
+        self._new_socket_at_ms = self.clock_ms() + self._refused_backoff.next_delay_ms()
+        with self._state_changed:
+            self._state_changed.notify_all()
 
     def _act(self, steps: list[Step], socket: zmq.Socket, poller: zmq.Poller, now: float) -> zmq.Socket:
         for step in steps:
@@ -275,10 +369,8 @@ class ResilientLink:
                 log.warning("cloud at %s is down: nothing heard for %.0f ms; running frames locally", self.endpoint, silent_ms)
                 self._fail_pending(f"cloud at {self.endpoint} went down (silent for {silent_ms:.0f} ms)")
                 self._fail_outbox(f"cloud at {self.endpoint} went down")
-                self._close_socket(socket, poller)
-                socket = self._new_socket()
-                poller.register(socket, zmq.POLLIN)
-                poller.register(self._monitor, zmq.POLLIN)
+                socket = self._replace_socket(socket, poller)
+                self._new_socket_at_ms = None
                 self._notify(LinkState.DOWN, now)
         return socket
 
@@ -296,7 +388,7 @@ class ResilientLink:
             except queue.Empty:
                 return
             if not self.is_up:
-                future.set_exception(LinkDown(f"cloud at {self.endpoint} is {self.state.value}"))
+                future.set_exception(LinkDown(self._down_message()))
                 continue
             with self._pending_lock:
                 self._pending[frame_id] = future
@@ -320,6 +412,14 @@ class ResilientLink:
             message = envelope.message
             self._health.on_heard(now)
             if isinstance(message, Welcome):
+                refusal = welcome_mismatch(message, self.bundle_hash)
+                if refusal is not None:  # not this edge's cloud: the link stays down, frames run locally
+                    if refusal != self.rejection:  # Hellos go on with backoff: say it once, not at each Welcome
+                        log_welcome_mismatch(self.endpoint, message, refusal)
+                    self.rejection = refusal
+                    with self._state_changed:
+                        self._state_changed.notify_all()
+                    continue
                 was_up = self.is_up
                 self.welcome = message
                 self.rejection = None

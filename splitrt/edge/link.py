@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from splitrt.protocol import (
     DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
     Envelope,
     Heartbeat,
     Hello,
     Limits,
     ProtocolError,
     Reject,
+    RejectReason,
     Result,
     Welcome,
     decode,
@@ -35,6 +38,14 @@ class LinkError(Exception):
     """The cloud cannot be reached or refused the handshake."""
 
 
+class CurveKeyError(LinkError, ValueError):
+    """A CURVE key file of the edge is missing or unusable; `key` names which one (`client_key`, `server_public_key`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 @dataclass(frozen=True)
 class CurveClientKeys:
     """CURVE keys (Z85) for a link to a service that requires them: the server's public key and our pair."""
@@ -45,17 +56,48 @@ class CurveClientKeys:
 
     @classmethod
     def load(cls, server_public_file: str | Path, client_secret_file: str | Path) -> "CurveClientKeys":
-        """From `splitrt cloud keygen` files: the server's `.key` and this client's `.key_secret`."""
-        import zmq.auth
+        """From `splitrt cloud keygen` files: the server's `NAME.key` and this client's `NAME.key_secret`.
 
-        for path in (server_public_file, client_secret_file):
-            if not Path(path).is_file():
-                raise LinkError(f"CURVE key file {path} not found; create keys with `splitrt cloud keygen`")
-        server_public, _ = zmq.auth.load_certificate(str(server_public_file))
-        public, secret = zmq.auth.load_certificate(str(client_secret_file))
-        if not secret:
-            raise LinkError(f"{client_secret_file} holds no secret key (use the .key_secret file)")
+        Raises CurveKeyError naming the bad one (`server_public_key` or `client_key`)."""
+        from splitrt.cloud.security import KeyFileError, load_public_key, load_secret_keys
+
+        try:
+            server_public = load_public_key(server_public_file)
+        except KeyFileError as exc:
+            raise CurveKeyError("server_public_key", f"{exc} (the service's public NAME.key)") from None
+        try:
+            public, secret = load_secret_keys(client_secret_file)
+        except KeyFileError as exc:
+            raise CurveKeyError("client_key", str(exc)) from None
         return cls(server_public, public, secret)
+
+    def apply(self, socket: zmq.Socket) -> None:
+        """Make `socket` a CURVE client of the server (before connect): encrypted, and authenticated by our key."""
+        socket.setsockopt(zmq.CURVE_SERVERKEY, self.server_public_key)
+        socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
+        socket.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
+
+
+# ZMTP security handshake failures, as a socket monitor reports them. libzmq does not reconnect after either
+# (the session ends), so a link that sees one must make a new socket to try again.
+HANDSHAKE_REFUSED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+
+
+def handshake_refusal(endpoint: str, event: int, value: int, curve: bool) -> str | None:
+    """Why the service refused our connection, for a HANDSHAKE_FAILED_AUTH/PROTOCOL monitor event; else None."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (f"{endpoint} refused this edge's CURVE key (ZAP status {int(value)}): its public NAME.key must be "
+                "in the service's allowed_clients_dir")
+    if event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return None
+    if int(value) == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        if curve:
+            return f"{endpoint} does not use CURVE but this edge has CURVE keys (security mechanism mismatch)"
+        return (f"{endpoint} requires CURVE: give this edge a client key and the service's public key "
+                "(`splitrt cloud keygen`; [cloud] client_key and server_public_key, or --client-key and --server-key)")
+    return f"the security handshake with {endpoint} failed (ZMTP protocol error {int(value):#x})"
+
+
 class Link(Protocol):
     """What the runtime needs of a link: `CloudLink` (plain) or `ResilientLink` (heartbeats, failover)."""
 
@@ -81,15 +123,20 @@ class CloudLink:
         self.limits = limits
         self.welcome: Welcome | None = None
         self.stale_replies = 0
+        self.oversize_requests = 0  # requests not sent: over the payload limit the cloud announced
+        self.mismatch: Reject | None = None  # a Welcome for another bundle or protocol version: never split to it
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         # Do not queue requests for a peer that is not connected: a send fails at once instead.
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_reply_frame_bytes(limits))
+        self.curve = curve
         if curve is not None:  # encrypted and authenticated: the service refuses keys it does not list
-            self._socket.setsockopt(zmq.CURVE_SERVERKEY, curve.server_public_key)
-            self._socket.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
-            self._socket.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+            curve.apply(self._socket)
+        # A refused security handshake (key not allowed, CURVE on one side only) ends the handshake at once.
+        self._monitor = self._socket.get_monitor_socket(HANDSHAKE_REFUSED_EVENTS | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self._handshake_failed = False
         self._socket.connect(endpoint)
 
     @property
@@ -99,6 +146,8 @@ class CloudLink:
         return self.welcome is not None
 
     def close(self) -> None:
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)
 
     def __enter__(self) -> "CloudLink":
@@ -111,6 +160,7 @@ class CloudLink:
         """Send Hello until a Welcome comes back (the service may still be starting); raises LinkError."""
         deadline = time.monotonic() + timeout_ms / 1000.0
         while time.monotonic() < deadline:
+            self._check_refused()
             try:
                 self._socket.send_multipart(encode(Hello(self.client_id, self.bundle_hash)), zmq.NOBLOCK)
             except zmq.Again:
@@ -123,16 +173,47 @@ class CloudLink:
             if isinstance(message, Reject):
                 raise LinkError(f"{self.endpoint} refused the handshake: {message.reason.value} ({message.detail})")
             assert isinstance(message, Welcome)
+            self.mismatch = welcome_mismatch(message, self.bundle_hash)
+            if self.mismatch is not None:
+                log_welcome_mismatch(self.endpoint, message, self.mismatch)
+                raise LinkError(self._mismatch_message())
             self.welcome = message
             return message
-        raise LinkError(f"no answer from {self.endpoint} within {timeout_ms:.0f} ms; is `splitrt cloud serve` running?")
+        self._check_refused()
+        hint = ""
+        if self._handshake_failed and self.curve is not None:
+            hint = " (CURVE handshakes failed: is the server public key the service's own?)"
+        raise LinkError(
+            f"no answer from {self.endpoint} within {timeout_ms:.0f} ms; is `splitrt cloud serve` running?{hint}")
+
+    def _check_refused(self) -> None:
+        """Raise LinkError if the service refused our security handshake (see `handshake_refusal`)."""
+        while True:
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self._handshake_failed = True  # e.g. a wrong server key: libzmq retries by itself
+                continue
+            refusal = handshake_refusal(self.endpoint, event["event"], event["value"], self.curve is not None)
+            if refusal is not None:
+                raise LinkError(refusal)
 
     def request(self, frames: Sequence[bytes | memoryview], frame_id: int, timeout_ms: float) -> Envelope | None:
         """Send an encoded Infer and wait for its Result or Reject; None if none came within `timeout_ms`.
 
-        Raises LinkError if the request cannot even be sent (no connected peer).
+        Raises LinkError if the request cannot even be sent (no connected peer, or the cloud's Welcome was for
+        another bundle or protocol version). A request over the payload limit the cloud announced is not sent:
+        it comes back at once as a local Reject(too_large).
         """
         deadline = time.monotonic() + max(0.0, timeout_ms) / 1000.0
+        if self.mismatch is not None:
+            raise LinkError(self._mismatch_message())
+        too_large = oversize_reject(frames, frame_id, self.welcome, self.endpoint)
+        if too_large is not None:
+            self.oversize_requests += 1
+            return Envelope(too_large, ())
         try:
             self._socket.send_multipart(list(frames), zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:
@@ -140,6 +221,10 @@ class CloudLink:
         return self._receive(
             lambda m: isinstance(m, (Result, Reject)) and m.frame_id == frame_id, deadline
         )
+
+    def _mismatch_message(self) -> str:
+        assert self.mismatch is not None
+        return f"not splitting to {self.endpoint}: {self.mismatch.reason.value} ({self.mismatch.detail})"
 
     def ping(self, seq: int, timeout_ms: float = 1000.0) -> float | None:
         """Round-trip time of a heartbeat in ms, or None."""
@@ -168,3 +253,52 @@ class CloudLink:
             if wanted(envelope.message):
                 return envelope
             self.stale_replies += 1
+
+
+# --------------------------------------------------------------------------- what the cloud announced
+
+
+def max_reply_frame_bytes(limits: Limits) -> int:
+    """MAXMSGSIZE for the edge's DEALER socket: no reply within `limits` has a larger frame, and a larger one
+    makes ZeroMQ drop the connection as it arrives instead of holding it in memory."""
+    return limits.max_payload_bytes + limits.max_meta_bytes + 4096
+
+
+def welcome_mismatch(welcome: Welcome, bundle_hash: str) -> Reject | None:
+    """Why this edge must not split to the cloud that sent `welcome` (as a Reject of the handshake), or None.
+
+    A cloud that speaks another protocol version, or runs the tails of another bundle, would misread requests
+    or compute wrong answers: the link does not come up, so frames run locally (a fallback) or end with the
+    reason, as with an unreachable cloud.
+    """
+    if welcome.protocol_version != PROTOCOL_VERSION:
+        return Reject(-1, RejectReason.VERSION_MISMATCH,
+                      f"the cloud speaks protocol version {welcome.protocol_version}, this edge {PROTOCOL_VERSION}")
+    if welcome.bundle_hash != bundle_hash:
+        return Reject(-1, RejectReason.UNKNOWN_BUNDLE,
+                      f"the cloud serves bundle {welcome.bundle_hash[:24]}, this edge runs {bundle_hash[:24]}")
+    return None
+
+
+def log_welcome_mismatch(endpoint: str, welcome: Welcome, refusal: Reject) -> None:
+    log.error("not splitting to %s (%s): %s", endpoint, welcome.server_id, refusal.detail,
+              extra={"event": "welcome_mismatch", "endpoint": endpoint, "reason": refusal.reason.value})
+
+
+def oversize_reject(frames: Sequence[bytes | memoryview], frame_id: int, welcome: Welcome | None,
+                    endpoint: str) -> Reject | None:
+    """A local Reject(too_large) for a request whose payloads exceed what the cloud announced it takes, or None.
+
+    Such a request is never sent: the cloud would only reject it, and far over its limit (its transport cap)
+    ZeroMQ would drop the connection with no answer at all. None when the cloud announced no limit.
+    """
+    limit = welcome.max_payload_bytes if welcome is not None else None
+    if limit is None:
+        return None
+    payload_bytes = sum(memoryview(frame).nbytes for frame in list(frames)[1:])
+    if payload_bytes <= limit:
+        return None
+    log.debug("frame %d not sent to %s: %d payload bytes, over its limit of %d", frame_id, endpoint,
+              payload_bytes, limit)
+    return Reject(frame_id, RejectReason.TOO_LARGE,
+                  f"not sent: {payload_bytes} payload bytes, the cloud at {endpoint} takes at most {limit}")

@@ -1,27 +1,68 @@
 """Prometheus metrics of the edge agent, on a registry of its own (never the process-global one).
 
 Served on `/metrics` by the daemon when `[metrics] port` is set. Needs `prometheus-client`
-(`pip install 'splitrt[edge]'`).
+(`pip install 'splitrt[edge]'`). The device's load (`splitrt.devices.telemetry`: CPU, memory, thermal
+zones) is read at every scrape, so it costs nothing between scrapes and is never stale.
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
+from splitrt.devices.telemetry import THERMAL_ROOT, read_telemetry
 from splitrt.edge.health import LinkState
 from splitrt.frame import FrameOutcome
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+    from prometheus_client.core import GaugeMetricFamily, Metric
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("metrics need prometheus-client: pip install 'splitrt[edge]'") from exc
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
+class TelemetryCollector:
+    """Device gauges read at scrape time: CPU % (whole machine, since the previous scrape), memory used and
+    total, and one temperature per thermal zone (none on a machine without `/sys/class/thermal` zones)."""
+
+    def __init__(self, thermal_root: Path = THERMAL_ROOT) -> None:
+        self.thermal_root = thermal_root
+        read_telemetry(thermal_root, jetson_stats=_no_jetson)  # primes psutil: the first CPU % is since now
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("splitrt_edge_cpu_percent", "Whole-machine CPU use since the previous scrape (0-100)"),
+            GaugeMetricFamily("splitrt_edge_memory_used_bytes", "Memory in use (total minus available)"),
+            GaugeMetricFamily("splitrt_edge_memory_total_bytes", "Physical memory"),
+            GaugeMetricFamily("splitrt_edge_temperature_celsius", "Thermal zone temperature", labels=["zone"]),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        # jetson-stats is left out: it talks to its own service, too slow for every scrape.
+        telemetry = read_telemetry(self.thermal_root, jetson_stats=_no_jetson)
+        cpu, used, total, temperature = self._families()
+        cpu.add_metric([], telemetry.cpu_percent)
+        used.add_metric([], telemetry.memory_used_bytes)
+        total.add_metric([], telemetry.memory_total_bytes)
+        for zone, celsius in sorted(telemetry.temperatures_c.items()):
+            temperature.add_metric([zone], celsius)
+        return iter((cpu, used, total, temperature))
+
+
+def _no_jetson() -> None:
+    return None
+
+
 class EdgeMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, thermal_root: Path = THERMAL_ROOT) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.telemetry = TelemetryCollector(thermal_root)
+        r.register(self.telemetry)
         self.frames = Counter("splitrt_edge_frames", "Frames ended, by the action that ran and how it ended",
                               ["action", "status"], registry=r)
         self.fallbacks = Counter("splitrt_edge_fallbacks", "Frames that ran the fallback instead of the planned action",

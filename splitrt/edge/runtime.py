@@ -24,7 +24,7 @@ from splitrt.devices.ort import create_session
 from splitrt.edge.link import Link, LinkError
 from splitrt.frame import Frame, FrameOutcome, Prediction, Status
 from splitrt.imaging import crop_for_model
-from splitrt.protocol import Infer, Reject, Result, TensorSpec, encode, tensor_from_payload
+from splitrt.protocol import Infer, ProtocolError, Reject, Result, TensorSpec, encode, tensor_from_payload
 
 if TYPE_CHECKING:
     import asyncio
@@ -165,7 +165,7 @@ class EdgeRuntime:
             if isinstance(action, Skip):
                 outcome.status, outcome.reason = Status.SKIPPED, "skipped by request"
             elif needs_cloud(action) and self.fallback is not None and not self._link_up():
-                self._run_fallback(pixels, deadline_ms, outcome, "cloud unreachable")
+                self._run_fallback(pixels, deadline_ms, outcome, self._unreachable())
             else:
                 try:
                     self._run(pixels, action, deadline_ms, outcome)
@@ -213,6 +213,11 @@ class EdgeRuntime:
 
     def _link_up(self) -> bool:
         return self.link is not None and bool(getattr(self.link, "is_up", True))
+
+    def _unreachable(self) -> str:
+        """The fallback's reason while the link is down, with the link's own when it knows one (a refused key)."""
+        reason = getattr(self.link, "down_reason", None)
+        return f"cloud unreachable ({reason})" if reason else "cloud unreachable"
 
     def _run_fallback(self, pixels: np.ndarray, deadline_ms: float, outcome: FrameOutcome, why: str) -> None:
         assert self.fallback is not None
@@ -288,7 +293,13 @@ class EdgeRuntime:
             deadline_ms=deadline_ms,
             codec_hash=codec_hash,
         )
-        frames = encode(infer, [payload])  # type: ignore[list-item]
+        try:
+            frames = encode(infer, [payload])  # type: ignore[list-item]
+        except ProtocolError as exc:  # e.g. a payload over the protocol's size limit: never sent
+            if self.fallback is not None:
+                raise _FallBack(f"request not sent ({exc})") from exc
+            outcome.status, outcome.reason = Status.FAILED, f"request not sent: {exc}"
+            return
         outcome.bytes_sent = sum(memoryview(f).nbytes for f in frames)
         sent = time.perf_counter()
         # Wait for the cloud until the fallback's reserve, but give the cloud at least half of the time left:

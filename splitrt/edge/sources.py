@@ -8,6 +8,7 @@ import itertools
 import queue
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator, Protocol, Sequence
 
@@ -62,7 +63,11 @@ def write_sample_images(folder: str | Path) -> list[Path]:
 
 class FrameSource(Protocol):
     """An async iterable of frames. `realtime`: frames come whether or not the pipeline keeps up (a camera),
-    so `EdgeRuntime.run` keeps only the newest waiting frame; otherwise the source waits for the pipeline."""
+    so `EdgeRuntime.run` keeps only the newest waiting frame; otherwise the source waits for the pipeline.
+
+    A real-time source that replaces frames itself before yielding them (`VideoSource`, whose decoder runs
+    ahead on its own thread) also has `take_replaced()`: those frames with the id of the frame that replaced
+    each, so that `EdgeRuntime.run` ends them as dropped like the frames it replaces."""
 
     realtime: bool
 
@@ -145,8 +150,11 @@ class VideoSource:
     URL FFmpeg opens (RTSP, ...). Decoding runs on its own thread.
 
     `realtime=True` for a live camera or stream; for a file it also paces the frames at their timestamps,
-    i.e. plays the file like a camera (30 fps file -> 30 frames per second). `realtime=False` decodes as
-    fast as the pipeline takes frames. `loop` restarts a file at its end; `max_frames` stops early.
+    i.e. plays the file like a camera (30 fps file -> 30 frames per second). Between the decoder and the
+    pipeline there is then room for one frame: a newer frame replaces one not taken yet (latest frame wins,
+    the decoder never waits and no backlog builds up), and `take_replaced()` hands the replaced ones over.
+    `realtime=False` decodes as fast as the pipeline takes frames. `loop` restarts a file at its end;
+    `max_frames` stops early.
     """
 
     def __init__(
@@ -167,20 +175,56 @@ class VideoSource:
         self.max_frames = max_frames
         self.clock_ms = clock_ms
         self.name = Path(self.url).name if format is None else self.url
+        self.replaced = 0  # frames a newer one replaced before the pipeline took them (real-time)
+        self._replaced: list[tuple[Frame, int]] = []
+        self._replaced_lock = threading.Lock()
         self._stop = threading.Event()
 
     def close(self) -> None:
         self._stop.set()
 
+    def take_replaced(self) -> list[tuple[Frame, int]]:
+        """Frames replaced since the last call, each with the id of the frame that replaced it (pixels released)."""
+        with self._replaced_lock:
+            taken, self._replaced = self._replaced, []
+        return taken
+
+    def _put_latest(self, out: "queue.Queue[object]", frame: Frame) -> None:
+        """Real-time: put `frame` into the one-frame queue at once, replacing a frame still waiting there."""
+        while True:
+            try:
+                out.put_nowait(frame)
+                return
+            except queue.Full:
+                pass
+            try:
+                older = out.get_nowait()  # only frames are ever waiting here: the end or an error comes last
+            except queue.Empty:
+                continue  # taken meanwhile: there is room now
+            assert isinstance(older, Frame)
+            with self._replaced_lock:
+                self._replaced.append((replace(older, pixels=_NO_PIXELS), frame.frame_id))
+                self.replaced += 1
+
+    def _put_waiting(self, out: "queue.Queue[object]", item: object) -> None:
+        """Put `item`, waiting for room, unless the source is closed meanwhile (then nobody takes it)."""
+        while not self._stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def _read(self, out: "queue.Queue[object]") -> None:
-        """Decoder thread: puts (pixels, capture_ms), an exception, or _END_OF_STREAM."""
+        """Decoder thread: puts Frames, then an exception or _END_OF_STREAM."""
         try:
             import av
-        except ImportError as exc:
-            out.put(ImportError("video sources need PyAV: pip install 'splitrt[webrtc]' (or pip install av)"))
+        except ImportError:
+            self._put_waiting(out, ImportError("video sources need PyAV: pip install 'splitrt[webrtc]' (or pip install av)"))
             return
         try:
             produced = 0
+            frame_ids = itertools.count(1)
             paced_file = self.realtime and self.format is None
             while not self._stop.is_set():
                 with av.open(self.url, format=self.format, options=self.options) as container:
@@ -191,37 +235,35 @@ class VideoSource:
                     first_time: float | None = None
                     for frame in container.decode(stream):
                         if self._stop.is_set() or (self.max_frames is not None and produced >= self.max_frames):
-                            out.put(_END_OF_STREAM)
+                            self._put_waiting(out, _END_OF_STREAM)
                             return
                         if paced_file and frame.time is not None:
                             first_time = frame.time if first_time is None else first_time
                             delay = start + (frame.time - first_time) - time.monotonic()
                             if delay > 0 and self._stop.wait(delay):
                                 break
-                        item = (frame.to_ndarray(format="rgb24"), self.clock_ms())
+                        frame_id = next(frame_ids)
+                        item = Frame(frame_id, frame.to_ndarray(format="rgb24"), self.clock_ms(), 0.0,
+                                     f"{self.name}#{frame_id}")
                         if self.realtime:
-                            out.put(item)  # never blocks the decoder: the runtime keeps only the newest
+                            self._put_latest(out, item)  # never blocks the decoder, never builds a backlog
                         else:
-                            while not self._stop.is_set():
-                                try:
-                                    out.put(item, timeout=0.1)
-                                    break
-                                except queue.Full:
-                                    continue
+                            self._put_waiting(out, item)
                         produced += 1
                 if not self.loop:
                     break
-            out.put(_END_OF_STREAM)
+            self._put_waiting(out, _END_OF_STREAM)
         except Exception as exc:  # handed to the async side, which raises it
-            out.put(exc)
+            self._put_waiting(out, exc)
 
     async def __aiter__(self) -> AsyncIterator[Frame]:
         self._stop.clear()
-        items: queue.Queue[object] = queue.Queue(maxsize=0 if self.realtime else 2)
+        with self._replaced_lock:
+            self._replaced = []
+        items: queue.Queue[object] = queue.Queue(maxsize=1 if self.realtime else 2)
         thread = threading.Thread(target=self._read, args=(items,), name="splitrt-decode", daemon=True)
         thread.start()
         loop = asyncio.get_running_loop()
-        frame_ids = itertools.count(1)
         try:
             while True:
                 item = await loop.run_in_executor(None, _get_or_end, items, self._stop)
@@ -229,14 +271,15 @@ class VideoSource:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                pixels, capture_ms = item  # type: ignore[misc]
-                frame_id = next(frame_ids)
-                yield Frame(frame_id, pixels, capture_ms, 0.0, f"{self.name}#{frame_id}")
+                assert isinstance(item, Frame)
+                yield item
         finally:
             self._stop.set()
 
 
 _END_OF_STREAM = object()
+_NO_PIXELS = np.empty((0, 0, 3), dtype=np.uint8)
+_NO_PIXELS.flags.writeable = False
 
 
 def _get_or_end(items: "queue.Queue[object]", stop: threading.Event) -> object:

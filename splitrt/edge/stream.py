@@ -3,7 +3,8 @@
 `LatestFrameSlot` is the pure core of "latest frame wins": a slot of one frame where a newer frame
 replaces an older one that has not started yet, and the replaced frame is handed back so that it can end
 with `Status.DROPPED`. `run_stream` wires a source, the slot (or a bounded FIFO for sources that can wait)
-and the runtime's single inference thread together with asyncio.
+and the runtime's single inference thread together with asyncio. Frames a real-time source replaced
+itself before yielding them (`take_replaced()`, see `FrameSource`) end the same way, with the same reason.
 """
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ class LatestFrameSlot:
 
     def __len__(self) -> int:
         return 0 if self._frame is None else 1
+
+
+def replaced_reason(newer_frame_id: int) -> str:
+    """The reason of every frame a newer one replaced before it ran."""
+    return f"replaced by frame {newer_frame_id} before it ran (latest frame wins)"
 
 
 def dropped_outcome(frame: Frame, action: str, now_ms: float, reason: str) -> FrameOutcome:
@@ -82,21 +88,30 @@ async def run_stream(
     def with_deadline(frame: Frame) -> Frame:
         return frame if frame.deadline_ms > 0 else replace(frame, deadline_ms=frame.capture_ms + budget_ms)
 
+    take_replaced = getattr(source, "take_replaced", None) if realtime else None
+
+    def end_replaced_at_source() -> None:
+        for replaced, newer_id in take_replaced() if take_replaced is not None else ():
+            outcomes.put_nowait(dropped_outcome(with_deadline(replaced), planned, runtime.clock_ms(),
+                                                replaced_reason(newer_id)))
+
     async def produce() -> None:
         try:
             async for frame in source:
                 frame = with_deadline(frame)
                 if realtime:
+                    end_replaced_at_source()
                     replaced = slot.put(frame)
                     slot_filled.set()
                     if replaced is not None:
-                        reason = f"replaced by frame {frame.frame_id} before it ran (latest frame wins)"
+                        reason = replaced_reason(frame.frame_id)
                         outcomes.put_nowait(dropped_outcome(replaced, planned, runtime.clock_ms(), reason))
                 else:
                     await fifo.put(frame)
                 if stop is not None and stop.is_set():
                     break
         finally:
+            end_replaced_at_source()
             source_done.set()
             slot_filled.set()
             if not realtime:
