@@ -13,7 +13,7 @@ from splitrt.cloud.executor import run_batch
 from splitrt.cloud.metrics import JsonFormatter
 from splitrt.cloud.tails import TailExecutor
 from splitrt.codecs import get_codec
-from splitrt.protocol import Infer, Reject, RejectReason, Result, TensorSpec
+from splitrt.protocol import Infer, Reject, RejectReason, Result, TensorSpec, decode, encode
 
 
 class CountingTails(TailExecutor):
@@ -35,7 +35,7 @@ def _work(bundle: Bundle, frame_id: int, deadline_ms: float, payload: bytes | No
 
 
 def test_requests_past_their_deadline_at_the_tail_are_rejected_not_run(tiny_bundle: Bundle) -> None:
-    ticks = iter([10.0, 50.0, 60.0, 60.0])  # batch start, tail start, finish, ...
+    ticks = iter([10.0, 50.0, 60.0, 60.0])  # batch start, deadline filter, tail start, finish
     tails = CountingTails([tiny_bundle])
     batch = Batch(("k",), (_work(tiny_bundle, 1, 40.0), _work(tiny_bundle, 2, 100.0),
                            _work(tiny_bundle, 3, 100.0, payload=b"short")), 10.0, 1.0)
@@ -47,10 +47,11 @@ def test_requests_past_their_deadline_at_the_tail_are_rejected_not_run(tiny_bund
     assert isinstance(result, Result) and result.queue_depth == 7
     assert result.queue_ms == 10.0 and result.compute_ms == 50.0
     assert tails.rows == [1] and outcome.executed == 1 and outcome.expired_executed == 0
+    assert result.tail_started_ms == 60.0 and outcome.tail_started_ms == 60.0
 
 
 def test_a_batch_gives_each_request_its_own_rows(tiny_bundle: Bundle) -> None:
-    ticks = iter([0.0, 1.0, 2.0])
+    ticks = iter([0.0, 1.0, 2.0, 3.0])  # batch start, deadline filter, tail start, finish
     tails = CountingTails([tiny_bundle])
     batch = Batch(("k",), tuple(_work(tiny_bundle, i, 100.0) for i in range(4)), 0.0, 1.0)
     outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
@@ -60,6 +61,68 @@ def test_a_batch_gives_each_request_its_own_rows(tiny_bundle: Bundle) -> None:
         expected = alone.run(tiny_bundle.content_hash, "res", np.full((1, 16, 8, 8), work.infer.frame_id, np.float32))
         got = np.frombuffer(reply.payloads[0], np.float32).reshape(expected.shape)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+class LateReplicaTails(CountingTails):
+    """A runner that reports its own start (as Ray Serve's does), here after the requests' deadlines had passed."""
+
+    def __init__(self, bundles: list[Bundle], started_ms: float) -> None:
+        super().__init__(bundles)
+        self.started_ms = started_ms
+
+    def run_timed(self, bundle_hash: str, split: str, activation: np.ndarray) -> tuple[np.ndarray, float]:
+        return self.run(bundle_hash, split, activation), self.started_ms
+
+
+def test_a_tail_that_starts_past_the_deadline_is_counted_even_after_the_filter_passed_it(tiny_bundle: Bundle) -> None:
+    # The filter reads 50 (both deadlines 100 are ahead), but the replica only took the batch up at 120.
+    ticks = iter([10.0, 50.0, 130.0])  # batch start, deadline filter, finish (the start comes from the runner)
+    tails = LateReplicaTails([tiny_bundle], started_ms=120.0)
+    batch = Batch(("k",), (_work(tiny_bundle, 1, 100.0), _work(tiny_bundle, 2, 150.0)), 10.0, 1.0)
+    outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
+    assert outcome.executed == 2 and outcome.expired_executed == 1
+    results = [reply.message for _, reply in outcome.replies]
+    assert all(isinstance(r, Result) and r.tail_started_ms == 120.0 for r in results)
+
+
+class QueueingReplicaTails(CountingTails):
+    """A runner whose batch queued elsewhere until `started_ms` (as at a Ray Serve replica): it runs only the rows
+    still before their deadline then."""
+
+    def __init__(self, bundles: list[Bundle], started_ms: float) -> None:
+        super().__init__(bundles)
+        self.started_ms = started_ms
+
+    def run_before(self, bundle_hash: str, split: str, activation: np.ndarray,
+                   deadlines_ms: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        ran = deadlines_ms > self.started_ms
+        return self.run(bundle_hash, split, activation[ran]), self.started_ms, ran
+
+
+def test_a_request_that_expires_while_queued_at_the_runner_is_rejected_not_executed(tiny_bundle: Bundle) -> None:
+    ticks = iter([10.0, 50.0, 130.0])  # batch start, deadline filter (both ahead), finish
+    tails = QueueingReplicaTails([tiny_bundle], started_ms=120.0)
+    batch = Batch(("k",), (_work(tiny_bundle, 1, 100.0), _work(tiny_bundle, 2, 150.0)), 10.0, 1.0)
+    outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
+    assert outcome.executed == 1 and outcome.expired_executed == 0
+    replies = {work.infer.frame_id: reply.message for work, reply in outcome.replies}
+    assert isinstance(replies[1], Reject) and replies[1].reason == RejectReason.EXPIRED
+    assert isinstance(replies[2], Result) and replies[2].tail_started_ms == 120.0
+    alone = CountingTails([tiny_bundle])
+    expected = alone.run(tiny_bundle.content_hash, "res", np.full((1, 16, 8, 8), 2, np.float32))
+    got = [reply for work, reply in outcome.replies if work.infer.frame_id == 2][0]
+    np.testing.assert_allclose(np.frombuffer(got.payloads[0], np.float32).reshape(expected.shape), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_result_tail_start_is_optional_on_the_wire() -> None:
+    spec = TensorSpec("float32", (1, 2))
+    payload = np.zeros((1, 2), np.float32).tobytes()
+    with_start = Result(5, (spec,), 1.0, 2.0, 3, tail_started_ms=1.7e12 + 0.25)
+    assert decode(encode(with_start, [payload])).message == with_start
+    frames = encode(Result(5, (spec,), 1.0, 2.0, 3), [payload])
+    assert b"tail_started_ms" not in bytes(frames[0])  # what an older service sends
+    assert decode(frames).message.tail_started_ms is None  # type: ignore[union-attr]
 
 
 def test_json_logs_carry_the_extra_fields() -> None:

@@ -5,6 +5,7 @@ Starts a local Ray instance (tens of seconds); skipped when the [ray] extra is n
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +39,13 @@ def test_ray_backend_matches_the_local_executor_through_the_gateway(tiny_bundle:
         batch = np.concatenate([head_output(tiny_bundle, "res", image) for image in images])
         np.testing.assert_array_equal(runner.run(tiny_bundle.content_hash, "res", batch),
                                       local.run(tiny_bundle.content_hash, "res", batch))
+        before_ms = time.time() * 1000.0
+        deadlines_ms = np.where(np.arange(len(batch)) % 3 == 0, before_ms - 1.0, before_ms + 60_000.0)
+        output, started_ms, ran = runner.run_before(tiny_bundle.content_hash, "res", batch, deadlines_ms)
+        assert before_ms <= started_ms <= time.time() * 1000.0, "the replica's start, on the deadlines' clock"
+        assert ran.tolist() == [i % 3 != 0 for i in range(len(batch))], "rows past their deadline do not run"
+        np.testing.assert_array_equal(output, local.run(tiny_bundle.content_hash, "res", batch[ran]))
+        assert 1 <= runner.running_replicas() <= 2
         socket.connect(service.endpoint)
         for frame_id, image in enumerate(images):
             socket.send_multipart(infer_frames(tiny_bundle, "res", head_output(tiny_bundle, "res", image),

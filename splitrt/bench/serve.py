@@ -2,11 +2,19 @@
 
 For each service mode (dynamic batching on, and batch size 1) the service runs as its own process; the same
 client processes then offer each load level in turn, open loop (each sends on its own schedule, whatever the
-replies do), every request with a deadline `budget_ms` ahead. A row per (mode, load):
+replies do), every request with a deadline `budget_ms` ahead. A row per (mode, load); `FIELDS` says what each
+field is (it is printed above the table and written into the JSON). In short: `throughput_rps` counts every
+Result (on time or late), `goodput_rps` only those on time; the latency percentiles are over every Result, late
+ones included (Rejects are fast and are left out of them, so refusing work cannot lower them; `reply_p99_ms` has
+them in); `expired_executed` is the clients' own count of Results whose tail started at or after the request's
+deadline, read from `Result.tail_started_ms` against the deadline the client itself set.
 
-    backend, batching, clients, offered_rps, throughput_rps (Results in time per second), latency_p50_ms,
-    latency_p99_ms (of those Results), expired_executed (the service's own count of requests executed past
-    their deadline), rejected (Rejects of any reason), timeouts (no reply by deadline + 1 s), mean_batch
+`summarise` compares batch size 1 at its saturation point (its row with the most throughput) with batching's
+row of most throughput at a p99 no higher, and records which rows it compared.
+
+With `--backend ray`, a fixed set of requests (real photographs, `--check-outputs`) first goes to a service on the
+local executor and to the Ray service, and the largest difference between their outputs is recorded; every row
+also records how many Ray Serve replicas ran at the end of its load step (`serve.status()`).
 
 The payload is the real activation of a real photograph (scikit-image's chelsea) at the chosen split.
 A last phase measures the gateway's own CPU cost per request at a fixed rate of tiny requests.
@@ -20,6 +28,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import shlex
 import signal
 import socket as pysocket
 import subprocess
@@ -27,7 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Sequence
@@ -37,12 +46,46 @@ import numpy as np
 from splitrt.bench.common import format_table, percentile, write_json
 from splitrt.bench.plot import save_figure
 from splitrt.cloud.config import ServiceConfig
+from splitrt.protocol import Message, Reject, Result
 
-COLUMNS = ("backend", "batching", "clients", "offered_rps", "sent_rps", "throughput_rps", "latency_p50_ms", "latency_p99_ms",
-           "expired_executed", "rejected", "late", "timeouts", "mean_batch")
+FIELDS: dict[str, str] = {
+    "backend": "executor of the service: local (in-process ONNX Runtime) or ray (Ray Serve)",
+    "batching": "dynamic batching on (True) or batch size 1 (False)",
+    "clients": "client processes",
+    "offered_rps": "requests per second the clients were asked to send, in total",
+    "sent_rps": "requests per second the clients managed to send",
+    "results": "Results received (on time or late)",
+    "throughput_rps": "Results per second, on time or late",
+    "goodput_rps": "Results that arrived by their deadline, per second",
+    "latency_p50_ms": "median time from send to Result, over every Result (on time or late)",
+    "latency_p99_ms": "99th percentile of the time from send to Result, over every Result (on time or late)",
+    "reply_p99_ms": "99th percentile of the time from send to any reply, Results and the service's Rejects",
+    "late": "Results that arrived after their deadline",
+    "expired_executed": "Results whose tail started at or after the request's deadline (Result.tail_started_ms "
+                        "against the deadline the client set; the clients' own check)",
+    "expired_executed_service": "the service's own count of the same (splitrt_expired_executed_total)",
+    "unverified_results": "Results that did not say when their tail started (an older service): not checked",
+    "rejected": "Rejects of any reason, plus sends refused by backpressure",
+    "reject_reasons": "rejected, by reason",
+    "timeouts": "requests with no reply by their deadline + 1 s",
+    "mean_batch": "mean requests per executed batch",
+    "ray_replicas": "Ray Serve replicas running at the end of the load step (None: not the Ray backend)",
+}
 
+COLUMNS = ("backend", "batching", "offered_rps", "sent_rps", "throughput_rps", "goodput_rps", "latency_p50_ms",
+           "latency_p99_ms", "reply_p99_ms", "late", "expired_executed", "expired_executed_service",
+           "unverified_results", "rejected", "timeouts", "mean_batch", "ray_replicas")
+
+SELECTION_RULE = ("batch size 1 at its saturation point: its row with the highest throughput_rps; batching: its row "
+                  "with the highest throughput_rps among those whose latency_p99_ms (over every Result, on time or "
+                  "late) is no higher than that row's")
+DONE_WHEN_RATIO = 1.5
 
 CLIENT_NICENESS = 10
+
+# Photographs scikit-image ships, for the Ray-vs-local output check (flipped copies after these).
+CHECK_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+                "colorwheel")
 
 
 @dataclass(frozen=True)
@@ -56,6 +99,78 @@ class Workload:
     payload_file: str
 
 
+# --------------------------------------------------------------------------- what a client counts (pure)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request on its way: when it went and its deadline, on the client's perf clock and on the wall clock."""
+
+    sent_s: float  # time.perf_counter()
+    deadline_s: float  # time.perf_counter() scale
+    deadline_ms: float  # unix epoch ms: the Infer's own deadline_ms, the clock of Result.tail_started_ms
+
+
+def executed_after_deadline(result: Result, deadline_ms: float) -> bool | None:
+    """Whether the service started this request's tail at or after its deadline; None when the Result does not say.
+
+    At the deadline counts as after, as in the service's own filter (a request whose deadline has come is not run).
+    """
+    if result.tail_started_ms is None:
+        return None
+    return result.tail_started_ms >= deadline_ms
+
+
+@dataclass
+class ReplyTally:
+    """What one client saw in one load step. `add` is pure bookkeeping: no clock, no socket."""
+
+    result_latencies_ms: list[float] = field(default_factory=list)  # every Result, on time or late
+    reject_latencies_ms: list[float] = field(default_factory=list)  # every Reject from the service
+    on_time: int = 0
+    late: int = 0
+    expired_executed: int = 0
+    unverified: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, message: Message, sent: Sent, arrived_s: float) -> None:
+        latency_ms = (arrived_s - sent.sent_s) * 1000.0
+        if isinstance(message, Result):
+            self.result_latencies_ms.append(latency_ms)
+            if arrived_s <= sent.deadline_s:
+                self.on_time += 1
+            else:
+                self.late += 1
+            after = executed_after_deadline(message, sent.deadline_ms)
+            if after is None:
+                self.unverified += 1
+            elif after:
+                self.expired_executed += 1
+        elif isinstance(message, Reject):
+            self.reject_latencies_ms.append(latency_ms)
+            self.reject(message.reason.value)
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    @classmethod
+    def merged(cls, tallies: Sequence["ReplyTally"]) -> "ReplyTally":
+        total = cls()
+        for tally in tallies:
+            total.result_latencies_ms += tally.result_latencies_ms
+            total.reject_latencies_ms += tally.reject_latencies_ms
+            total.on_time += tally.on_time
+            total.late += tally.late
+            total.expired_executed += tally.expired_executed
+            total.unverified += tally.unverified
+            total.rejected += tally.rejected
+            for reason, count in tally.reasons.items():
+                total.reasons[reason] = total.reasons.get(reason, 0) + count
+        return total
+
+
 # --------------------------------------------------------------------------- client process
 
 
@@ -63,7 +178,7 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
     """Runs in its own process: for each (rate, duration, budget, start) it gets, offer that load and report."""
     import zmq
 
-    from splitrt.protocol import Infer, Reject, Result, TensorSpec, decode, encode
+    from splitrt.protocol import Infer, TensorSpec, decode, encode
 
     # Below the service's CPU priority: on a small machine the load generator must not starve what it measures.
     os.nice(CLIENT_NICENESS)
@@ -83,10 +198,9 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
         if command is None:
             break
         rate_rps, duration_s, budget_ms, start_at = command
-        sent: dict[int, tuple[float, float]] = {}  # frame id -> (sent perf s, deadline perf s)
-        latencies_ms: list[float] = []
-        late = rejected = attempted = 0
-        reasons: dict[str, int] = {}
+        sent: dict[int, Sent] = {}
+        tally = ReplyTally()
+        attempted = 0
         while time.time() < start_at:
             time.sleep(0.001)
         begin = time.perf_counter()
@@ -103,10 +217,9 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
                 infer = Infer(frame_id, workload.bundle_hash, workload.split, workload.codec, spec, deadline_ms)
                 try:
                     socket.send_multipart(encode(infer, [payload]), zmq.NOBLOCK, copy=False)
-                    sent[frame_id] = (now, now + budget_ms / 1e3)
+                    sent[frame_id] = Sent(now, now + budget_ms / 1e3, deadline_ms)
                 except zmq.Again:  # the service's inbound buffer for us is full: backpressure, counted as rejected
-                    rejected += 1
-                    reasons["backpressure"] = reasons.get("backpressure", 0) + 1
+                    tally.reject("backpressure")
                 next_send += rng.expovariate(rate_rps)
                 continue
             wait_s = (next_send if now < end else end + budget_ms / 1e3 + 1.0) - now
@@ -120,18 +233,9 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
                     arrived = time.perf_counter()
                     message = decode(frames).message
                     entry = sent.pop(getattr(message, "frame_id", -1), None)
-                    if entry is None:
-                        continue
-                    if isinstance(message, Result):
-                        if arrived <= entry[1]:
-                            latencies_ms.append((arrived - entry[0]) * 1000.0)
-                        else:
-                            late += 1
-                    elif isinstance(message, Reject):
-                        rejected += 1
-                        reasons[message.reason.value] = reasons.get(message.reason.value, 0) + 1
-        commands.send({"attempted": attempted, "latencies_ms": latencies_ms, "late": late, "rejected": rejected, "reasons": reasons,
-                       "timeouts": len(sent)})
+                    if entry is not None:
+                        tally.add(message, entry, arrived)
+        commands.send({"attempted": attempted, "tally": asdict(tally), "timeouts": len(sent)})
         # Replies that come after the timeout belong to this round; drop them.
         while socket.poll(0):
             socket.recv_multipart()
@@ -171,13 +275,17 @@ class ServiceProcess:
             raise RuntimeError(f"the service did not start:\n{self.log.read().decode()[-3000:]}")
         self.endpoint = json.loads(line)["endpoint"]
 
-    def metrics(self) -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        values: dict[str, float] = {}
+    def metrics(self) -> dict[str, float | None]:
+        """The counters the rows need; `splitrt_ray_serve_replicas` is None where the service has no such gauge."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).read().decode()
+        values: dict[str, float | None] = {}
         for name in ("splitrt_expired_executed_total", "splitrt_results_total", "splitrt_batch_size_sum",
-                     "splitrt_batch_size_count"):
-            match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
-            values[name] = float(match.group(1)) if match else 0.0
+                     "splitrt_batch_size_count", "splitrt_ray_serve_replicas"):
+            match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+            if match:
+                values[name] = float(match.group(1))  # Prometheus writes NaN and +Inf as float() reads them
+            else:
+                values[name] = None if name == "splitrt_ray_serve_replicas" else 0.0
         return values
 
     def stop(self) -> dict[str, object]:
@@ -196,10 +304,18 @@ class ServiceProcess:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def _payload(bundle_dir: str, split: str, codec_id: str, folder: Path) -> tuple[Path, str, tuple[int, ...], str]:
-    """The encoded activation of a real photograph at `split`; written to a file the clients read."""
+def _photo(name: str) -> np.ndarray:
+    """A photograph scikit-image ships, by name; `NAME-flipped` is its mirror image."""
     import skimage.data
 
+    base, _, variant = name.partition("-")
+    pixels = np.asarray(getattr(skimage.data, base)())
+    return np.ascontiguousarray(pixels[:, ::-1]) if variant == "flipped" else pixels
+
+
+def encoded_activations(bundle_dir: str, split: str, codec_id: str,
+                        photos: Sequence[str]) -> tuple[str, tuple[int, ...], str, list[bytes]]:
+    """(dtype, shape, bundle hash, one encoded activation per photograph) at `split`."""
     from splitrt.bundle import HEAD_INPUT_NAME, Bundle
     from splitrt.codecs import get_codec
     from splitrt.devices.ort import create_session
@@ -209,12 +325,24 @@ def _payload(bundle_dir: str, split: str, codec_id: str, folder: Path) -> tuple[
     point = bundle.manifest.split(split)
     if point.head_file is None:
         raise ValueError(f"--split {split} has no head; pick a split point such as conv_head")
-    crop = crop_for_model(np.asarray(skimage.data.chelsea()), bundle.manifest.preprocess)[None]
-    activation = create_session(bundle.path(point.head_file)).run(None, {HEAD_INPUT_NAME: crop})[0]
-    encoded = bytes(memoryview(get_codec(codec_id).encode(activation)))
+    head = create_session(bundle.path(point.head_file))
+    codec = get_codec(codec_id)
+    shape: tuple[int, ...] = ()
+    encoded: list[bytes] = []
+    for name in photos:
+        crop = crop_for_model(_photo(name), bundle.manifest.preprocess)[None]
+        activation = head.run(None, {HEAD_INPUT_NAME: crop})[0]
+        shape = tuple(int(d) for d in activation.shape)
+        encoded.append(bytes(memoryview(codec.encode(activation))))
+    return point.activation.dtype, shape, bundle.content_hash, encoded
+
+
+def _payload(bundle_dir: str, split: str, codec_id: str, folder: Path) -> tuple[Path, str, tuple[int, ...], str]:
+    """The encoded activation of a real photograph at `split`; written to a file the clients read."""
+    dtype, shape, bundle_hash, (encoded,) = encoded_activations(bundle_dir, split, codec_id, ["chelsea"])
     path = folder / f"payload-{split}-{codec_id}.bin"
     path.write_bytes(encoded)
-    return path, point.activation.dtype, tuple(int(d) for d in activation.shape), bundle.content_hash
+    return path, dtype, shape, bundle_hash
 
 
 class ClientPool:
@@ -234,22 +362,7 @@ class ClientPool:
         for pipe in self.pipes:
             pipe.send((total_rps / len(self.pipes), duration_s, budget_ms, start_at))
         reports = [pipe.recv() for pipe in self.pipes]
-        latencies = [v for r in reports for v in r["latencies_ms"]]
-        reasons: dict[str, int] = {}
-        for report in reports:
-            for reason, count in report["reasons"].items():
-                reasons[reason] = reasons.get(reason, 0) + count
-        return {
-            "sent_rps": sum(int(r["attempted"]) for r in reports) / duration_s,
-            "results": len(latencies),
-            "throughput_rps": len(latencies) / duration_s,
-            "latency_p50_ms": percentile(latencies, 50),
-            "latency_p99_ms": percentile(latencies, 99),
-            "rejected": sum(int(r["rejected"]) for r in reports),
-            "reject_reasons": reasons,
-            "late": sum(int(r["late"]) for r in reports),
-            "timeouts": sum(int(r["timeouts"]) for r in reports),
-        }
+        return measured_load(reports, duration_s)
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -258,6 +371,27 @@ class ClientPool:
             process.join(10)
             if process.is_alive():
                 process.kill()
+
+
+def measured_load(reports: Sequence[dict[str, object]], duration_s: float) -> dict[str, object]:
+    """One load step's figures from every client's report (see FIELDS)."""
+    tally = ReplyTally.merged([ReplyTally(**report["tally"]) for report in reports])
+    results = tally.result_latencies_ms
+    return {
+        "sent_rps": sum(int(r["attempted"]) for r in reports) / duration_s,
+        "results": len(results),
+        "throughput_rps": len(results) / duration_s,
+        "goodput_rps": tally.on_time / duration_s,
+        "latency_p50_ms": percentile(results, 50),
+        "latency_p99_ms": percentile(results, 99),
+        "reply_p99_ms": percentile(results + tally.reject_latencies_ms, 99),
+        "late": tally.late,
+        "expired_executed": tally.expired_executed,
+        "unverified_results": tally.unverified,
+        "rejected": tally.rejected,
+        "reject_reasons": tally.reasons,
+        "timeouts": sum(int(r["timeouts"]) for r in reports),
+    }
 
 
 def _run_mode(label: str, service: ServiceProcess, workload: Workload, clients: int, rates: Sequence[float],
@@ -269,18 +403,17 @@ def _run_mode(label: str, service: ServiceProcess, workload: Workload, clients: 
         for rate in rates:
             before = service.metrics()
             measured = pool.offer(rate, duration_s, budget_ms)
-            after = service.metrics()
-            batches = after["splitrt_batch_size_count"] - before["splitrt_batch_size_count"]
-            row = {
+            after = service.metrics()  # at the end of the load step
+            batches = (after["splitrt_batch_size_count"] or 0.0) - (before["splitrt_batch_size_count"] or 0.0)
+            replicas = after["splitrt_ray_serve_replicas"]
+            row: dict[str, object] = {
                 "backend": backend, "batching": batching, "clients": clients, "offered_rps": float(rate),
-                "sent_rps": measured["sent_rps"], "throughput_rps": measured["throughput_rps"], "latency_p50_ms": measured["latency_p50_ms"],
-                "latency_p99_ms": measured["latency_p99_ms"],
-                "expired_executed": int(after["splitrt_expired_executed_total"]
-                                        - before["splitrt_expired_executed_total"]),
-                "rejected": measured["rejected"], "timeouts": measured["timeouts"], "late": measured["late"],
-                "reject_reasons": measured["reject_reasons"],
-                "mean_batch": (after["splitrt_batch_size_sum"] - before["splitrt_batch_size_sum"]) / batches
-                if batches else 0.0,
+                **measured,
+                "expired_executed_service": int((after["splitrt_expired_executed_total"] or 0.0)
+                                                - (before["splitrt_expired_executed_total"] or 0.0)),
+                "mean_batch": ((after["splitrt_batch_size_sum"] or 0.0) - (before["splitrt_batch_size_sum"] or 0.0))
+                / batches if batches else 0.0,
+                "ray_replicas": None if replicas is None or math.isnan(replicas) else int(replicas),
             }
             rows.append(row)
             print(format_table([row], COLUMNS).splitlines()[-1], flush=True)
@@ -290,26 +423,132 @@ def _run_mode(label: str, service: ServiceProcess, workload: Workload, clients: 
 
 
 def summarise(rows: list[dict[str, object]]) -> dict[str, object]:
-    """Batch-1's saturation point (its best throughput) against batching's best row with a p99 no higher."""
-    def best(candidates: list[dict[str, object]]) -> dict[str, object] | None:
-        return max(candidates, key=lambda r: float(r["throughput_rps"]), default=None)
+    """Per backend: batch size 1 at its saturation point against batching's best row at a p99 no higher.
+
+    The rows compared are named by their index in `rows` (and their offered load). `done_when_met`: batching gives
+    at least DONE_WHEN_RATIO times the throughput, and no row of the backend has a Result that ran past its
+    deadline (by the clients' check or the service's) or one that could not be checked.
+    """
+    def rate(row: dict[str, object]) -> float:
+        return float(row["throughput_rps"])
+
+    def p99(row: dict[str, object]) -> float:
+        return float(row["latency_p99_ms"])
 
     summary: dict[str, object] = {}
     for backend in sorted({str(r["backend"]) for r in rows}):
-        unbatched = best([r for r in rows if r["backend"] == backend and not r["batching"]])
+        mine = [(i, r) for i, r in enumerate(rows) if r["backend"] == backend]
+        totals = {
+            "expired_executed_total": sum(int(r["expired_executed"]) for _, r in mine),
+            "expired_executed_service_total": sum(int(r.get("expired_executed_service", 0))
+                                                  for _, r in mine),
+            "unverified_results_total": sum(int(r.get("unverified_results", 0)) for _, r in mine),
+        }
+        unbatched = max(((i, r) for i, r in mine if not r["batching"]), key=lambda e: rate(e[1]), default=None)
         if unbatched is None:
+            summary[backend] = {"rule": SELECTION_RULE, "batch1_row": None, "batched_row": None, "ratio": None,
+                                **totals, "done_when_met": False}
             continue
-        p99_cap = float(unbatched["latency_p99_ms"])
-        batched = best([r for r in rows if r["backend"] == backend and r["batching"]
-                        and float(r["latency_p99_ms"]) <= p99_cap])
+        i1, r1 = unbatched
+        p99_cap = p99(r1)
+        # A NaN p99 (no Result at all) compares False, so such a row is never picked.
+        batched = max(((i, r) for i, r in mine if r["batching"] and p99(r) <= p99_cap), key=lambda e: rate(e[1]),
+                      default=None)
+        ib, rb = batched if batched else (None, None)
+        ratio = rate(rb) / rate(r1) if rb is not None and rate(r1) > 0 else None
         summary[backend] = {
-            "batch1_saturation_rps": unbatched["throughput_rps"], "batch1_saturation_p99_ms": p99_cap,
-            "batched_best_rps_at_p99_le_batch1": batched["throughput_rps"] if batched else None,
-            "batched_p99_ms": batched["latency_p99_ms"] if batched else None,
-            "ratio": (float(batched["throughput_rps"]) / float(unbatched["throughput_rps"])) if batched else None,
-            "expired_executed_total": sum(int(r["expired_executed"]) for r in rows if r["backend"] == backend),
+            "rule": SELECTION_RULE,
+            "batch1_row": i1, "batch1_offered_rps": r1["offered_rps"],
+            "batch1_saturation_rps": r1["throughput_rps"], "batch1_saturation_goodput_rps": r1.get("goodput_rps"),
+            "batch1_saturation_p99_ms": p99_cap,
+            "batched_row": ib, "batched_offered_rps": rb["offered_rps"] if rb else None,
+            "batched_best_rps_at_p99_le_batch1": rb["throughput_rps"] if rb else None,
+            "batched_goodput_rps": rb.get("goodput_rps") if rb else None,
+            "batched_p99_ms": rb["latency_p99_ms"] if rb else None,
+            "batched_mean_batch": rb["mean_batch"] if rb else None,
+            "ratio": ratio,
+            **totals,
+            "done_when_met": ratio is not None and ratio >= DONE_WHEN_RATIO and not any(totals.values()),
         }
     return summary
+
+
+# --------------------------------------------------------------------------- Ray against the local executor
+
+
+def fetch_outputs(endpoint: str, bundle_hash: str, split: str, codec: str, dtype: str, shape: tuple[int, ...],
+                  payloads: Sequence[bytes], timeout_s: float = 60.0) -> dict[int, np.ndarray | str]:
+    """Send every payload at once (so the service may batch them); frame i's output, or its Reject's reason."""
+    import zmq
+
+    from splitrt.protocol import Infer, TensorSpec, decode, encode, tensor_from_payload
+
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    replies: dict[int, np.ndarray | str] = {}
+    try:
+        socket.connect(endpoint)
+        deadline_ms = time.time() * 1000.0 + timeout_s * 1000.0
+        for frame_id, payload in enumerate(payloads):
+            infer = Infer(frame_id, bundle_hash, split, codec, TensorSpec(dtype, shape), deadline_ms)
+            socket.send_multipart(encode(infer, [payload]))
+        until = time.monotonic() + timeout_s
+        while len(replies) < len(payloads) and time.monotonic() < until:
+            if not socket.poll(100):
+                continue
+            envelope = decode(socket.recv_multipart())
+            message = envelope.message
+            if isinstance(message, Result):
+                replies[message.frame_id] = np.array(tensor_from_payload(message.outputs[0], envelope.payloads[0]))
+            elif isinstance(message, Reject):
+                replies[message.frame_id] = message.reason.value
+    finally:
+        socket.close()
+        context.term()
+    return replies
+
+
+def compare_outputs(reference: dict[int, np.ndarray | str], candidate: dict[int, np.ndarray | str],
+                    requests: int) -> dict[str, object]:
+    """Identical only if every request got a Result from both and every output is equal bit for bit."""
+    compared = [k for k in range(requests)
+                if isinstance(reference.get(k), np.ndarray) and isinstance(candidate.get(k), np.ndarray)]
+    diffs = [float(np.max(np.abs(np.asarray(reference[k], np.float64) - np.asarray(candidate[k], np.float64))))
+             if np.shape(reference[k]) == np.shape(candidate[k]) else math.inf for k in compared]
+    missing = {str(k): {"local": _what(reference.get(k)), "ray": _what(candidate.get(k))}
+               for k in range(requests) if k not in compared}
+    return {
+        "requests": requests,
+        "compared": len(compared),
+        "max_abs_diff": max(diffs) if diffs else None,
+        "outputs_identical": len(compared) == requests and all(d == 0.0 for d in diffs),
+        "not_compared": missing,
+    }
+
+
+def _what(reply: np.ndarray | str | None) -> str:
+    return "result" if isinstance(reply, np.ndarray) else (f"reject {reply}" if reply else "no reply")
+
+
+def check_against_local(bundle_dir: str, folder: Path, service: ServiceProcess, batching: bool, workers: int,
+                        max_batch: int, max_delay_ms: float, split: str, codec: str,
+                        count: int) -> dict[str, object]:
+    """The same `count` photographs' requests to a service on the local executor (same batching) and to `service`."""
+    photos = [CHECK_PHOTOS[i % len(CHECK_PHOTOS)] + ("" if i < len(CHECK_PHOTOS) else "-flipped")
+              for i in range(count)]
+    dtype, shape, bundle_hash, payloads = encoded_activations(bundle_dir, split, codec, photos)
+    local = ServiceProcess(bundle_dir, "local", batching, workers, max_batch, max_delay_ms,
+                           folder / f"stats-check-{'batched' if batching else 'unbatched'}.json")
+    try:
+        reference = fetch_outputs(local.endpoint, bundle_hash, split, codec, dtype, shape, payloads)
+    finally:
+        local.stop()
+    candidate = fetch_outputs(service.endpoint, bundle_hash, split, codec, dtype, shape, payloads)
+    return {"photos": photos, "split": split, "codec": codec, **compare_outputs(reference, candidate, count)}
+
+
+# --------------------------------------------------------------------------- the gateway's cost
 
 
 def measure_gateway_cost(bundle_dir: str, folder: Path, rate_rps: float, duration_s: float, clients: int,
@@ -330,8 +569,9 @@ def measure_gateway_cost(bundle_dir: str, folder: Path, rate_rps: float, duratio
     answered = max(1.0, float(cpu.get("answered", 1.0)))
     return {
         "split": "pool", "codec": "fp16", "payload_bytes": path.stat().st_size, "offered_rps": rate_rps,
-        "throughput_rps": measured["throughput_rps"], "latency_p50_ms": measured["latency_p50_ms"],
-        "latency_p99_ms": measured["latency_p99_ms"], "answered": answered,
+        "throughput_rps": measured["throughput_rps"], "goodput_rps": measured["goodput_rps"],
+        "latency_p50_ms": measured["latency_p50_ms"], "latency_p99_ms": measured["latency_p99_ms"],
+        "answered": answered,
         "gateway_cpu_ms_per_request": 1e3 * float(cpu.get("gateway_s", 0.0)) / answered,
         "io_thread_cpu_ms_per_request": 1e3 * float(cpu.get("io_s", 0.0)) / answered,
         "dispatcher_cpu_ms_per_request": 1e3 * float(cpu.get("dispatcher_s", 0.0)) / answered,
@@ -341,7 +581,7 @@ def measure_gateway_cost(bundle_dir: str, folder: Path, rate_rps: float, duratio
 
 
 def plot(rows: list[dict[str, object]], path: Path, title: str) -> None:
-    """Throughput and latency against offered load, one colour per (backend, batching)."""
+    """Throughput (and goodput) and latency against offered load, one colour per (backend, batching)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,28 +594,43 @@ def plot(rows: list[dict[str, object]], path: Path, title: str) -> None:
                         key=lambda r: float(r["offered_rps"]))
         label = f"{backend}, {'batching' if batching else 'batch size 1'}"
         offered = [float(r["offered_rps"]) for r in series]
-        left.plot(offered, [float(r["throughput_rps"]) for r in series], marker=marker, color=colour, label=label)
+        left.plot(offered, [float(r["throughput_rps"]) for r in series], marker=marker, color=colour,
+                  label=f"{label}: Results/s")
+        left.plot(offered, [float(r.get("goodput_rps", math.nan)) for r in series], marker=marker, color=colour,
+                  linestyle=":", alpha=0.6, label=f"{label}: on time/s")
         right.plot(offered, [float(r["latency_p99_ms"]) for r in series], marker=marker, color=colour,
                    label=f"{label} p99")
         right.plot(offered, [float(r["latency_p50_ms"]) for r in series], marker=marker, color=colour,
                    linestyle=":", alpha=0.6, label=f"{label} p50")
     top = max(float(r["offered_rps"]) for r in rows)
     left.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle="--", label="offered")
-    left.set(xlabel="offered load (requests/s)", ylabel="throughput (Results in time /s)", title="throughput")
-    right.set(xlabel="offered load (requests/s)", ylabel="latency of Results (ms)", title="latency")
-    left.legend(fontsize=8)
+    left.set(xlabel="offered load (requests/s)", ylabel="Results/s (solid: all; dotted: on time)",
+             title="throughput and goodput")
+    right.set(xlabel="offered load (requests/s)", ylabel="latency of every Result, on time or late (ms)",
+              title="latency")
+    left.legend(fontsize=7)
     right.legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
     save_figure(figure, path)
+
+
+def legend(columns: Sequence[str] = COLUMNS) -> str:
+    return "\n".join(f"  {name}: {FIELDS[name]}" for name in columns if name in FIELDS)
 
 
 def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: str, backend: str = "local",
                     rates: Sequence[float] = (100, 200, 400, 800, 1200, 1600), split: str = "conv_head",
                     codec: str = "fp16", budget_ms: float = 100.0, max_batch: int = 16, max_delay_ms: float = 4.0,
                     workers: int = 0, modes: Sequence[str] = ("unbatched", "batched"), ray_address: str = "",
-                    gateway_cost_rps: float = 0.0) -> dict[str, object]:
+                    gateway_cost_rps: float = 0.0, check_outputs: int = 8,
+                    command: str = "") -> dict[str, object]:
+    """`check_outputs`: with the Ray backend, how many fixed requests to compare with the local executor (0: none)."""
+    if not 0 <= check_outputs <= 2 * len(CHECK_PHOTOS):
+        raise ValueError(f"--check-outputs must lie in [0, {2 * len(CHECK_PHOTOS)}], got {check_outputs}")
     rows: list[dict[str, object]] = []
     gateway: dict[str, object] | None = None
+    output_check: dict[str, object] = {}
+    print(f"{clients} client processes; what each column is:\n{legend()}", flush=True)
     print(format_table([], COLUMNS), flush=True)
     with tempfile.TemporaryDirectory(prefix="splitrt-bench-serve-") as tmp:
         folder = Path(tmp)
@@ -386,6 +641,10 @@ def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: 
             service = ServiceProcess(bundle_dir, backend, batching, workers, max_batch, max_delay_ms,
                                      folder / f"stats-{mode}.json", ray_address)
             try:
+                if backend == "ray" and check_outputs:
+                    output_check[mode] = check_against_local(bundle_dir, folder, service, batching, workers,
+                                                             max_batch, max_delay_ms, split, codec, check_outputs)
+                    print(f"{mode}: Ray against the local executor: {json.dumps(output_check[mode])}", flush=True)
                 workload = Workload(service.endpoint, bundle_hash, split, codec, dtype, shape, str(path))
                 rows += _run_mode(mode, service, workload, clients, rates, duration_s, budget_ms, backend, batching)
             finally:
@@ -393,17 +652,25 @@ def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: 
         if gateway_cost_rps > 0:
             gateway = measure_gateway_cost(bundle_dir, folder, gateway_cost_rps, duration_s, clients, budget_ms)
     summary = summarise(rows)
-    params = {"split": split, "codec": codec, "payload_bytes": payload_bytes,
-              "budget_ms": budget_ms, "duration_s": duration_s, "max_batch": max_batch, "max_delay_ms": max_delay_ms,
-              "workers": ServiceConfig(backend=backend, workers=workers).worker_count, "rates": list(rates)}
-    write_json(json_out, "serve", rows, params=params, summary=summary, gateway_cost=gateway)
+    if output_check and isinstance(summary.get(backend), dict):
+        checks = list(output_check.values())
+        diffs = [float(c["max_abs_diff"]) for c in checks if c["max_abs_diff"] is not None]
+        summary[backend]["outputs_identical"] = all(bool(c["outputs_identical"]) for c in checks)
+        summary[backend]["outputs_max_abs_diff"] = max(diffs) if diffs else None
+    params = {"command": command, "backend": backend, "clients": clients, "split": split, "codec": codec,
+              "payload_bytes": payload_bytes, "budget_ms": budget_ms, "duration_s": duration_s,
+              "max_batch": max_batch, "max_delay_ms": max_delay_ms,
+              "workers": ServiceConfig(backend=backend, workers=workers).worker_count, "rates": list(rates),
+              "modes": list(modes), "check_outputs": check_outputs if backend == "ray" else 0}
+    write_json(json_out, "serve", rows, params=params, fields=FIELDS, summary=summary, gateway_cost=gateway,
+               output_check=output_check or None)
     png = Path(json_out).with_suffix(".png")
     plot(rows, png, f"{clients} client processes, split {split}/{codec}, deadline {budget_ms:.0f} ms, "
                     f"{os.cpu_count()} CPU cores shared with the clients")
     print(format_table(rows, COLUMNS))
     print(json.dumps({"summary": summary, "gateway_cost": gateway}, indent=2))
     print(f"wrote {json_out} and {png}")
-    return {"rows": rows, "summary": summary, "gateway_cost": gateway}
+    return {"rows": rows, "summary": summary, "gateway_cost": gateway, "output_check": output_check}
 
 
 # --------------------------------------------------------------------------- command line
@@ -426,6 +693,8 @@ def _run(args: argparse.Namespace) -> int:
         modes=[m for m in args.modes.split(",") if m],
         ray_address=args.ray_address,
         gateway_cost_rps=args.gateway_cost_rps,
+        check_outputs=args.check_outputs,
+        command=shlex.join(["splitrt", *sys.argv[1:]]),
     )
     return 0
 
@@ -448,4 +717,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--modes", default="unbatched,batched", help="which service modes to run")
     serve.add_argument("--gateway-cost-rps", type=float, default=0.0,
                        help="also measure the gateway's CPU per request at this rate of tiny (pool/fp16) requests")
+    serve.add_argument("--check-outputs", type=int, default=8,
+                       help="with --backend ray: send this many fixed requests (photographs) to a service on the "
+                            "local executor and to the Ray service first, and record the largest output difference "
+                            f"(0 = skip; at most {2 * len(CHECK_PHOTOS)})")
     serve.set_defaults(func=_run)

@@ -1,12 +1,20 @@
 """Running one batch: decode every payload, drop what is past its deadline, one tail call, one reply each.
 
 No sockets and no threads here; the clock and the tail runner are passed in. Every request in the batch
-ends with exactly one reply: a Result (with queue ms, compute ms and the queue depth), or a Reject.
+ends with exactly one reply: a Result (with queue ms, compute ms, the queue depth, and when its tail started), or
+a Reject.
+
+The deadline filter and the record of when the tail started are two separate readings: the filter reads the clock
+before the batch is stacked, and the start is read again just before the tail runs (or reported by the runner
+itself, from where the tail really runs, for a runner with `run_timed` or `run_before`). So `expired_executed`, and
+the `tail_started_ms` every Result carries, check the filter instead of restating it. A runner whose batches may
+queue elsewhere (Ray Serve's replicas: `run_before`) gets each row's deadline and skips what has expired when it
+takes the batch up; those requests are answered `expired` too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -22,9 +30,31 @@ from splitrt.protocol import RejectReason, Result, tensor_payload
 class BatchOutcome:
     replies: list[tuple[Work, Reply]] = field(default_factory=list)
     executed: int = 0  # requests that went through the tail
-    expired_executed: int = 0  # of those, how many were past their deadline when the tail started (must be 0)
-    started_ms: float = 0.0
+    expired_executed: int = 0  # of those, how many were at or past their deadline when the tail started (must be 0)
+    started_ms: float = 0.0  # when the batch was taken up (decoding starts)
+    tail_started_ms: float | None = None  # when the tail began running the batch (same clock as the deadlines)
     compute_ms: float = 0.0
+
+
+@runtime_checkable
+class TimedTailRunner(Protocol):
+    """A runner that says when the tail really began, on the clock of `Infer.deadline_ms` (unix epoch ms).
+
+    For a runner whose tails run elsewhere (Ray Serve replicas), the start is when the replica took the batch up,
+    not when the gateway handed it over: a batch may queue at the replica.
+    """
+
+    def run_timed(self, bundle_hash: str, split: str, activation: np.ndarray) -> tuple[np.ndarray, float]: ...
+
+
+@runtime_checkable
+class DeadlineTailRunner(Protocol):
+    """A runner whose tails run elsewhere and may queue there: it gets each row's deadline (unix epoch ms) and runs
+    only the rows still before theirs when the tail starts. Returns the outputs of those rows, when it started, and
+    which rows ran (a boolean mask over the input's rows)."""
+
+    def run_before(self, bundle_hash: str, split: str, activation: np.ndarray,
+                   deadlines_ms: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]: ...
 
 
 def decode_activation(work: Work) -> np.ndarray:
@@ -63,8 +93,22 @@ def run_batch(
         return outcome
     bundle_hash, split = live[0][0].infer.bundle_hash, live[0][0].infer.split
     stacked = live[0][1] if len(live) == 1 else np.concatenate([a for _, a in live])
-    outcome.expired_executed = sum(1 for w, _ in live if w.infer.deadline_ms <= tail_start_ms)
-    output = runner.run(bundle_hash, split, stacked)
+    if isinstance(runner, DeadlineTailRunner):
+        row_deadlines_ms = np.concatenate([np.full(a.shape[0], w.infer.deadline_ms) for w, a in live])
+        output, started_ms, ran = runner.run_before(bundle_hash, split, stacked, row_deadlines_ms)
+        live = _keep_rows_that_ran(live, ran, started_ms, outcome)
+        if not live:
+            outcome.tail_started_ms = started_ms
+            return outcome
+    elif isinstance(runner, TimedTailRunner):
+        output, started_ms = runner.run_timed(bundle_hash, split, stacked)
+    else:
+        started_ms = clock_ms()
+        output = runner.run(bundle_hash, split, stacked)
+    outcome.tail_started_ms = started_ms
+    # Counted against the start itself, not the filter's reading: if anything between the two (stacking, a queue at
+    # a remote replica) lets a request's deadline pass, it shows here.
+    outcome.expired_executed = sum(1 for w, _ in live if w.infer.deadline_ms <= started_ms)
     outcome.executed = len(live)
     row = 0
     depth = queue_depth()
@@ -80,6 +124,26 @@ def run_batch(
             queue_ms=max(0.0, outcome.started_ms - work.received_ms),
             compute_ms=outcome.compute_ms,  # payload decode + tail, shared by the batch
             queue_depth=depth,
+            tail_started_ms=started_ms,
         )
         outcome.replies.append((work, Reply(result, (payload,))))
     return outcome
+
+
+def _keep_rows_that_ran(live: list[tuple[Work, np.ndarray]], ran: np.ndarray, started_ms: float,
+                        outcome: BatchOutcome) -> list[tuple[Work, np.ndarray]]:
+    """The requests all of whose rows ran at a remote runner; the others are answered `expired` (a request's
+    deadline passed while its batch queued there, so the runner skipped it)."""
+    kept: list[tuple[Work, np.ndarray]] = []
+    row = 0
+    for work, activation in live:
+        rows = activation.shape[0]
+        if bool(np.all(ran[row : row + rows])):
+            kept.append((work, activation))
+        else:
+            late_ms = started_ms - work.infer.deadline_ms
+            outcome.replies.append((work, Reply(reject(
+                work.infer.frame_id, RejectReason.EXPIRED,
+                f"deadline passed {late_ms:.1f} ms before the replica took the batch up"))))
+        row += rows
+    return kept

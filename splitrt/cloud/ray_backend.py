@@ -5,13 +5,21 @@ instead of an in-process ONNX Runtime session, a batch goes to the bundle's depl
 deployment handle. The deployment merges batches that reach one replica at the same time (`serve.batch`,
 useful when several gateways share it), and Serve adds or removes replicas with the load.
 
+A batch may queue at a replica (Serve's own batching, several gateway workers in flight). So every row travels with
+its deadline (unix epoch ms), the replica skips the rows whose deadline has passed when it takes the batch up, and
+the gateway answers those `Reject(expired)`; the replica also reports when it started, so the gateway's
+`expired_executed` check is made where the tail really runs. On a cluster of several machines that relies on their
+clocks agreeing, as the deadlines themselves do.
+
 Ray moves the arrays between processes with its own serialisation, inside the Ray cluster: a cluster is one
 trust domain. Nothing from the edge's network reaches Ray except arrays the gateway has already decoded.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -45,22 +53,32 @@ class TailReplica:
         self.tails = TailExecutor([Bundle.load(bundle_dir, verify=False)], intra_op_threads)
         self.bundle_hash = next(iter(self.tails.bundles))
 
-    async def __call__(self, request: tuple[str, np.ndarray]) -> np.ndarray:
+    async def __call__(self, request: tuple[str, np.ndarray, np.ndarray]) -> tuple[np.ndarray, float, np.ndarray]:
         return await self.run_batch(request)
 
-    async def run_batch_impl(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
-        """Requests for the same split are stacked into one session call; each gets its rows back."""
-        outputs: list[np.ndarray | None] = [None] * len(requests)
+    async def run_batch_impl(
+        self, requests: list[tuple[str, np.ndarray, np.ndarray]],
+    ) -> list[tuple[np.ndarray, float, np.ndarray]]:
+        """Requests for the same split are stacked into one session call. Each request is (split, rows, each row's
+        deadline in unix epoch ms); a row whose deadline has passed when its call starts is skipped (a batch may
+        have queued here). Each request gets back the outputs of its rows that ran, when the call started, and
+        which of its rows ran."""
+        outputs: list[tuple[np.ndarray, float, np.ndarray] | None] = [None] * len(requests)
         by_split: dict[str, list[int]] = {}
-        for index, (split, _) in enumerate(requests):
+        for index, (split, _, _) in enumerate(requests):
             by_split.setdefault(split, []).append(index)
         for split, indices in by_split.items():
-            arrays = [requests[i][1] for i in indices]
-            stacked = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-            result = self.tails.run(self.bundle_hash, split, stacked)
+            started_ms = time.time() * 1000.0
+            ran = {i: requests[i][2] > started_ms for i in indices}
+            arrays = [requests[i][1][ran[i]] for i in indices]
+            if any(a.shape[0] for a in arrays):
+                stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+                result = self.tails.run(self.bundle_hash, split, stacked)
+            else:  # every row of this split expired while queued: nothing runs
+                result = np.zeros((0,), dtype=np.float32)
             row = 0
             for i, array in zip(indices, arrays):
-                outputs[i] = result[row : row + array.shape[0]]
+                outputs[i] = (result[row : row + array.shape[0]], started_ms, ran[i])
                 row += array.shape[0]
         return outputs  # type: ignore[return-value]
 
@@ -70,7 +88,9 @@ def _deployment(max_batch_size: int, max_replicas: int, replica_cpus: float) -> 
 
     class TailDeployment(TailReplica):
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=0.0005)
-        async def run_batch(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        async def run_batch(
+            self, requests: list[tuple[str, np.ndarray, np.ndarray]],
+        ) -> list[tuple[np.ndarray, float, np.ndarray]]:
             return await self.run_batch_impl(requests)
 
     return serve.deployment(
@@ -110,14 +130,44 @@ class RayTailRunner:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         replicas = max_replicas or max(1, int(cpus / replica_cpus))
         self._handles = {}
+        self.app_names: list[str] = []
         for bundle_hash, bundle in self.bundles.items():
             app = _deployment(max_batch_size, replicas, replica_cpus).bind(str(bundle.root.resolve()), intra_op_threads)
             name = f"splitrt-{bundle_hash.split(':')[-1][:12]}"
             self._handles[bundle_hash] = serve.run(app, name=name, route_prefix=None)
+            self.app_names.append(name)
             log.info("Ray Serve deployment %s for %s: 1..%d replicas", name, bundle.model_id, replicas)
 
     def run(self, bundle_hash: str, split: str, activation: np.ndarray) -> np.ndarray:
-        return self._handles[bundle_hash].remote((split, np.ascontiguousarray(activation))).result()
+        """The tail's output for every row (no deadline)."""
+        return self.run_before(bundle_hash, split, activation, np.full(activation.shape[0], math.inf))[0]
+
+    def run_before(self, bundle_hash: str, split: str, activation: np.ndarray,
+                   deadlines_ms: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """The outputs of the rows still before their deadline when the replica took the batch up, when that was
+        (unix epoch ms), and which rows ran."""
+        request = (split, np.ascontiguousarray(activation), np.asarray(deadlines_ms, dtype=np.float64))
+        output, started_ms, ran = self._handles[bundle_hash].remote(request).result()
+        return output, float(started_ms), np.asarray(ran, dtype=bool)
+
+    def running_replicas(self) -> float:
+        """Replicas in state RUNNING across this runner's deployments, from `serve.status()`; NaN if Serve cannot say.
+
+        Read when the metrics are scraped (`splitrt_ray_serve_replicas`), so it never runs on the request path.
+        """
+        try:
+            applications = serve.status().applications
+            count = 0
+            for name in self.app_names:
+                app = applications.get(name)
+                for deployment in (app.deployments.values() if app else ()):
+                    for state, replicas in deployment.replica_states.items():
+                        if str(getattr(state, "value", state)).upper() == "RUNNING":
+                            count += int(replicas)
+            return float(count)
+        except Exception:  # a scrape must not fail because Serve is starting or shutting down
+            log.debug("serve.status() failed", exc_info=True)
+            return math.nan
 
     def warm_up(self) -> None:
         """Run one zero input through every tail, so replicas load their sessions before traffic comes."""
