@@ -21,8 +21,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# `bench codecs` exports the bundle only when $(BUNDLE_DIR) holds none (as the demo does): a re-export would drop
+# what was added to it since (stored profiles, trained early exits). To start afresh: rm -rf $(BUNDLE_DIR).
 bench: setup
-	$(BIN)/splitrt partition export --model efficientnet-lite0 --out $(BUNDLE_DIR)
 	$(BIN)/splitrt bench codecs --bundle $(BUNDLE_DIR) --images $(SHARED)/data/imagenet-sample \
 		--codecs fp32,fp16 --json bench-results/codecs.json
 

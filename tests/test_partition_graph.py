@@ -94,6 +94,33 @@ def test_head_plus_tail_equals_full_for_every_offered_point(tmp_path: Path) -> N
     assert Bundle.load(bundle.root).content_hash == bundle.content_hash
 
 
+class SharedActivation(nn.Module):
+    """One activation module called twice, as EfficientNet's `_swish` (stem and head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_a_module_called_twice_has_a_cut_after_each_call() -> None:
+    torch.manual_seed(2)
+    model = TracedModel("shared", SharedActivation(), PREPROCESS, ["a", "b", "c"])
+    assert model.split_names[:4] == ["conv1", "act", "conv2", "act@1"]  # torch.fx's keys for the two calls
+    image = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model.full()(image)
+        assert model.head("act")(image).shape == (2, 4, 16, 16) and model.head("act@1")(image).shape == (2, 6, 16, 16)
+        for name in model.split_names:
+            torch.testing.assert_close(model.tail(name)(model.head(name)(image)), reference, msg=name)
+
+
 class DataDependent(nn.Module):
     def __init__(self) -> None:
         super().__init__()

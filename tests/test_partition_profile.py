@@ -46,6 +46,38 @@ def test_profile_is_saved_in_the_manifest_without_changing_the_hash(tiny_bundle:
         save_profile(root, other)
 
 
+def test_re_exporting_the_same_content_keeps_the_stored_profiles(tiny_bundle: Bundle, tiny_profile: dict, tmp_path: Path) -> None:
+    """`make bench` and any `partition export` over an existing bundle: identical files keep their measurements."""
+    from splitrt.partition.export import export_bundle
+    from splitrt.partition.models import load_model
+
+    root = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.root, root)
+    save_profile(root, tiny_profile)
+    again = export_bundle(load_model("tiny-cnn"), root, progress=False)
+    assert again.content_hash == tiny_bundle.content_hash  # the export is deterministic
+    assert stored_profile(again, "x86") == tiny_profile
+    # Different content (a subset of the split points): the profile no longer holds and is dropped, by name.
+    with pytest.warns(UserWarning, match="drops its stored profiles x86"):
+        subset = export_bundle(load_model("tiny-cnn"), root, splits=["stem", "res"], progress=False)
+    assert subset.content_hash != tiny_bundle.content_hash and subset.manifest.profiles == {}
+
+
+def test_a_cached_bundle_is_reused_with_its_profiles(tiny_bundle: Bundle, tiny_profile: dict, tmp_path: Path) -> None:
+    """What `make bench` (through `bench codecs`) and the demo do: a valid bundle of the model is not exported again."""
+    from splitrt.partition.export import load_or_export
+
+    root = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.root, root)
+    save_profile(root, tiny_profile)
+    manifest_written_ns = (root / "manifest.json").stat().st_mtime_ns
+    cached = load_or_export(root, "tiny-cnn")
+    assert stored_profile(cached, "x86") == tiny_profile
+    assert (root / "manifest.json").stat().st_mtime_ns == manifest_written_ns
+    fresh = load_or_export(tmp_path / "missing", "tiny-cnn")  # none there: exported once
+    assert fresh.content_hash == tiny_bundle.content_hash and fresh.manifest.profiles == {}
+
+
 def test_two_runs_compare_per_split(tiny_profile: dict) -> None:
     slower = json.loads(json.dumps(tiny_profile))
     for split in slower["splits"]:
@@ -77,7 +109,14 @@ def test_plan_command_on_a_stored_profile(tiny_bundle: Bundle, tiny_profile: dic
         code = main(["partition", "plan", "--bundle", str(root), "--device-profile", "x86", "--bandwidth-mbps", "0.5,50",
                      "--rtt-ms", "40", "--offload-bytes", "1500", "--allow-thread-fallback", "--json", str(out)])
     assert code == 0
-    assert "choice:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "choice:" in printed
     report = json.loads(out.read_text())
     assert [p["bandwidth_mbps"] for p in report["plans"]] == [0.5, 50.0]
     assert report["plans"][0]["estimates"][0]["action"] == "local"
+    # The plan names the stored profile it was computed from.
+    assert report["profile"]["device_profile"] == "x86"
+    assert report["profile"]["measured_at"] == tiny_profile["measured_at"]
+    assert report["profile"]["content_hash"] == tiny_bundle.content_hash
+    assert report["profile"]["repeats"] == 3 and report["profile"]["host"] == tiny_profile["host"]
+    assert printed.startswith(f"tiny-cnn: profile x86, measured {tiny_profile['measured_at']} (cpu share 1.0, ")

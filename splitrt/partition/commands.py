@@ -33,7 +33,7 @@ def _models(args: argparse.Namespace) -> int:
     from splitrt.partition.models import available_models
 
     for name, description in available_models().items():
-        print(f"{name:<20} {description}")
+        print(f"{name:<26} {description}")
     return 0
 
 
@@ -53,10 +53,13 @@ def _export(args: argparse.Namespace) -> int:
     splits = [s for s in args.splits.split(",") if s] if args.splits else None
     bundle = export_bundle(_load(args), args.out, splits=splits, verify=not args.no_verify)
     print(f"wrote {bundle.root}: {bundle.model_id} {bundle.content_hash}")
-    print(f"{'split':<12} {'activation':<22} {'raw bytes':>12}")
+    if bundle.manifest.profiles:
+        print(f"kept its stored profiles {', '.join(bundle.manifest.profiles)} (content hash unchanged)")
+    width = max([12] + [len(point.name) for point in bundle.manifest.splits])
+    print(f"{'split':<{width}} {'activation':<22} {'raw bytes':>12}")
     for point in bundle.manifest.splits:
         shape = "x".join(map(str, point.activation.shape))
-        print(f"{point.name:<12} {point.activation.dtype + ' ' + shape:<22} {point.raw_bytes:>12,}")
+        print(f"{point.name:<{width}} {point.activation.dtype + ' ' + shape:<22} {point.raw_bytes:>12,}")
     return 0
 
 
@@ -150,10 +153,11 @@ def _plan(args: argparse.Namespace) -> int:
     from splitrt.devices.profiles import get_profile
     from splitrt.partition.codec_costs import measure_codec_costs
     from splitrt.partition.planner import LinkState, format_plan, plan
-    from splitrt.partition.profile import stored_profile
+    from splitrt.partition.profile import format_profile_identity, profile_identity, stored_profile
 
     bundle = Bundle.load(args.bundle)
     profile = stored_profile(bundle, args.device_profile)
+    identity = profile_identity(profile)
     device = get_profile(args.device_profile)
     output = bundle.manifest.output
     result_bytes = output.nbytes
@@ -163,6 +167,8 @@ def _plan(args: argparse.Namespace) -> int:
         costs = measure_codec_costs(bundle, device, args.codec, offload_codec, images, fallback=_fallback(args))
     offload_bytes = args.offload_bytes if args.offload_bytes is not None else costs.offload_bytes
     bandwidths = [float(b) for b in str(args.bandwidth_mbps).split(",") if b]
+    print(f"{bundle.model_id}: {format_profile_identity(identity)}")
+    print()
     report = []
     choices = []
     for bandwidth in bandwidths:
@@ -182,7 +188,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "model_id": bundle.model_id, "device_profile": args.device_profile, "codec": args.codec,
+            "model_id": bundle.model_id, "device_profile": args.device_profile, "profile": identity, "codec": args.codec,
             "offload_codec": offload_codec, "offload_bytes": offload_bytes, "result_bytes": result_bytes,
             "rtt_ms": args.rtt_ms, "queue_ms": args.queue_ms, "plans": report}, indent=2) + "\n")
         print(f"wrote {args.json}")

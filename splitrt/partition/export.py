@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -64,7 +64,10 @@ def export_bundle(
     """Write a bundle for `model` into `out_dir` (replaced atomically) and return it, loaded and verified.
 
     `splits` chooses a subset of the model's split points (default: all). With `verify`, every head + tail
-    is run through ONNX Runtime on a random image and compared with the full model.
+    is run through ONNX Runtime on a random image and compared with the full model. Profiles stored in the
+    bundle being replaced are kept when its content hash is the new one (the same files: the measurements
+    still hold); what else the replaced bundle had (other profiles, trained exits, bottlenecks) is named in
+    a warning (`kept_profiles`).
     """
     out_dir = Path(out_dir)
     chosen = list(model.split_names if splits is None else splits)
@@ -124,6 +127,7 @@ def export_bundle(
             "profiles": {},
         }
         manifest["content_hash"] = content_hash(manifest)
+        manifest["profiles"] = kept_profiles(out_dir, manifest["content_hash"])
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if verify:
             verify_bundle(Bundle.load(staging), image.numpy())
@@ -131,6 +135,40 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def kept_profiles(out_dir: Path, new_content_hash: str) -> dict[str, Any]:
+    """The profiles stored in the bundle at `out_dir` that still hold for a bundle of `new_content_hash`:
+    all of them when the content hash is unchanged (and each profile was measured on that content), none
+    otherwise. What the replaced bundle had and the new one will not (profiles, trained early exits,
+    bottlenecks) is named in a warning."""
+    manifest_path = out_dir / MANIFEST_NAME
+    try:
+        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}  # no bundle there, or not one we can read: nothing to keep
+    if not isinstance(previous, dict):
+        return {}
+    profiles = previous.get("profiles")
+    profiles = profiles if isinstance(profiles, dict) else {}
+    same_content = previous.get("content_hash") == new_content_hash
+    kept = {
+        name: profile
+        for name, profile in profiles.items()
+        if same_content and isinstance(profile, dict) and profile.get("content_hash") == new_content_hash
+    }
+    lost = [f"its stored profiles {', '.join(sorted(set(profiles) - set(kept)))}"] if set(profiles) - set(kept) else []
+    for section, what in (("exits", "early exits"), ("bottlenecks", "bottlenecks")):
+        names = [str(entry.get("name")) for entry in previous.get(section) or [] if isinstance(entry, dict)]
+        if names:
+            lost.append(f"its {what} {', '.join(names)}")
+    if lost:
+        warnings.warn(
+            f"{out_dir}: replacing a bundle of content {str(previous.get('content_hash'))[:19]} with "
+            f"{new_content_hash[:19]} drops {'; '.join(lost)} (export to a new directory to keep them)",
+            stacklevel=3,
+        )
+    return kept
 
 
 def verify_bundle(bundle: Bundle, image: np.ndarray, rtol: float = 1e-3, atol: float = 1e-4) -> None:

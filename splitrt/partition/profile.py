@@ -159,6 +159,32 @@ def stored_profile(bundle: Bundle, device_profile: str) -> dict[str, Any]:
     return profiles[device_profile]
 
 
+def profile_identity(profile: dict[str, Any]) -> dict[str, Any]:
+    """Which stored profile a result was computed from: device profile, when it was measured, for which
+    bundle content and how (fields a profile stored by an older splitrt lacks are None)."""
+    return {
+        "device_profile": profile.get("device_profile"),
+        "measured_at": profile.get("measured_at"),
+        "content_hash": profile.get("content_hash"),
+        "profile_version": profile.get("profile_version"),
+        "cpu_share": profile.get("cpu_share"),
+        "threads": profile.get("threads"),
+        "repeats": profile.get("repeats"),
+        "warmup": profile.get("warmup"),
+        "host": profile.get("host"),
+    }
+
+
+def format_profile_identity(identity: dict[str, Any]) -> str:
+    """One line: `profile pi4, measured 2026-...+00:00 (cpu share 0.18, 1 thread(s), medians of 30 runs), bundle sha256:...`."""
+    measured_at = identity.get("measured_at") or "at an unknown time"
+    content_hash = str(identity.get("content_hash") or "unknown")
+    return (
+        f"profile {identity.get('device_profile')}, measured {measured_at} (cpu share {identity.get('cpu_share')}, "
+        f"{identity.get('threads')} thread(s), medians of {identity.get('repeats')} runs), bundle {content_hash[:19]}"
+    )
+
+
 def compare_profiles(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
     """Per split point, the relative difference of the two runs' medians (edge and cloud), in percent of
     the first run's median."""
