@@ -35,7 +35,7 @@ def _work(bundle: Bundle, frame_id: int, deadline_ms: float, payload: bytes | No
 
 
 def test_requests_past_their_deadline_at_the_tail_are_rejected_not_run(tiny_bundle: Bundle) -> None:
-    ticks = iter([10.0, 50.0, 60.0, 60.0])  # batch start, deadline filter, tail start, finish
+    ticks = iter([10.0, 50.0, 55.0, 60.0, 60.0])  # batch start, deadline filter, recheck, tail start, finish
     tails = CountingTails([tiny_bundle])
     batch = Batch(("k",), (_work(tiny_bundle, 1, 40.0), _work(tiny_bundle, 2, 100.0),
                            _work(tiny_bundle, 3, 100.0, payload=b"short")), 10.0, 1.0)
@@ -51,7 +51,7 @@ def test_requests_past_their_deadline_at_the_tail_are_rejected_not_run(tiny_bund
 
 
 def test_a_batch_gives_each_request_its_own_rows(tiny_bundle: Bundle) -> None:
-    ticks = iter([0.0, 1.0, 2.0, 3.0])  # batch start, deadline filter, tail start, finish
+    ticks = iter([0.0, 1.0, 1.5, 2.0, 3.0])  # batch start, deadline filter, recheck, tail start, finish
     tails = CountingTails([tiny_bundle])
     batch = Batch(("k",), tuple(_work(tiny_bundle, i, 100.0) for i in range(4)), 0.0, 1.0)
     outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
@@ -76,13 +76,40 @@ class LateReplicaTails(CountingTails):
 
 def test_a_tail_that_starts_past_the_deadline_is_counted_even_after_the_filter_passed_it(tiny_bundle: Bundle) -> None:
     # The filter reads 50 (both deadlines 100 are ahead), but the replica only took the batch up at 120.
-    ticks = iter([10.0, 50.0, 130.0])  # batch start, deadline filter, finish (the start comes from the runner)
+    ticks = iter([10.0, 50.0, 51.0, 130.0])  # batch start, filter, recheck, finish (the start comes from the runner)
     tails = LateReplicaTails([tiny_bundle], started_ms=120.0)
     batch = Batch(("k",), (_work(tiny_bundle, 1, 100.0), _work(tiny_bundle, 2, 150.0)), 10.0, 1.0)
     outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
     assert outcome.executed == 2 and outcome.expired_executed == 1
     results = [reply.message for _, reply in outcome.replies]
     assert all(isinstance(r, Result) and r.tail_started_ms == 120.0 for r in results)
+
+
+def test_a_request_that_cannot_finish_by_its_deadline_is_not_started(tiny_bundle: Bundle) -> None:
+    # At the check (50) frame 1 has 0.4 ms left, less than the 8 ms the batch is expected to take: under overload
+    # many requests arrive this close to their deadline, and the stacking before the tail would start them late.
+    ticks = iter([10.0, 50.0, 50.2, 50.5, 58.0])  # batch start, deadline check, recheck, tail start, finish
+    tails = CountingTails([tiny_bundle])
+    batch = Batch(("k",), (_work(tiny_bundle, 1, 50.4), _work(tiny_bundle, 2, 150.0)), 10.0, 8.0)
+    outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
+    assert outcome.executed == 1 and outcome.expired_executed == 0
+    replies = {work.infer.frame_id: reply.message for work, reply in outcome.replies}
+    assert isinstance(replies[1], Reject) and replies[1].reason == RejectReason.EXPIRED
+    assert "expected to take 8.0 ms" in replies[1].detail
+    assert isinstance(replies[2], Result)
+
+
+def test_a_deadline_that_passes_after_the_check_is_caught_before_the_tail_starts(tiny_bundle: Bundle) -> None:
+    # The check at 50 leaves frame 1 ten ms (more than the margin), then the thread is descheduled until 70.
+    ticks = iter([10.0, 50.0, 70.0, 70.1, 72.0])  # batch start, deadline check, recheck, tail start, finish
+    tails = CountingTails([tiny_bundle])
+    batch = Batch(("k",), (_work(tiny_bundle, 1, 60.0), _work(tiny_bundle, 2, 150.0)), 10.0, 1.0)
+    outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
+    assert tails.rows == [1] and outcome.executed == 1 and outcome.expired_executed == 0
+    replies = {work.infer.frame_id: reply.message for work, reply in outcome.replies}
+    assert isinstance(replies[1], Reject) and replies[1].reason == RejectReason.EXPIRED
+    assert "when the tail could start" in replies[1].detail
+    assert isinstance(replies[2], Result) and replies[2].tail_started_ms == 70.1
 
 
 class QueueingReplicaTails(CountingTails):

@@ -5,7 +5,7 @@ ends with exactly one reply: a Result (with queue ms, compute ms, the queue dept
 a Reject.
 
 The deadline filter and the record of when the tail started are two separate readings: the filter reads the clock
-before the batch is stacked, and the start is read again just before the tail runs (or reported by the runner
+before the batch is stacked (and keeps only requests that can still finish by their deadline), and the start is read again just before the tail runs (or reported by the runner
 itself, from where the tail really runs, for a runner with `run_timed` or `run_before`). So `expired_executed`, and
 the `tail_started_ms` every Result carries, check the filter instead of restating it. A runner whose batches may
 queue elsewhere (Ray Serve's replicas: `run_before`) gets each row's deadline and skips what has expired when it
@@ -13,6 +13,7 @@ takes the batch up; those requests are answered `expired` too.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
@@ -24,6 +25,12 @@ from splitrt.cloud.batcher import Batch
 from splitrt.cloud.tails import TailRunner
 from splitrt.codecs import CodecError, get_codec
 from splitrt.protocol import RejectReason, Result, tensor_payload
+
+
+# The least time a request must have left when its batch's tail is about to start: between the deadline check and
+# the tail's start the worker may wait up to one interpreter switch interval for the GIL (other threads of the
+# service hold it), so less than that left means the tail may start after the deadline.
+FINISH_MARGIN_FLOOR_MS = sys.getswitchinterval() * 1000.0
 
 
 @dataclass
@@ -80,31 +87,51 @@ def run_batch(
             decoded.append((work, decode_activation(work)))
         except CodecError as exc:
             outcome.replies.append((work, Reply(reject(work.infer.frame_id, RejectReason.BAD_PAYLOAD, str(exc)))))
-    tail_start_ms = clock_ms()
+    check_ms = clock_ms()
+    # The last check before the tail: a request that cannot finish by its deadline (less time left than the batch is
+    # expected to take, and never less than FINISH_MARGIN_FLOOR_MS) is answered `expired`, not run. Without the
+    # margin, under overload many requests reach this point just before their deadline, and the wait for the GIL
+    # between this reading and the tail's start would let some of them start after it.
+    margin_ms = max(batch.expected_compute_ms, FINISH_MARGIN_FLOOR_MS)
     live: list[tuple[Work, np.ndarray]] = []
-    for work, activation in decoded:  # the last check before the tail: nothing past its deadline runs
-        if work.infer.deadline_ms <= tail_start_ms:
-            late_ms = tail_start_ms - work.infer.deadline_ms
-            outcome.replies.append((work, Reply(reject(
-                work.infer.frame_id, RejectReason.EXPIRED, f"deadline passed {late_ms:.1f} ms before its turn"))))
+    for work, activation in decoded:
+        left_ms = work.infer.deadline_ms - check_ms
+        if left_ms < margin_ms:
+            why = (f"deadline passed {-left_ms:.1f} ms before its turn" if left_ms <= 0 else
+                   f"{left_ms:.1f} ms left before its deadline, the tail is expected to take {margin_ms:.1f} ms")
+            outcome.replies.append((work, Reply(reject(work.infer.frame_id, RejectReason.EXPIRED, why))))
         else:
             live.append((work, activation))
     if not live:
         return outcome
     bundle_hash, split = live[0][0].infer.bundle_hash, live[0][0].infer.split
-    stacked = live[0][1] if len(live) == 1 else np.concatenate([a for _, a in live])
-    if isinstance(runner, DeadlineTailRunner):
+    if isinstance(runner, DeadlineTailRunner):  # the runner checks the deadlines where its tail runs
         row_deadlines_ms = np.concatenate([np.full(a.shape[0], w.infer.deadline_ms) for w, a in live])
-        output, started_ms, ran = runner.run_before(bundle_hash, split, stacked, row_deadlines_ms)
+        output, started_ms, ran = runner.run_before(bundle_hash, split, _stack(live), row_deadlines_ms)
         live = _keep_rows_that_ran(live, ran, started_ms, outcome)
         if not live:
             outcome.tail_started_ms = started_ms
             return outcome
-    elif isinstance(runner, TimedTailRunner):
-        output, started_ms = runner.run_timed(bundle_hash, split, stacked)
     else:
-        started_ms = clock_ms()
-        output = runner.run(bundle_hash, split, stacked)
+        stacked = _stack(live)
+        # Once more, as late as can be: the thread may have been descheduled for longer than the margin since the
+        # check (an overloaded host). A request left with less than the floor margin is answered `expired`.
+        recheck_ms = clock_ms()
+        passed = [w for w, _ in live if w.infer.deadline_ms - recheck_ms < FINISH_MARGIN_FLOOR_MS]
+        if passed:
+            for work in passed:
+                outcome.replies.append((work, Reply(reject(work.infer.frame_id, RejectReason.EXPIRED,
+                    f"{work.infer.deadline_ms - recheck_ms:.1f} ms left before its deadline when the tail could "
+                    "start"))))
+            live = [(w, a) for w, a in live if w.infer.deadline_ms - recheck_ms >= FINISH_MARGIN_FLOOR_MS]
+            if not live:
+                return outcome
+            stacked = _stack(live)
+        if isinstance(runner, TimedTailRunner):
+            output, started_ms = runner.run_timed(bundle_hash, split, stacked)
+        else:
+            started_ms = clock_ms()
+            output = runner.run(bundle_hash, split, stacked)
     outcome.tail_started_ms = started_ms
     # Counted against the start itself, not the filter's reading: if anything between the two (stacking, a queue at
     # a remote replica) lets a request's deadline pass, it shows here.
@@ -147,3 +174,7 @@ def _keep_rows_that_ran(live: list[tuple[Work, np.ndarray]], ran: np.ndarray, st
                 f"deadline passed {late_ms:.1f} ms before the replica took the batch up"))))
         row += rows
     return kept
+
+
+def _stack(live: list[tuple[Work, np.ndarray]]) -> np.ndarray:
+    return live[0][1] if len(live) == 1 else np.concatenate([a for _, a in live])

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from splitrt.bundle import Bundle
+from splitrt.cloud.executor import FINISH_MARGIN_FLOOR_MS
 
 log = logging.getLogger("splitrt.cloud.ray")
 
@@ -60,21 +61,28 @@ class TailReplica:
         self, requests: list[tuple[str, np.ndarray, np.ndarray]],
     ) -> list[tuple[np.ndarray, float, np.ndarray]]:
         """Requests for the same split are stacked into one session call. Each request is (split, rows, each row's
-        deadline in unix epoch ms); a row whose deadline has passed when its call starts is skipped (a batch may
-        have queued here). Each request gets back the outputs of its rows that ran, when the call started, and
-        which of its rows ran."""
+        deadline in unix epoch ms). A row with less than FINISH_MARGIN_FLOOR_MS left when its call is about to start,
+        or by the last reading before it, is skipped (a batch may have queued here). Each
+        request gets back the outputs of its rows that ran, when the call started, and which of its rows ran."""
         outputs: list[tuple[np.ndarray, float, np.ndarray] | None] = [None] * len(requests)
         by_split: dict[str, list[int]] = {}
         for index, (split, _, _) in enumerate(requests):
             by_split.setdefault(split, []).append(index)
         for split, indices in by_split.items():
-            started_ms = time.time() * 1000.0
-            ran = {i: requests[i][2] > started_ms for i in indices}
+            check_ms = time.time() * 1000.0
+            ran = {i: requests[i][2] - check_ms >= FINISH_MARGIN_FLOOR_MS for i in indices}
             arrays = [requests[i][1][ran[i]] for i in indices]
-            if any(a.shape[0] for a in arrays):
+            stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+            recheck_ms = time.time() * 1000.0  # as late as can be: this process may have been descheduled since
+            if any(bool(np.any(requests[i][2][ran[i]] - recheck_ms < FINISH_MARGIN_FLOOR_MS)) for i in indices):
+                ran = {i: ran[i] & (requests[i][2] - recheck_ms >= FINISH_MARGIN_FLOOR_MS) for i in indices}
+                arrays = [requests[i][1][ran[i]] for i in indices]
                 stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+            if stacked.shape[0]:
+                started_ms = time.time() * 1000.0
                 result = self.tails.run(self.bundle_hash, split, stacked)
             else:  # every row of this split expired while queued: nothing runs
+                started_ms = recheck_ms
                 result = np.zeros((0,), dtype=np.float32)
             row = 0
             for i, array in zip(indices, arrays):
