@@ -57,7 +57,8 @@ __all__ = [
     "tensor_payload",
 ]
 
-PROTOCOL_VERSION: int = 1
+# 2: Welcome.max_payload_bytes and Result.tail_started_ms (a version-1 peer would refuse them as unknown fields).
+PROTOCOL_VERSION: int = 2
 MAGIC: bytes = b"SRT"
 MAX_LIST_ENTRIES: int = 256
 """Most entries in Welcome.splits / Welcome.codecs."""
@@ -459,7 +460,7 @@ def _parse_welcome(meta: dict[str, Any], limits: Limits) -> Welcome:
         splits=_str_tuple_field(meta, "splits", limits),
         codecs=_str_tuple_field(meta, "codecs", limits),
         protocol_version=_int_field(meta, "protocol_version", high=_U8_MAX),
-        max_payload_bytes=_int_field(meta, "max_payload_bytes") if "max_payload_bytes" in meta else None,
+        max_payload_bytes=_int_field(meta, "max_payload_bytes", low=1) if "max_payload_bytes" in meta else None,
     )
 
 

@@ -17,7 +17,7 @@ from splitrt.edge.failover import ResilientLink
 from splitrt.edge.link import CloudLink, LinkError, max_reply_frame_bytes
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import Status
-from splitrt.protocol import Heartbeat, Limits, RejectReason, Welcome, encode
+from splitrt.protocol import PROTOCOL_VERSION, Heartbeat, Limits, RejectReason, Welcome, encode
 from tests.conftest import RunningService, start_service
 
 
@@ -171,14 +171,14 @@ def test_a_cloud_speaking_another_protocol_version_is_not_split_to(tiny_bundle: 
     def answer_hello() -> None:
         if fake.poll(5000):
             client, *_ = fake.recv_multipart()
-            welcome = Welcome("future-cloud", tiny_bundle.content_hash, ("res",), ("fp16",), protocol_version=2)
+            welcome = Welcome("future-cloud", tiny_bundle.content_hash, ("res",), ("fp16",), protocol_version=PROTOCOL_VERSION + 1)
             fake.send_multipart([client, *encode(welcome)])
 
     thread = threading.Thread(target=answer_hello)
     thread.start()
     try:
         with CloudLink(f"tcp://127.0.0.1:{port}", tiny_bundle.content_hash) as link:
-            with pytest.raises(LinkError, match="version_mismatch.*protocol version 2"):
+            with pytest.raises(LinkError, match=f"version_mismatch.*protocol version {PROTOCOL_VERSION + 1}"):
                 link.handshake()
             assert not link.is_up
     finally:

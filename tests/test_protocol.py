@@ -115,7 +115,7 @@ def roundtrip(message: Message, payloads: tuple[bytes, ...] = ()) -> Envelope:
         Welcome("cloud", "abc123", ("layer1", "layer3"), ("raw", "fp16", "int8")),
         Welcome("cloud", "abc123", (), ()),
         Welcome("cloud", "abc123", ("layer1",), ("raw",), max_payload_bytes=64 * 1024),
-        Welcome("cloud", "abc123", (), (), max_payload_bytes=0),
+        Welcome("cloud", "abc123", (), (), max_payload_bytes=1),
         Reject(7, RejectReason.EXPIRED, "deadline passed"),
         Reject(-1, RejectReason.MALFORMED),
         Heartbeat(0, 0.0),
@@ -286,7 +286,7 @@ def test_meta_length_mismatch(delta: int) -> None:
 def test_oversize_meta() -> None:
     frames = encode(Reject(1, RejectReason.INTERNAL, "x" * 200))
     expect(MessageTooLarge, RejectReason.TOO_LARGE, frames, limits=Limits(max_meta_bytes=64))
-    huge = HEADER.pack(MAGIC, 1, 6, 2**20) + b"\0" * 2**20
+    huge = HEADER.pack(MAGIC, PROTOCOL_VERSION, 6, 2**20) + b"\0" * 2**20
     expect(MessageTooLarge, RejectReason.TOO_LARGE, [huge])
 
 
@@ -376,18 +376,18 @@ def test_result_payload_length_must_match_spec() -> None:
 
 def test_msgpack_garbage_and_non_dict() -> None:
     packed = b"\xc1"  # never-used msgpack byte
-    frame = HEADER.pack(MAGIC, 1, 6, len(packed)) + packed
+    frame = HEADER.pack(MAGIC, PROTOCOL_VERSION, 6, len(packed)) + packed
     malformed([frame])
     for meta in ([1, 2], "seq", 5, None):
         malformed(raw_frames(6, meta))
     extra = msgpack.packb({"seq": 1, "sent_ms": 1.0}) + b"\x00"
-    frame = HEADER.pack(MAGIC, 1, 6, len(extra)) + extra
+    frame = HEADER.pack(MAGIC, PROTOCOL_VERSION, 6, len(extra)) + extra
     malformed([frame])
 
 
 def test_msgpack_deep_nesting() -> None:
     packed = b"\x91" * 5000 + b"\xc0"
-    malformed([HEADER.pack(MAGIC, 1, 6, len(packed)) + packed])
+    malformed([HEADER.pack(MAGIC, PROTOCOL_VERSION, 6, len(packed)) + packed])
 
 
 @pytest.mark.parametrize(
@@ -405,7 +405,7 @@ def test_invalid_utf8_rejected() -> None:
     packed = b"\x82\xa3seq\x01\xa7sent_ms\xcb" + struct.pack("!d", 1.0)
     assert msgpack.unpackb(packed) == {"seq": 1, "sent_ms": 1.0}
     bad = packed.replace(b"\xa3seq", b"\xa3s\xffq")
-    malformed([HEADER.pack(MAGIC, 1, 6, len(bad)) + bad])
+    malformed([HEADER.pack(MAGIC, PROTOCOL_VERSION, 6, len(bad)) + bad])
 
 
 def test_extra_and_missing_keys() -> None:
@@ -484,7 +484,7 @@ def test_welcome_and_hello_validation() -> None:
         "bundle_hash": "b",
         "splits": ["a"],
         "codecs": ["raw"],
-        "protocol_version": 1,
+        "protocol_version": PROTOCOL_VERSION,
     }
     welcome = Welcome("s", "b", ("a",), ("raw",))
     assert decode(raw_frames(MessageType.WELCOME, base)).message == welcome
@@ -497,23 +497,23 @@ def test_welcome_and_hello_validation() -> None:
         {"protocol_version": True},
     ):
         malformed(raw_frames(MessageType.WELCOME, {**base, **bad}))
-    hello = {"client_id": "", "bundle_hash": "b", "protocol_version": 1}
+    hello = {"client_id": "", "bundle_hash": "b", "protocol_version": PROTOCOL_VERSION}
     malformed(raw_frames(MessageType.HELLO, hello))
 
 
 def test_welcome_max_payload_bytes_is_optional_both_ways() -> None:
-    base = {"server_id": "s", "bundle_hash": "b", "splits": ["a"], "codecs": ["raw"], "protocol_version": 1}
-    # An older server's Welcome (no such key) still decodes: the limit is unknown.
+    base = {"server_id": "s", "bundle_hash": "b", "splits": ["a"], "codecs": ["raw"], "protocol_version": PROTOCOL_VERSION}
+    # A Welcome without the key decodes: the limit is not announced.
     assert decode(raw_frames(MessageType.WELCOME, base)).message.max_payload_bytes is None  # type: ignore[union-attr]
     announced = decode(raw_frames(MessageType.WELCOME, {**base, "max_payload_bytes": 4096})).message
     assert announced == Welcome("s", "b", ("a",), ("raw",), max_payload_bytes=4096)
-    # Not announced: not on the wire, so the message is byte for byte what an older server sends.
+    # Not announced: not on the wire, so the message is byte for byte the same as without the field.
     frames = encode(Welcome("s", "b", ("a",), ("raw",)))
     assert set(msgpack.unpackb(frames[0][HEADER.size :])) == set(base)
     assert frames == raw_frames(MessageType.WELCOME, base)
-    for bad in (-1, True, 1.5, "4096", 2**63, None):
+    for bad in (0, -1, True, 1.5, "4096", 2**63, None):
         malformed(raw_frames(MessageType.WELCOME, {**base, "max_payload_bytes": bad}))
-    malformed(raw_frames(MessageType.HELLO, {"client_id": "c", "bundle_hash": "b", "protocol_version": 1,
+    malformed(raw_frames(MessageType.HELLO, {"client_id": "c", "bundle_hash": "b", "protocol_version": PROTOCOL_VERSION,
                                              "max_payload_bytes": 1}))  # only Welcome knows it
 
 
@@ -599,7 +599,7 @@ def test_peek_frame_id() -> None:
         decode(corrupted)
     assert peek_frame_id(corrupted) == 7
     truncated = good[0][: good[0].index(b"bundle_hash") + 3]
-    truncated = HEADER.pack(MAGIC, 1, 3, len(truncated) - HEADER.size) + truncated[HEADER.size :]
+    truncated = HEADER.pack(MAGIC, PROTOCOL_VERSION, 3, len(truncated) - HEADER.size) + truncated[HEADER.size :]
     assert peek_frame_id([truncated]) == 7
     assert peek_frame_id(encode(Reject(-1, RejectReason.MALFORMED))) == -1
     assert peek_frame_id(encode(Heartbeat(4, 1.0))) == -1
@@ -645,7 +645,7 @@ def messages_with_payloads(draw: st.DrawFn) -> tuple[Message, tuple[bytes, ...]]
     if kind is MessageType.WELCOME:
         tags = st.lists(names, max_size=5).map(tuple)
         version = draw(st.integers(0, 255))
-        max_payload = draw(st.none() | u63)
+        max_payload = draw(st.none() | st.integers(1, 2**63 - 1))
         return Welcome(draw(names), draw(names), draw(tags), draw(tags), version, max_payload), ()
     if kind is MessageType.INFER:
         msg = Infer(draw(u63), draw(names), draw(names), draw(names), draw(specs), draw(times_ms))

@@ -154,7 +154,7 @@ def test_malformed_and_oversize_requests_are_rejected_and_the_service_keeps_serv
     try:
         hostile = [
             [b"garbage"],
-            [b"SRT\x01\x03" + struct.pack("!I", 3) + b"\xc1\xc1\xc1"],  # valid header, invalid msgpack
+            [b"SRT" + bytes([PROTOCOL_VERSION, 3]) + struct.pack("!I", 3) + b"\xc1\xc1\xc1"],  # valid header, invalid msgpack
             [b"SRT\x09\x03\x00\x00\x00\x00"],  # unknown protocol version
             infer_frames(tiny_bundle, "res", np.zeros((1, 16, 8, 8), np.float32))[:1],  # payload missing
             [*infer_frames(tiny_bundle, "res", head_output(tiny_bundle, "res", image))[:1], b"\0" * (100 * 1024)],
@@ -220,9 +220,9 @@ def test_a_hello_for_another_protocol_version_is_rejected_with_that_reason(
 ) -> None:
     dealer.connect(service.endpoint)
     with caplog.at_level(logging.WARNING, logger="splitrt.cloud"):
-        reply = exchange(dealer, encode(Hello("future-edge", tiny_bundle.content_hash, protocol_version=2))).message
+        reply = exchange(dealer, encode(Hello("future-edge", tiny_bundle.content_hash, protocol_version=PROTOCOL_VERSION + 1))).message
     assert isinstance(reply, Reject) and reply.reason is RejectReason.VERSION_MISMATCH and reply.frame_id == -1
-    assert "version 2" in reply.detail and f"version {PROTOCOL_VERSION}" in reply.detail
+    assert f"version {PROTOCOL_VERSION + 1}" in reply.detail and f"version {PROTOCOL_VERSION}" in reply.detail
     assert any(getattr(r, "reason", None) == "version_mismatch" and "future-edge" in r.getMessage()
                for r in caplog.records)
     # The same client, speaking this version, is welcomed, and told the largest request the service takes.

@@ -92,7 +92,8 @@ def run_batch(
     # expected to take, and never less than FINISH_MARGIN_FLOOR_MS) is answered `expired`, not run. Without the
     # margin, under overload many requests reach this point just before their deadline, and the wait for the GIL
     # between this reading and the tail's start would let some of them start after it.
-    margin_ms = max(batch.expected_compute_ms, FINISH_MARGIN_FLOOR_MS)
+    # The expectation covers decoding too (it is learnt from the batch's start), and decoding is done by now.
+    margin_ms = max(batch.expected_compute_ms - (check_ms - outcome.started_ms), FINISH_MARGIN_FLOOR_MS)
     live: list[tuple[Work, np.ndarray]] = []
     for work, activation in decoded:
         left_ms = work.infer.deadline_ms - check_ms

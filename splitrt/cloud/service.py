@@ -309,8 +309,10 @@ class TailService:
                          "transport cap of %d bytes: such a frame gets no Reject)", endpoint, self._max_frame_bytes,
                          extra={"event": "connection_closed", "endpoint": endpoint,
                                 "transport_cap_bytes": self._max_frame_bytes})
-            else:  # CURVE refusals are logged with their reason by the authenticator too
-                log.log(logging.DEBUG if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else logging.WARNING,
+            else:  # CURVE refusals are logged with their reason by the authenticator; a bare TCP connect and close
+                # (a load balancer's probe, a port scan) fails the handshake with no detail: both only at debug level
+                quiet = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                log.log(logging.DEBUG if event["event"] in quiet else logging.WARNING,
                         "a client connection on %s failed its handshake (%s, code %s)", endpoint, name,
                         event["value"], extra={"event": "handshake_failed", "endpoint": endpoint,
                                                "reason": name, "code": event["value"]})
@@ -470,7 +472,7 @@ class TailService:
                         self.metrics.queue_ms.observe(max(0.0, outcome.started_ms - pending.arrival_ms))
                 with self._cond:
                     if outcome is not None and outcome.executed:
-                        self._batcher.cost.observe(batch.key, len(batch), outcome.compute_ms)
+                        self._batcher.cost.observe(batch.key, outcome.executed, outcome.compute_ms)
                     self._running_requests -= len(batch)
                     self._free_workers += 1
                     self._cond.notify()
