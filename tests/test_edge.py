@@ -1,11 +1,12 @@
 """The edge runtime against a real service on loopback: actions agree, and every frame ends with a reason."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -163,27 +164,35 @@ def test_a_resilient_link_stays_down_for_a_cloud_with_another_bundle(
     assert flipped_service.service.counters["result"] == 0
 
 
-def test_a_cloud_speaking_another_protocol_version_is_not_split_to(tiny_bundle: Bundle) -> None:
-    fake = zmq.Context.instance().socket(zmq.ROUTER)  # a real socket answering Hello as a newer cloud would
+@contextlib.contextmanager
+def cloud_answering_once(reply: Callable[[], list[bytes | memoryview]]) -> Iterator[str]:
+    """A real ROUTER socket that answers the first message it receives with `reply()`'s frames, as a misbehaving
+    cloud would; yields its endpoint."""
+    fake = zmq.Context.instance().socket(zmq.ROUTER)
     fake.setsockopt(zmq.LINGER, 0)
     port = fake.bind_to_random_port("tcp://127.0.0.1")
 
-    def answer_hello() -> None:
+    def answer() -> None:
         if fake.poll(5000):
             client, *_ = fake.recv_multipart()
-            welcome = Welcome("future-cloud", tiny_bundle.content_hash, ("res",), ("fp16",), protocol_version=PROTOCOL_VERSION + 1)
-            fake.send_multipart([client, *encode(welcome)])
+            fake.send_multipart([client, *reply()])
 
-    thread = threading.Thread(target=answer_hello)
+    thread = threading.Thread(target=answer)
     thread.start()
     try:
-        with CloudLink(f"tcp://127.0.0.1:{port}", tiny_bundle.content_hash) as link:
-            with pytest.raises(LinkError, match=f"version_mismatch.*protocol version {PROTOCOL_VERSION + 1}"):
-                link.handshake()
-            assert not link.is_up
+        yield f"tcp://127.0.0.1:{port}"
     finally:
         thread.join(10)
         fake.close()
+
+
+def test_a_cloud_speaking_another_protocol_version_is_not_split_to(tiny_bundle: Bundle) -> None:
+    newer = Welcome("future-cloud", tiny_bundle.content_hash, ("res",), ("fp16",), protocol_version=PROTOCOL_VERSION + 1)
+    with cloud_answering_once(lambda: encode(newer)) as endpoint:
+        with CloudLink(endpoint, tiny_bundle.content_hash) as link:
+            with pytest.raises(LinkError, match=f"version_mismatch.*protocol version {PROTOCOL_VERSION + 1}"):
+                link.handshake()
+            assert not link.is_up
 
 
 def test_a_request_over_the_announced_limit_is_not_sent(tiny_bundle: Bundle, photo: np.ndarray) -> None:
@@ -216,24 +225,11 @@ def test_a_reply_over_the_edge_transport_cap_is_dropped_not_buffered(tiny_bundle
     """A reply frame larger than any valid reply ends the connection as it arrives (libzmq does not reconnect
     after such a protocol error): the link then fails fast instead of holding the frame in memory."""
     limits = Limits(max_payload_bytes=1024, max_meta_bytes=1024)
-    fake = zmq.Context.instance().socket(zmq.ROUTER)  # a cloud that answers a heartbeat with a huge frame
-    fake.setsockopt(zmq.LINGER, 0)
-    port = fake.bind_to_random_port("tcp://127.0.0.1")
-
-    def answer() -> None:
-        if fake.poll(5000):
-            client, *_ = fake.recv_multipart()
-            fake.send_multipart([client, *encode(Heartbeat(1, 0.0)), b"\0" * (max_reply_frame_bytes(limits) + 1)])
-
-    thread = threading.Thread(target=answer)
-    thread.start()
-    try:
-        with CloudLink(f"tcp://127.0.0.1:{port}", tiny_bundle.content_hash, limits=limits) as link:
+    huge = [*encode(Heartbeat(1, 0.0)), b"\0" * (max_reply_frame_bytes(limits) + 1)]  # a heartbeat with a huge frame
+    with cloud_answering_once(lambda: huge) as endpoint:
+        with CloudLink(endpoint, tiny_bundle.content_hash, limits=limits) as link:
             assert link._socket.getsockopt(zmq.MAXMSGSIZE) == max_reply_frame_bytes(limits)
             time.sleep(0.2)  # let the connection come up
             assert link.ping(1, timeout_ms=500) is None
             with pytest.raises(LinkError, match="not connected"):
                 link.request(encode(Heartbeat(2, 0.0)), 2, timeout_ms=100)
-    finally:
-        thread.join(10)
-        fake.close()
