@@ -203,6 +203,7 @@ def test_a_request_over_the_announced_limit_is_not_sent(tiny_bundle: Bundle, pho
             runtime = EdgeRuntime(tiny_bundle, link)
             big = runtime.infer(photo, Split("stem", "fp32"))  # 8 KiB of activation
             assert big.status is Status.REJECTED and big.reason.startswith("too_large: not sent")
+            assert big.bytes_sent == 0, "a request refused on the edge sent nothing"
             assert link.oversize_requests == 1
             small = runtime.infer(photo, Split("pool", "fp32"))  # 128 bytes
             assert small.ok, small.reason
@@ -233,3 +234,12 @@ def test_a_reply_over_the_edge_transport_cap_is_dropped_not_buffered(tiny_bundle
             assert link.ping(1, timeout_ms=500) is None
             with pytest.raises(LinkError, match="not connected"):
                 link.request(encode(Heartbeat(2, 0.0)), 2, timeout_ms=100)
+
+
+def test_a_malformed_endpoint_is_a_link_error_and_leaves_nothing_open(tiny_bundle: Bundle) -> None:
+    context = zmq.Context()
+    try:
+        with pytest.raises(LinkError, match="cannot connect to 'tcp://no-port'"):
+            CloudLink("tcp://no-port", tiny_bundle.content_hash, context=context)
+    finally:
+        context.term()  # returns only once every socket of the context is closed

@@ -132,12 +132,21 @@ class CloudLink:
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_reply_frame_bytes(limits))
         self.curve = curve
-        if curve is not None:  # encrypted and authenticated: the service refuses keys it does not list
-            curve.apply(self._socket)
-        # A refused security handshake (key not allowed, CURVE on one side only) ends the handshake at once.
-        self._monitor = self._socket.get_monitor_socket(HANDSHAKE_REFUSED_EVENTS | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self._monitor: zmq.Socket | None = None
         self._handshake_failed = False
-        self._socket.connect(endpoint)
+        try:
+            if curve is not None:  # encrypted and authenticated: the service refuses keys it does not list
+                curve.apply(self._socket)
+            # A refused security handshake (key not allowed, CURVE on one side only) ends the handshake at once.
+            self._monitor = self._socket.get_monitor_socket(
+                HANDSHAKE_REFUSED_EVENTS | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            self._socket.connect(endpoint)
+        except zmq.ZMQError as exc:  # e.g. a malformed endpoint: nothing is left open
+            self.close()
+            raise LinkError(f"cannot connect to {endpoint!r}: {exc}") from exc
+        except BaseException:  # bad keys (CurveKeyError) and the rest: close, and let them through as they are
+            self.close()
+            raise
 
     @property
     def is_up(self) -> bool:
@@ -146,8 +155,10 @@ class CloudLink:
         return self.welcome is not None
 
     def close(self) -> None:
-        self._socket.disable_monitor()
-        self._monitor.close(linger=0)
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         self._socket.close(linger=0)
 
     def __enter__(self) -> "CloudLink":
@@ -188,6 +199,8 @@ class CloudLink:
 
     def _check_refused(self) -> None:
         """Raise LinkError if the service refused our security handshake (see `handshake_refusal`)."""
+        if self._monitor is None:
+            raise LinkError(f"the link to {self.endpoint} is closed")
         while True:
             try:
                 event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
@@ -285,6 +298,9 @@ def log_welcome_mismatch(endpoint: str, welcome: Welcome, refusal: Reject) -> No
               extra={"event": "welcome_mismatch", "endpoint": endpoint, "reason": refusal.reason.value})
 
 
+NOT_SENT = "not sent"  # how a Reject made on the edge, for a request that never left it, begins its detail
+
+
 def oversize_reject(frames: Sequence[bytes | memoryview], frame_id: int, welcome: Welcome | None,
                     endpoint: str) -> Reject | None:
     """A local Reject(too_large) for a request whose payloads exceed what the cloud announced it takes, or None.
@@ -301,4 +317,4 @@ def oversize_reject(frames: Sequence[bytes | memoryview], frame_id: int, welcome
     log.debug("frame %d not sent to %s: %d payload bytes, over its limit of %d", frame_id, endpoint,
               payload_bytes, limit)
     return Reject(frame_id, RejectReason.TOO_LARGE,
-                  f"not sent: {payload_bytes} payload bytes, the cloud at {endpoint} takes at most {limit}")
+                  f"{NOT_SENT}: {payload_bytes} payload bytes, the cloud at {endpoint} takes at most {limit}")

@@ -21,7 +21,7 @@ from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, TAIL_INPUT_NAME, Bundle
 from splitrt.codecs import CodecError, UnknownCodec, codec_for_point
 from splitrt.devices.dilation import DeviceSpeed, NativeSpeed
 from splitrt.devices.ort import create_session
-from splitrt.edge.link import Link, LinkError
+from splitrt.edge.link import NOT_SENT, Link, LinkError
 from splitrt.frame import Frame, FrameOutcome, Prediction, Status
 from splitrt.imaging import crop_for_model
 from splitrt.protocol import Infer, ProtocolError, Reject, Result, TensorSpec, encode, tensor_from_payload
@@ -324,6 +324,8 @@ class EdgeRuntime:
             outcome.status, outcome.reason = Status.TIMEOUT, "no reply from the cloud before the deadline"
             return
         message = envelope.message
+        if isinstance(message, Reject) and message.detail.startswith(NOT_SENT):  # refused on the edge itself
+            outcome.bytes_sent = 0
         if isinstance(message, Reject) and self.fallback is not None:
             outcome.trace_ms["network"] = round_trip_ms
             raise _FallBack(f"cloud rejected it ({message.reason.value})")
