@@ -319,7 +319,9 @@ class ResilientLink:
         """Connection events. Up (the cloud is back, or first reachable): say Hello at once, no backoff wait.
         Dropped: the requests sent on it cannot be answered any more; they fail now, not at their deadline.
         Refused (security handshake): recorded, and a new socket is scheduled after a backoff."""
-        connected = dropped = False
+        dropped = False
+        # The last handshake outcome among the events read counts: a success then a refusal is a refusal.
+        connected = False
         refusal: str | None = None
         while True:
             try:
@@ -327,9 +329,12 @@ class ResilientLink:
             except zmq.Again:
                 break
             kind = event["event"]
-            connected |= kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
             dropped |= kind == zmq.EVENT_DISCONNECTED
-            refusal = handshake_refusal(self.endpoint, kind, event["value"], self.curve is not None) or refusal
+            refused = handshake_refusal(self.endpoint, kind, event["value"], self.curve is not None)
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                connected, refusal = True, None
+            elif refused is not None:
+                connected, refusal = False, refused
             if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.curve is not None:
                 self._handshake_hint = (f"CURVE handshakes with {self.endpoint} fail: is the server public key "
                                         "the service's own?")
