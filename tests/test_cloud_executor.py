@@ -64,19 +64,21 @@ def test_a_batch_gives_each_request_its_own_rows(tiny_bundle: Bundle) -> None:
 
 
 class LateReplicaTails(CountingTails):
-    """A runner that reports its own start (as Ray Serve's does), here after the requests' deadlines had passed."""
+    """A runner that reports its own start (as Ray Serve's does), here after the requests' deadlines had passed,
+    and runs every row anyway (a replica that does not check the deadlines it is given)."""
 
     def __init__(self, bundles: list[Bundle], started_ms: float) -> None:
         super().__init__(bundles)
         self.started_ms = started_ms
 
-    def run_timed(self, bundle_hash: str, split: str, activation: np.ndarray) -> tuple[np.ndarray, float]:
-        return self.run(bundle_hash, split, activation), self.started_ms
+    def run_before(self, bundle_hash: str, split: str, activation: np.ndarray,
+                   deadlines_ms: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        return self.run(bundle_hash, split, activation), self.started_ms, np.ones(len(activation), dtype=bool)
 
 
 def test_a_tail_that_starts_past_the_deadline_is_counted_even_after_the_filter_passed_it(tiny_bundle: Bundle) -> None:
     # The filter reads 50 (both deadlines 100 are ahead), but the replica only took the batch up at 120.
-    ticks = iter([10.0, 50.0, 51.0, 130.0])  # batch start, filter, recheck, finish (the start comes from the runner)
+    ticks = iter([10.0, 50.0, 130.0])  # batch start, deadline filter, finish (the start comes from the runner)
     tails = LateReplicaTails([tiny_bundle], started_ms=120.0)
     batch = Batch(("k",), (_work(tiny_bundle, 1, 100.0), _work(tiny_bundle, 2, 150.0)), 10.0, 1.0)
     outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)

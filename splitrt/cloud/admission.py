@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from splitrt.bundle import INPUT_POINT, Bundle, UnknownSplit
 from splitrt.codecs import Codec, UnknownCodec, codec_for_point
 from splitrt.protocol import (
+    PROTOCOL_VERSION,
     Envelope,
     Heartbeat,
     Hello,
@@ -44,7 +45,13 @@ class Reply:
     payloads: tuple[memoryview, ...] = ()
 
 
-def handshake(message: Hello, bundles: dict[str, Bundle], server_id: str) -> Reply:
+def handshake(message: Hello, bundles: dict[str, Bundle], server_id: str, max_payload_bytes: int | None = None) -> Reply:
+    """A Welcome (announcing `max_payload_bytes`, the most a request may carry), or a Reject: a protocol version
+    this service does not speak (the header's version matched, the Hello's own field did not), or an unknown bundle."""
+    if message.protocol_version != PROTOCOL_VERSION:
+        return Reply(reject(-1, RejectReason.VERSION_MISMATCH,
+                            f"hello for protocol version {message.protocol_version}; this service speaks "
+                            f"version {PROTOCOL_VERSION} only"))
     bundle = bundles.get(message.bundle_hash)
     if bundle is None:
         return Reply(reject(-1, RejectReason.UNKNOWN_BUNDLE, f"no bundle {message.bundle_hash[:24]} here"))
@@ -53,6 +60,7 @@ def handshake(message: Hello, bundles: dict[str, Bundle], server_id: str) -> Rep
         bundle_hash=bundle.content_hash,
         splits=tuple(bundle.manifest.split_names) + tuple(b.name for b in bundle.manifest.bottlenecks),
         codecs=SUPPORTED_CODECS,
+        max_payload_bytes=max_payload_bytes,
     )
     return Reply(welcome)
 

@@ -4,12 +4,11 @@ No sockets and no threads here; the clock and the tail runner are passed in. Eve
 ends with exactly one reply: a Result (with queue ms, compute ms, the queue depth, and when its tail started), or
 a Reject.
 
-The deadline filter and the record of when the tail started are two separate readings: the filter reads the clock
-before the batch is stacked (and keeps only requests that can still finish by their deadline), and the start is read again just before the tail runs (or reported by the runner
-itself, from where the tail really runs, for a runner with `run_timed` or `run_before`). So `expired_executed`, and
-the `tail_started_ms` every Result carries, check the filter instead of restating it. A runner whose batches may
-queue elsewhere (Ray Serve's replicas: `run_before`) gets each row's deadline and skips what has expired when it
-takes the batch up; those requests are answered `expired` too.
+The deadline checks and the record of when the tail started are separate readings: the checks keep only requests
+that can still finish by their deadline, and the start is read again just before the tail runs (or reported by a
+runner whose batches may queue elsewhere, Ray Serve's replicas: `run_before`, which gets each row's deadline and
+skips what has expired when it takes the batch up). So `expired_executed`, and the `tail_started_ms` every Result
+carries, check the filter instead of restating it.
 """
 from __future__ import annotations
 
@@ -41,17 +40,6 @@ class BatchOutcome:
     started_ms: float = 0.0  # when the batch was taken up (decoding starts)
     tail_started_ms: float | None = None  # when the tail began running the batch (same clock as the deadlines)
     compute_ms: float = 0.0
-
-
-@runtime_checkable
-class TimedTailRunner(Protocol):
-    """A runner that says when the tail really began, on the clock of `Infer.deadline_ms` (unix epoch ms).
-
-    For a runner whose tails run elsewhere (Ray Serve replicas), the start is when the replica took the batch up,
-    not when the gateway handed it over: a batch may queue at the replica.
-    """
-
-    def run_timed(self, bundle_hash: str, split: str, activation: np.ndarray) -> tuple[np.ndarray, float]: ...
 
 
 @runtime_checkable
@@ -99,12 +87,13 @@ def run_batch(
     live: list[tuple[Work, np.ndarray]] = []
     for work, activation in decoded:
         left_ms = work.infer.deadline_ms - check_ms
-        if left_ms < margin_ms:
-            why = (f"deadline passed {-left_ms:.1f} ms before its turn" if left_ms <= 0 else
-                   f"{left_ms:.1f} ms left before its deadline, the tail is expected to take {margin_ms:.1f} ms")
-            outcome.replies.append((work, Reply(reject(work.infer.frame_id, RejectReason.EXPIRED, why))))
-        else:
+        if left_ms >= margin_ms:
             live.append((work, activation))
+        elif left_ms <= 0:
+            _expire(outcome, work, f"deadline passed {-left_ms:.1f} ms before its turn")
+        else:
+            _expire(outcome, work, f"{left_ms:.1f} ms left before its deadline, the tail is expected to take "
+                                   f"{margin_ms:.1f} ms")
     if not live:
         return outcome
     bundle_hash, split = live[0][0].infer.bundle_hash, live[0][0].infer.split
@@ -120,21 +109,19 @@ def run_batch(
         # Once more, as late as can be: the thread may have been descheduled for longer than the margin since the
         # check (an overloaded host). A request left with less than the floor margin is answered `expired`.
         recheck_ms = clock_ms()
-        passed = [w for w, _ in live if w.infer.deadline_ms - recheck_ms < FINISH_MARGIN_FLOOR_MS]
-        if passed:
-            for work in passed:
-                outcome.replies.append((work, Reply(reject(work.infer.frame_id, RejectReason.EXPIRED,
-                    f"{work.infer.deadline_ms - recheck_ms:.1f} ms left before its deadline when the tail could "
-                    "start"))))
-            live = [(w, a) for w, a in live if w.infer.deadline_ms - recheck_ms >= FINISH_MARGIN_FLOOR_MS]
-            if not live:
-                return outcome
-            stacked = _stack(live)
-        if isinstance(runner, TimedTailRunner):
-            output, started_ms = runner.run_timed(bundle_hash, split, stacked)
-        else:
-            started_ms = clock_ms()
-            output = runner.run(bundle_hash, split, stacked)
+        kept: list[tuple[Work, np.ndarray]] = []
+        for work, activation in live:
+            left_ms = work.infer.deadline_ms - recheck_ms
+            if left_ms >= FINISH_MARGIN_FLOOR_MS:
+                kept.append((work, activation))
+            else:
+                _expire(outcome, work, f"{left_ms:.1f} ms left before its deadline when the tail could start")
+        if not kept:
+            return outcome
+        if len(kept) < len(live):
+            live, stacked = kept, _stack(kept)
+        started_ms = clock_ms()
+        output = runner.run(bundle_hash, split, stacked)
     outcome.tail_started_ms = started_ms
     # Counted against the start itself, not the filter's reading: if anything between the two (stacking, a queue at
     # a remote replica) lets a request's deadline pass, it shows here.
@@ -171,13 +158,15 @@ def _keep_rows_that_ran(live: list[tuple[Work, np.ndarray]], ran: np.ndarray, st
         if bool(np.all(ran[row : row + rows])):
             kept.append((work, activation))
         else:
-            late_ms = started_ms - work.infer.deadline_ms
-            outcome.replies.append((work, Reply(reject(
-                work.infer.frame_id, RejectReason.EXPIRED,
-                f"deadline passed {late_ms:.1f} ms before the replica took the batch up"))))
+            _expire(outcome, work, f"deadline passed {started_ms - work.infer.deadline_ms:.1f} ms before the "
+                                   "replica took the batch up")
         row += rows
     return kept
 
 
 def _stack(live: list[tuple[Work, np.ndarray]]) -> np.ndarray:
     return live[0][1] if len(live) == 1 else np.concatenate([a for _, a in live])
+
+
+def _expire(outcome: BatchOutcome, work: Work, why: str) -> None:
+    outcome.replies.append((work, Reply(reject(work.infer.frame_id, RejectReason.EXPIRED, why))))

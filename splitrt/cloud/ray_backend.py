@@ -61,28 +61,26 @@ class TailReplica:
         self, requests: list[tuple[str, np.ndarray, np.ndarray]],
     ) -> list[tuple[np.ndarray, float, np.ndarray]]:
         """Requests for the same split are stacked into one session call. Each request is (split, rows, each row's
-        deadline in unix epoch ms). A row with less than FINISH_MARGIN_FLOOR_MS left when its call is about to start,
-        or by the last reading before it, is skipped (a batch may have queued here). Each
-        request gets back the outputs of its rows that ran, when the call started, and which of its rows ran."""
+        deadline in unix epoch ms). A row with less than FINISH_MARGIN_FLOOR_MS left when its call is about to start
+        is skipped (a batch may have queued here). Each request gets back the outputs of its rows that ran, when the
+        call started, and which of its rows ran."""
         outputs: list[tuple[np.ndarray, float, np.ndarray] | None] = [None] * len(requests)
         by_split: dict[str, list[int]] = {}
         for index, (split, _, _) in enumerate(requests):
             by_split.setdefault(split, []).append(index)
         for split, indices in by_split.items():
-            check_ms = time.time() * 1000.0
-            ran = {i: requests[i][2] - check_ms >= FINISH_MARGIN_FLOOR_MS for i in indices}
-            arrays = [requests[i][1][ran[i]] for i in indices]
+            arrays = [requests[i][1] for i in indices]
             stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-            recheck_ms = time.time() * 1000.0  # as late as can be: this process may have been descheduled since
-            if any(bool(np.any(requests[i][2][ran[i]] - recheck_ms < FINISH_MARGIN_FLOOR_MS)) for i in indices):
-                ran = {i: ran[i] & (requests[i][2] - recheck_ms >= FINISH_MARGIN_FLOOR_MS) for i in indices}
+            check_ms = time.time() * 1000.0  # as late as can be: the batch may have queued, the process paused
+            ran = {i: requests[i][2] - check_ms >= FINISH_MARGIN_FLOOR_MS for i in indices}
+            if not all(bool(np.all(mask)) for mask in ran.values()):  # some expired: stack only the others
                 arrays = [requests[i][1][ran[i]] for i in indices]
-                stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+                stacked = np.concatenate(arrays)
             if stacked.shape[0]:
                 started_ms = time.time() * 1000.0
                 result = self.tails.run(self.bundle_hash, split, stacked)
             else:  # every row of this split expired while queued: nothing runs
-                started_ms = recheck_ms
+                started_ms = check_ms
                 result = np.zeros((0,), dtype=np.float32)
             row = 0
             for i, array in zip(indices, arrays):

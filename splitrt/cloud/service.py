@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import replace
 from typing import Callable, Iterable
 
 import zmq
@@ -45,7 +44,6 @@ from splitrt.protocol import (
     Reject,
     RejectReason,
     Result,
-    Welcome,
     decode,
     encode,
     peek_frame_id,
@@ -318,19 +316,13 @@ class TailService:
                                                "reason": name, "code": event["value"]})
 
     def _answer_hello(self, client: bytes, message: Hello) -> Reply:
-        """A Welcome announcing this service's payload limit, or a Reject: unknown bundle, or a protocol version
-        this service does not speak (the header's version matched, the Hello's own field did not)."""
-        if message.protocol_version != PROTOCOL_VERSION:
+        """`handshake`'s answer, announcing this service's payload limit; a refused protocol version is logged."""
+        reply = handshake(message, self.bundles, self.server_id, self.config.limits.max_payload_bytes)
+        if isinstance(reply.message, Reject) and reply.message.reason is RejectReason.VERSION_MISMATCH:
             log.warning("client %s (%s): hello with protocol version %d, this service speaks %d", client.hex(),
                         message.client_id, message.protocol_version, PROTOCOL_VERSION,
                         extra={"event": "reject", "client": client.hex(), "client_id": message.client_id,
                                "reason": RejectReason.VERSION_MISMATCH.value})
-            return Reply(reject(-1, RejectReason.VERSION_MISMATCH,
-                                f"hello for protocol version {message.protocol_version}; this service speaks "
-                                f"version {PROTOCOL_VERSION} only"))
-        reply = handshake(message, self.bundles, self.server_id)
-        if isinstance(reply.message, Welcome):
-            reply = Reply(replace(reply.message, max_payload_bytes=self.config.limits.max_payload_bytes))
         return reply
 
     def _handle(self, router: zmq.Socket, client: bytes, body: list[zmq.Frame]) -> None:

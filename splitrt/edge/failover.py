@@ -40,6 +40,7 @@ from splitrt.edge.link import (
     max_reply_frame_bytes,
     oversize_reject,
     welcome_mismatch,
+    wrong_server_key_hint,
 )
 from splitrt.protocol import (
     DEFAULT_LIMITS,
@@ -336,8 +337,7 @@ class ResilientLink:
             elif refused is not None:
                 connected, refusal = False, refused
             if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.curve is not None:
-                self._handshake_hint = (f"CURVE handshakes with {self.endpoint} fail: is the server public key "
-                                        "the service's own?")
+                self._handshake_hint = wrong_server_key_hint(self.endpoint)
         if connected:
             self.refusal = self._handshake_hint = self._new_socket_at_ms = None
             self._refused_backoff.reset()

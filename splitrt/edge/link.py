@@ -83,6 +83,12 @@ class CurveClientKeys:
 HANDSHAKE_REFUSED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 
+def wrong_server_key_hint(endpoint: str) -> str:
+    """For CURVE handshakes that fail with no reason: libzmq retries them by itself, and a wrong server key is the
+    usual cause."""
+    return f"CURVE handshakes with {endpoint} fail: is the server public key the service's own?"
+
+
 def handshake_refusal(endpoint: str, event: int, value: int, curve: bool) -> str | None:
     """Why the service refused our connection, for a HANDSHAKE_FAILED_AUTH/PROTOCOL monitor event; else None."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -193,7 +199,7 @@ class CloudLink:
         self._check_refused()
         hint = ""
         if self._handshake_failed and self.curve is not None:
-            hint = " (CURVE handshakes failed: is the server public key the service's own?)"
+            hint = f" ({wrong_server_key_hint(self.endpoint)})"
         raise LinkError(
             f"no answer from {self.endpoint} within {timeout_ms:.0f} ms; is `splitrt cloud serve` running?{hint}")
 
