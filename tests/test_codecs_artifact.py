@@ -20,7 +20,7 @@ def test_committed_bottleneck_tables_match_their_hashes(folder: Path) -> None:
     description = json.loads((folder / "bottleneck.json").read_text(encoding="utf-8"))
     assert (folder / "weights.npz").stat().st_size < 4_000_000
     with np.load(folder / "weights.npz", allow_pickle=False) as weights:
-        assert "compressor.net.0.weight" in weights.files
+        assert any(name.startswith("compressor.net.") for name in weights.files)
     assert description["operating_points"], "run `splitrt codecs fit-tables` to add operating points"
     for point in description["operating_points"]:
         tables = EntropyTables.from_json(json.loads((folder / point["tables"]).read_text(encoding="utf-8")))

@@ -127,7 +127,7 @@ def bottleneck_bundle(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFact
     config = TrainConfig(model="tiny-cnn", split="down", latent_channels=4)
     folder = tmp_path_factory.mktemp("bottleneck") / config.name
     net = Bottleneck(activations.shape[1], 4)
-    net.set_statistics(torch.from_numpy(activations.mean(axis=(0, 2, 3))), torch.from_numpy(activations.std(axis=(0, 2, 3)) + 1e-3))
+    net.initialise(torch.from_numpy(activations))
     save_artifact(net.eval(), config, folder, {})
     fit_operating_points(folder, activations, [1.0, 2.0])
     return add_bottlenecks(tiny_bundle.root, [folder], tmp_path_factory.mktemp("bundles") / "tiny-bn")
@@ -260,6 +260,41 @@ def test_stride_one_latent_keeps_the_resolution_and_reloads(tmp_path: Path) -> N
         assert torch.equal(again(activation)[0], net(activation)[0])
     with pytest.raises(ValueError, match="stride"):
         Bottleneck(6, 3, stride=3)
+
+
+def test_linear_transform_starts_from_the_principal_axes_and_reloads(tmp_path: Path) -> None:
+    import torch
+
+    from splitrt.codecs.bottleneck.model import Bottleneck
+    from splitrt.codecs.bottleneck.train import TrainConfig, load_artifact, save_artifact
+
+    torch.manual_seed(0)
+    mixing = torch.randn(6, 6)
+    scales = torch.tensor([5.0, 3.0, 1.0, 0.5, 0.2, 0.1]).view(1, 6, 1, 1)
+    activation = torch.einsum("oc,nchw->nohw", mixing, torch.randn(64, 6, 7, 7) * scales) + 2.0
+    full = Bottleneck(6, 6, stride=1, transform="linear")
+    full.initialise(activation)
+    with torch.no_grad():  # all axes kept: the map is invertible (before rounding)
+        assert torch.allclose(full.decompressor(full.compressor(activation)), activation, atol=1e-3)
+        spread = full.compressor(activation).std(dim=(0, 2, 3))
+    assert torch.all(spread[:-1] >= spread[1:] - 1e-4)  # ordered by variance, in units of the activation's std
+    channel_variance = float(activation.var(dim=(0, 2, 3)).sum())  # an orthogonal map keeps the total variance
+    assert abs(float((spread**2).sum() * activation.std() ** 2) - channel_variance) < 0.01 * channel_variance
+    config = TrainConfig(model="tiny-cnn", split="down", latent_channels=3, latent_stride=1, transform="linear")
+    assert config.name == "down-c3-s1-linear-beta0.01"
+    net = Bottleneck(6, 3, stride=1, transform="linear")
+    net.initialise(activation)
+    save_artifact(net.eval(), config, tmp_path / config.name, {})
+    again, description = load_artifact(tmp_path / config.name)
+    assert again.transform == "linear" and description["config"]["transform"] == "linear"
+    with torch.no_grad():
+        assert torch.equal(again(activation)[0], net(activation)[0])
+    with pytest.raises(ValueError, match="stride 1"):
+        Bottleneck(6, 3, stride=2, transform="linear")
+    with pytest.raises(ValueError, match="at most"):
+        Bottleneck(6, 7, stride=1, transform="linear")
+    with pytest.raises(ValueError, match="transform"):
+        Bottleneck(6, 3, stride=1, transform="fourier")
 
 
 def test_unlabelled_images_add_one_standard_view_each(tmp_path: Path) -> None:

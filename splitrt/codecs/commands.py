@@ -12,6 +12,7 @@ def _train(args: argparse.Namespace) -> int:
     betas = [float(b) for b in str(args.beta).split(",") if b]
     configs = [
         TrainConfig(model=args.model, split=args.split, latent_channels=c, latent_stride=args.latent_stride,
+                    transform=args.transform,
                     beta_per_kbit=b, views_per_image=args.views, phase1_epochs=args.epochs, phase2_steps=args.kd_steps,
                     batch_size=args.batch_size, seed=args.seed, init_from=args.init_from or "",
                     unlabelled=args.unlabelled or "")
@@ -55,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--latent-channels", default="24", help="latent channels, comma-separated for several")
     train.add_argument("--latent-stride", type=int, choices=(1, 2), default=2,
                        help="2: latent at half the activation's resolution; 1: at the same (deep split points)")
+    train.add_argument("--transform", choices=("conv", "linear"), default="conv",
+                       help="conv: small conv networks trained from scratch; linear: 1x1 maps started from the "
+                       "activation's principal axes (needs --latent-stride 1); one latent unit = one std")
     train.add_argument("--beta", default="0.01", help="rate weight per kilobit, comma-separated operating points")
     train.add_argument("--views", type=int, default=6, help="views per training image (standard crop + random crops)")
     train.add_argument("--epochs", type=int, default=5, help="phase 1 epochs (activation MSE + rate)")

@@ -38,6 +38,7 @@ class TrainConfig:
     split: str = "b4"
     latent_channels: int = 24
     latent_stride: int = 2  # 2: latent at half the activation's resolution; 1: at the same
+    transform: str = "conv"  # "conv": small networks from scratch; "linear": 1x1 maps from the principal axes
     beta_per_kbit: float = 0.01
     views_per_image: int = 6
     phase1_epochs: int = 5
@@ -51,7 +52,8 @@ class TrainConfig:
     @property
     def name(self) -> str:
         stride = "" if self.latent_stride == 2 else f"-s{self.latent_stride}"
-        return f"{self.split}-c{self.latent_channels}{stride}-beta{self.beta_per_kbit:g}"
+        transform = "" if self.transform == "conv" else f"-{self.transform}"
+        return f"{self.split}-c{self.latent_channels}{stride}{transform}-beta{self.beta_per_kbit:g}"
 
 
 def split_images(images_dir: str | Path, parity: str) -> list[Path]:
@@ -162,13 +164,14 @@ def train_bottleneck(
     sample = activations[rng.permutation(len(activations))[:512]].astype(np.float32)
     if config.init_from:
         net, _ = load_artifact(config.init_from)
-        if (net.channels, net.latent_channels, net.stride) != (channels, config.latent_channels, config.latent_stride):
-            raise ValueError(f"{config.init_from} has {net.latent_channels} latent channels (stride {net.stride}) "
-                             f"for {net.channels}, this run wants {config.latent_channels} (stride "
-                             f"{config.latent_stride}) for {channels}")
+        have = (net.channels, net.latent_channels, net.stride, net.transform)
+        want = (channels, config.latent_channels, config.latent_stride, config.transform)
+        if have != want:
+            raise ValueError(f"{config.init_from} is (channels, latent channels, stride, transform) {have}, "
+                             f"this run wants {want}")
     else:
-        net = Bottleneck(channels, config.latent_channels, config.latent_stride)
-        net.set_statistics(torch.from_numpy(sample.mean(axis=(0, 2, 3))), torch.from_numpy(sample.std(axis=(0, 2, 3)) + 1e-3))
+        net = Bottleneck(channels, config.latent_channels, config.latent_stride, config.transform)
+        net.initialise(torch.from_numpy(sample))
     variance = float(np.var(sample))
     tail = model.tail(config.split)
     for parameter in tail.parameters():
@@ -209,8 +212,8 @@ def train_bottleneck(
             loss.backward()
             optimizer.step()
             schedule.step()
-            sums["loss"] += float(distortion)
-            sums["kbit"] += float(kbits)
+            sums["loss"] += float(distortion.detach())
+            sums["kbit"] += float(kbits.detach())
             bar.set_postfix(distortion=f"{sums['loss'] / step:.4f}", bytes=f"{sums['kbit'] / step * 125:.0f}")
         steps = max(1, len(batches))
         log(f"{config.name} epoch {epoch + 1}: distortion {sums['loss'] / steps:.4f}, "
@@ -273,7 +276,8 @@ def load_artifact(folder: str | Path) -> tuple[Bottleneck, dict[str, object]]:
     if description.get("format") != ARTIFACT_FORMAT:
         raise ValueError(f"{folder}: not a bottleneck artifact (format {description.get('format')!r})")
     config = description["config"]
-    net = Bottleneck(int(description["channels"]), int(config["latent_channels"]), int(config.get("latent_stride", 2)))
+    net = Bottleneck(int(description["channels"]), int(config["latent_channels"]), int(config.get("latent_stride", 2)),
+                     str(config.get("transform", "conv")))
     with np.load(folder / "weights.npz", allow_pickle=False) as weights:
         net.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files})
     return net.eval(), description
