@@ -176,6 +176,21 @@ def test_bottleneck_split_runs_end_to_end(bn_service: RunningService, bottleneck
         assert wrong.status is Status.FAILED and "unknown codec" in wrong.reason
 
 
+def test_bench_serve_sends_a_bottleneck_latent_the_service_answers(bn_service: RunningService,
+                                                                   bottleneck_bundle: Bundle) -> None:
+    from splitrt.bench.serve import encoded_activations, fetch_outputs
+
+    name = "bn-down-c4-beta0.01-s1"
+    dtype, shape, bundle_hash, payloads = encoded_activations(str(bottleneck_bundle.root), name, "ans",
+                                                              ["chelsea", "astronaut"])
+    assert (dtype, shape, bundle_hash) == ("float32", (1, 4, 4, 4), bottleneck_bundle.content_hash)
+    assert all(p[:3] == b"SBN" for p in payloads)  # the bottleneck's own entropy-coded latent
+    outputs = fetch_outputs(bn_service.endpoint, bundle_hash, name, "ans", dtype, shape, payloads)
+    assert all(isinstance(outputs[i], np.ndarray) and outputs[i].shape == (1, 10) for i in (0, 1)), outputs
+    with pytest.raises(UnknownCodec):
+        encoded_activations(str(bottleneck_bundle.root), name, "fp16", ["chelsea"])
+
+
 class CorruptingLink(CloudLink):
     """A real link that flips one payload byte after the checksum was computed: damage on the wire."""
 

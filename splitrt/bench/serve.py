@@ -317,7 +317,7 @@ def encoded_activations(bundle_dir: str, split: str, codec_id: str,
                         photos: Sequence[str]) -> tuple[str, tuple[int, ...], str, list[bytes]]:
     """(dtype, shape, bundle hash, one encoded activation per photograph) at `split`."""
     from splitrt.bundle import HEAD_INPUT_NAME, Bundle
-    from splitrt.codecs import get_codec
+    from splitrt.codecs import codec_for_point
     from splitrt.devices.ort import create_session
     from splitrt.imaging import crop_for_model
 
@@ -326,7 +326,7 @@ def encoded_activations(bundle_dir: str, split: str, codec_id: str,
     if point.head_file is None:
         raise ValueError(f"--split {split} has no head; pick a split point such as conv_head")
     head = create_session(bundle.path(point.head_file))
-    codec = get_codec(codec_id)
+    codec = codec_for_point(bundle, split, codec_id)  # a bottleneck point: its own entropy codec and tables
     shape: tuple[int, ...] = ()
     encoded: list[bytes] = []
     for name in photos:
@@ -707,7 +707,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--backend", choices=("local", "ray"), default="local")
     serve.add_argument("--ray-address", default="", help="Ray cluster ('' = start a local one)")
     serve.add_argument("--bundle", default=".cache/bundles/efficientnet-lite0", help="bundle directory")
-    serve.add_argument("--split", default="conv_head", help="split point whose activation the clients send")
+    serve.add_argument("--split", default="conv_head",
+                       help="split point (or a bundle bottleneck point, with --codec ans) whose activation the clients send")
     serve.add_argument("--codec", default="fp16")
     serve.add_argument("--rates", default="100,200,400,800,1200,1600", help="offered loads, requests/s in total")
     serve.add_argument("--budget-ms", type=float, default=100.0, help="deadline of each request after sending")
