@@ -304,8 +304,14 @@ def test_linear_transform_starts_from_the_principal_axes_and_reloads(tmp_path: P
     assert again.transform == "linear" and description["config"]["transform"] == "linear"
     with torch.no_grad():
         assert torch.equal(again(activation)[0], net(activation)[0])
-    with pytest.raises(ValueError, match="stride 1"):
-        Bottleneck(6, 3, stride=2, transform="linear")
+    blocks = Bottleneck(6, 24, stride=2, transform="linear")  # 2x2 blocks: 24 values each, all kept
+    blocks.initialise(activation[:, :, :6, :6])
+    with torch.no_grad():
+        assert blocks.compressor(activation[:, :, :6, :6]).shape == (64, 24, 3, 3)
+        assert torch.allclose(blocks.decompressor(blocks.compressor(activation[:, :, :6, :6])),
+                              activation[:, :, :6, :6], atol=1e-3)
+    with pytest.raises(ValueError, match="stride"):
+        Bottleneck(6, 3, stride=3, transform="linear")
     with pytest.raises(ValueError, match="at most"):
         Bottleneck(6, 7, stride=1, transform="linear")
     with pytest.raises(ValueError, match="transform"):

@@ -54,11 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--images", default="../shared/data/imagenet-sample",
                        help="folder with labels.csv: trains on even class_index, evaluates on odd")
     train.add_argument("--latent-channels", default="24", help="latent channels, comma-separated for several")
-    train.add_argument("--latent-stride", type=int, choices=(1, 2), default=2,
-                       help="2: latent at half the activation's resolution; 1: at the same (deep split points)")
+    train.add_argument("--latent-stride", type=int, choices=(1, 2, 4), default=2,
+                       help="2: latent at half the activation's resolution; 1: at the same (deep split points); "
+                       "4 (linear only): a quarter")
     train.add_argument("--transform", choices=("conv", "linear"), default="conv",
-                       help="conv: small conv networks trained from scratch; linear: 1x1 maps started from the "
-                       "activation's principal axes (needs --latent-stride 1); one latent unit = one std")
+                       help="conv: small conv networks trained from scratch; linear: one linear map per stride x stride "
+                       "block, started from the blocks' principal axes; one latent unit = one std")
     train.add_argument("--beta", default="0.01", help="rate weight per kilobit, comma-separated operating points")
     train.add_argument("--views", type=int, default=6, help="views per training image (standard crop + random crops)")
     train.add_argument("--epochs", type=int, default=5, help="phase 1 epochs (activation MSE + rate)")

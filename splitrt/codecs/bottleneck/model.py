@@ -2,10 +2,11 @@
 few-channel latent at half the resolution (stride 2) or at the activation's own (stride 1, for deep split
 points whose maps are already small), and a decompressor that restores the activation for the tail.
 
-Two transforms: `conv` (small convolutional networks, trained from scratch) and `linear` (a 1x1 convolution
-each way, started from the Karhunen-Loeve transform of the teacher's activation, i.e. its principal axes, and
-then distilled like the other; it is the transform-coding baseline made trainable, and it generalises from few
-training images because it has few parameters and starts from a transform that fits any input).
+Two transforms: `conv` (small convolutional networks, trained from scratch) and `linear` (one linear map per
+stride x stride block of positions each way, started from the Karhunen-Loeve transform of the teacher's
+activation blocks, i.e. their principal axes, and then distilled like the other; it is the transform-coding
+baseline made trainable, and it generalises from few training images because it has few parameters and starts
+from a transform that fits any input).
 
 The rate term of the training loss comes from a factorized prior: one logistic density per latent channel
 (learned location and scale), integrated over each quantisation bin. At export the prior is replaced by
@@ -73,35 +74,47 @@ class Decompressor(nn.Module):
 
 
 class LinearCompressor(nn.Module):
-    """activation (N, C_in, H, W) -> latent (N, C_latent, H, W): a 1x1 convolution (a per-position linear map)."""
+    """activation (N, C_in, H, W) -> latent (N, C_latent, H/patch, W/patch): one linear map per non-overlapping
+    patch x patch block of positions (a convolution whose kernel is its stride)."""
 
-    def __init__(self, in_channels: int, latent_channels: int) -> None:
+    def __init__(self, in_channels: int, latent_channels: int, patch: int = 1) -> None:
         super().__init__()
-        self.net = nn.Conv2d(in_channels, latent_channels, 1)
+        self.net = nn.Conv2d(in_channels, latent_channels, patch, stride=patch)
 
     def forward(self, activation: torch.Tensor) -> torch.Tensor:
         return self.net(activation)
 
 
 class LinearDecompressor(nn.Module):
-    """latent (N, C_latent, H, W) -> activation (N, C_out, H, W): a 1x1 convolution."""
+    """latent (N, C_latent, H/patch, W/patch) -> activation (N, C_out, H, W): the linear map back, per block
+    (a 1x1 convolution for patch 1, a transposed convolution whose kernel is its stride otherwise)."""
 
-    def __init__(self, latent_channels: int, out_channels: int) -> None:
+    def __init__(self, latent_channels: int, out_channels: int, patch: int = 1) -> None:
         super().__init__()
-        self.net = nn.Conv2d(latent_channels, out_channels, 1)
+        self.net: nn.Module
+        if patch == 1:
+            self.net = nn.Conv2d(latent_channels, out_channels, 1)
+        else:
+            self.net = nn.ConvTranspose2d(latent_channels, out_channels, patch, stride=patch)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.net(latent)
 
 
-def principal_axes(sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (C,) and principal axes (C, C; columns by decreasing variance) of the per-position channel vectors
-    of an activation sample (N, C, H, W)."""
-    vectors = sample.permute(0, 2, 3, 1).reshape(-1, sample.shape[1]).double()
-    mean = vectors.mean(0)
-    covariance = (vectors - mean).T @ (vectors - mean) / max(1, len(vectors) - 1)
+def patch_vectors(sample: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N * H/patch * W/patch, C * patch * patch): each block's values in (C, dy, dx) order,
+    the order of a Conv2d kernel."""
+    n, c, h, w = sample.shape
+    blocks = sample.reshape(n, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
+    return blocks.reshape(-1, c * patch * patch)
+
+
+def principal_axes(vectors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Principal axes (D, D; columns by decreasing variance) of `vectors` (M, D) around `mean` (D,)."""
+    centred = vectors.double() - mean.double()
+    covariance = centred.T @ centred / max(1, len(vectors) - 1)
     _, axes = torch.linalg.eigh(covariance)  # ascending eigenvalues
-    return mean.float(), axes.flip(1).float()
+    return axes.flip(1).float()
 
 
 class FactorizedLogistic(nn.Module):
@@ -122,6 +135,8 @@ class FactorizedLogistic(nn.Module):
 
 
 TRANSFORMS = ("conv", "linear")
+CONV_STRIDES = (1, 2)
+LINEAR_STRIDES = (1, 2, 4)  # the block size of the linear map
 
 
 class Bottleneck(nn.Module):
@@ -129,13 +144,14 @@ class Bottleneck(nn.Module):
 
     def __init__(self, channels: int, latent_channels: int, stride: int = 2, transform: str = "conv") -> None:
         super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"latent stride must be 1 or 2, got {stride}")
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
-        if transform == "linear" and (stride != 1 or latent_channels > channels):
-            raise ValueError(f"a linear transform keeps the resolution (stride 1) and at most the activation's "
-                             f"{channels} channels; got stride {stride}, {latent_channels} channels")
+        strides = LINEAR_STRIDES if transform == "linear" else CONV_STRIDES
+        if stride not in strides:
+            raise ValueError(f"latent stride of a {transform} transform must be one of {strides}, got {stride}")
+        if transform == "linear" and latent_channels > channels * stride * stride:
+            raise ValueError(f"a linear transform keeps at most the {channels * stride * stride} values of a "
+                             f"{stride}x{stride} block of {channels} channels; got {latent_channels} latent channels")
         self.channels = channels
         self.latent_channels = latent_channels
         self.stride = stride
@@ -143,8 +159,8 @@ class Bottleneck(nn.Module):
         self.compressor: nn.Module
         self.decompressor: nn.Module
         if transform == "linear":
-            self.compressor = LinearCompressor(channels, latent_channels)
-            self.decompressor = LinearDecompressor(latent_channels, channels)
+            self.compressor = LinearCompressor(channels, latent_channels, stride)
+            self.decompressor = LinearDecompressor(latent_channels, channels, stride)
         else:
             self.compressor = Compressor(channels, latent_channels, stride=stride)
             self.decompressor = Decompressor(latent_channels, channels, stride=stride)
@@ -152,21 +168,28 @@ class Bottleneck(nn.Module):
 
     def initialise(self, sample: torch.Tensor) -> None:
         """Start from a sample of the teacher's activation (N, C, H, W). `conv`: standardise per channel.
-        `linear`: the principal axes, scaled so that one latent unit is one standard deviation of the activation
-        (the quantisation step of operating point 1), with the prior started at each axis's spread."""
+        `linear`: the principal axes of its stride x stride blocks, scaled so that one latent unit is one standard
+        deviation of the activation (the quantisation step of operating point 1), around the per-channel mean,
+        with the prior started at each axis's spread."""
         if self.transform == "conv":
             mean, std = sample.mean(dim=(0, 2, 3)), sample.std(dim=(0, 2, 3), unbiased=False) + 1e-3
             self.compressor.set_statistics(mean, std)
             self.decompressor.set_statistics(mean, std)
             return
-        mean, axes = principal_axes(sample)
-        axes = axes[:, : self.latent_channels]
+        patch, channels = self.stride, self.channels
+        channel_mean = sample.mean(dim=(0, 2, 3))
+        mean = channel_mean.repeat_interleave(patch * patch)  # (C, dy, dx) order, like the kernels
+        axes = principal_axes(patch_vectors(sample, patch), mean)[:, : self.latent_channels]
         unit = float(sample.std()) + 1e-6
+        kernels = axes.T.reshape(self.latent_channels, channels, patch, patch)
         with torch.no_grad():
-            self.compressor.net.weight.copy_((axes.T / unit)[:, :, None, None])
+            self.compressor.net.weight.copy_(kernels / unit)
             self.compressor.net.bias.copy_(-(axes.T @ mean) / unit)
-            self.decompressor.net.weight.copy_((axes * unit)[:, :, None, None])
-            self.decompressor.net.bias.copy_(mean)
+            if patch == 1:  # Conv2d weight: (out, in, 1, 1)
+                self.decompressor.net.weight.copy_(kernels.permute(1, 0, 2, 3) * unit)
+            else:  # ConvTranspose2d weight: (in, out, k, k)
+                self.decompressor.net.weight.copy_(kernels * unit)
+            self.decompressor.net.bias.copy_(channel_mean)
             spread = self.compressor(sample).std(dim=(0, 2, 3))
             self.prior.log_scale.copy_(torch.log(spread * 0.55 + 1e-3))  # logistic scale = std * sqrt(3) / pi
 
