@@ -94,6 +94,42 @@ def test_a_realtime_video_source_holds_one_frame_and_reports_the_replaced(tmp_pa
     assert all(f.pixels.shape == (64, 96, 3) for f in frames)
 
 
+def test_a_new_iteration_stops_the_last_ones_decoder_and_sees_nothing_of_it(tmp_path: Path) -> None:
+    """An iteration that was left without being closed (an async generator is finalised only later) must not
+    keep decoding, nor hand its replaced frames to the next iteration."""
+    pytest.importorskip("av")
+    import threading
+
+    from splitrt.edge.sources import write_test_clip
+
+    clip = write_test_clip(tmp_path / "again.mp4", frames=60, fps=300, size=(96, 64))  # played in 0.2 s
+    source = VideoSource(clip, realtime=True, loop=True)
+
+    async def main() -> tuple[list[int], list[tuple[Frame, int]]]:
+        first = source.__aiter__()
+        assert (await first.__anext__()).frame_id == 1  # then left open, unread
+        await asyncio.sleep(0.1)  # its decoder runs on meanwhile
+        ids: list[int] = []
+        async for item in source:
+            ids.append(item.frame_id)
+            await asyncio.sleep(0.05)  # slower than the decoder: it replaces frames meanwhile
+            if len(ids) == 3:
+                break
+        replaced = source.take_replaced()
+        await first.aclose()
+        return ids, replaced
+
+    ids, replaced = asyncio.run(asyncio.wait_for(main(), 30))
+    assert ids[0] == 1 and ids == sorted(ids)
+    # The second run's own frames, taken or replaced, each once; the first run's would repeat its ids.
+    seen = ids + [old.frame_id for old, _ in replaced]
+    assert len(seen) == len(set(seen)) and all(old.frame_id < newer for old, newer in replaced)
+    deadline = time.monotonic() + 5
+    while any(t.name == "splitrt-decode" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(t.name == "splitrt-decode" for t in threading.enumerate()), "a decoder kept running"
+
+
 def test_frames_a_realtime_video_source_replaced_end_as_dropped(runtime: EdgeRuntime, tmp_path: Path) -> None:
     pytest.importorskip("av")
     from splitrt.edge.sources import write_test_clip

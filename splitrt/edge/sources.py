@@ -8,7 +8,7 @@ import itertools
 import queue
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator, Protocol, Sequence
 
@@ -145,6 +145,15 @@ class PacedSource:
             yield Frame(index + 1, self.images[index % len(self.images)], self.clock_ms(), 0.0, f"{self.name}#{index + 1}")
 
 
+@dataclass
+class _DecodeRun:
+    """One iteration's decoder thread: its own stop flag and replaced frames, so a second iteration never sees
+    what the first one's thread still produces while it winds down."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    replaced: list[tuple[Frame, int]] = field(default_factory=list)
+
+
 class VideoSource:
     """Frames decoded by PyAV from a video file, a camera (`format="v4l2"`, `avfoundation`, `dshow`) or any
     URL FFmpeg opens (RTSP, ...). Decoding runs on its own thread.
@@ -176,20 +185,20 @@ class VideoSource:
         self.clock_ms = clock_ms
         self.name = Path(self.url).name if format is None else self.url
         self.replaced = 0  # frames a newer one replaced before the pipeline took them (real-time)
-        self._replaced: list[tuple[Frame, int]] = []
         self._replaced_lock = threading.Lock()
-        self._stop = threading.Event()
+        self._run = _DecodeRun()  # the current (or last) iteration's
 
     def close(self) -> None:
-        self._stop.set()
+        """Stop the current iteration's decoder (a later iteration starts a new one)."""
+        self._run.stop.set()
 
     def take_replaced(self) -> list[tuple[Frame, int]]:
         """Frames replaced since the last call, each with the id of the frame that replaced it (pixels released)."""
         with self._replaced_lock:
-            taken, self._replaced = self._replaced, []
+            taken, self._run.replaced = self._run.replaced, []
         return taken
 
-    def _put_latest(self, out: "queue.Queue[object]", frame: Frame) -> None:
+    def _put_latest(self, out: "queue.Queue[object]", frame: Frame, run: _DecodeRun) -> None:
         """Real-time: put `frame` into the one-frame queue at once, replacing a frame still waiting there."""
         while True:
             try:
@@ -203,30 +212,35 @@ class VideoSource:
                 continue  # taken meanwhile: there is room now
             assert isinstance(older, Frame)
             with self._replaced_lock:
-                self._replaced.append((replace(older, pixels=_NO_PIXELS), frame.frame_id))
+                if run is not self._run:  # a later iteration has started: nobody takes this run's frames
+                    return
+                run.replaced.append((replace(older, pixels=_NO_PIXELS), frame.frame_id))
                 self.replaced += 1
 
-    def _put_waiting(self, out: "queue.Queue[object]", item: object) -> None:
-        """Put `item`, waiting for room, unless the source is closed meanwhile (then nobody takes it)."""
-        while not self._stop.is_set():
+    @staticmethod
+    def _put_waiting(out: "queue.Queue[object]", item: object, stop: threading.Event) -> None:
+        """Put `item`, waiting for room, unless the run is stopped meanwhile (then nobody takes it)."""
+        while not stop.is_set():
             try:
                 out.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
 
-    def _read(self, out: "queue.Queue[object]") -> None:
+    def _read(self, out: "queue.Queue[object]", run: _DecodeRun) -> None:
         """Decoder thread: puts Frames, then an exception or _END_OF_STREAM."""
+        stop = run.stop
         try:
             import av
         except ImportError:
-            self._put_waiting(out, ImportError("video sources need PyAV: pip install 'splitrt[webrtc]' (or pip install av)"))
+            self._put_waiting(out, ImportError("video sources need PyAV: pip install 'splitrt[webrtc]' (or pip install av)"),
+                              stop)
             return
         try:
             produced = 0
             frame_ids = itertools.count(1)
             paced_file = self.realtime and self.format is None
-            while not self._stop.is_set():
+            while not stop.is_set():
                 with av.open(self.url, format=self.format, options=self.options) as container:
                     if not container.streams.video:
                         raise ValueError(f"{self.url} has no video stream")
@@ -234,39 +248,40 @@ class VideoSource:
                     start = time.monotonic()
                     first_time: float | None = None
                     for frame in container.decode(stream):
-                        if self._stop.is_set() or (self.max_frames is not None and produced >= self.max_frames):
-                            self._put_waiting(out, _END_OF_STREAM)
+                        if stop.is_set() or (self.max_frames is not None and produced >= self.max_frames):
+                            self._put_waiting(out, _END_OF_STREAM, stop)
                             return
                         if paced_file and frame.time is not None:
                             first_time = frame.time if first_time is None else first_time
                             delay = start + (frame.time - first_time) - time.monotonic()
-                            if delay > 0 and self._stop.wait(delay):
+                            if delay > 0 and stop.wait(delay):
                                 break
                         frame_id = next(frame_ids)
                         item = Frame(frame_id, frame.to_ndarray(format="rgb24"), self.clock_ms(), 0.0,
                                      f"{self.name}#{frame_id}")
                         if self.realtime:
-                            self._put_latest(out, item)  # never blocks the decoder, never builds a backlog
+                            self._put_latest(out, item, run)  # never blocks the decoder, never builds a backlog
                         else:
-                            self._put_waiting(out, item)
+                            self._put_waiting(out, item, stop)
                         produced += 1
                 if not self.loop:
                     break
-            self._put_waiting(out, _END_OF_STREAM)
+            self._put_waiting(out, _END_OF_STREAM, stop)
         except Exception as exc:  # handed to the async side, which raises it
-            self._put_waiting(out, exc)
+            self._put_waiting(out, exc, stop)
 
     async def __aiter__(self) -> AsyncIterator[Frame]:
-        self._stop.clear()
+        run = _DecodeRun()
         with self._replaced_lock:
-            self._replaced = []
+            self._run.stop.set()  # an earlier iteration's decoder, if still running, winds down on its own
+            self._run = run
         items: queue.Queue[object] = queue.Queue(maxsize=1 if self.realtime else 2)
-        thread = threading.Thread(target=self._read, args=(items,), name="splitrt-decode", daemon=True)
+        thread = threading.Thread(target=self._read, args=(items, run), name="splitrt-decode", daemon=True)
         thread.start()
         loop = asyncio.get_running_loop()
         try:
             while True:
-                item = await loop.run_in_executor(None, _get_or_end, items, self._stop)
+                item = await loop.run_in_executor(None, _get_or_end, items, run.stop)
                 if item is _END_OF_STREAM:
                     return
                 if isinstance(item, BaseException):
@@ -274,7 +289,7 @@ class VideoSource:
                 assert isinstance(item, Frame)
                 yield item
         finally:
-            self._stop.set()
+            run.stop.set()
 
 
 _END_OF_STREAM = object()
