@@ -71,6 +71,60 @@ def test_down_link_says_hello_with_backoff_and_a_welcome_brings_it_back() -> Non
     assert health.due(2200) == [Step.SEND_HEARTBEAT]
 
 
+def test_a_closed_connection_takes_an_up_link_down_until_a_new_handshake() -> None:
+    config = HeartbeatConfig(interval_ms=1000)
+    health = LinkHealth(config, now_ms=0)
+    assert not health.on_disconnected(5)  # not up yet: nothing to take down
+    health.on_welcome(10)
+    assert health.on_disconnected(20) and health.state is LinkState.DOWN and health.down_since_ms == 20
+    assert health.due(20) == [Step.SEND_HELLO]  # at once, not after a heartbeat timeout
+    assert not health.on_disconnected(30)  # already down
+    health.on_welcome(40)
+    assert [s for _, s in health.transitions][-3:] == [LinkState.UP, LinkState.DOWN, LinkState.UP]
+
+
+def test_a_cloud_replaced_by_one_with_another_bundle_is_refused_until_ours_is_back(tiny_bundle: Bundle,
+                                                                                   tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Replaced faster than a heartbeat timeout: the closed connection takes the link down, the new cloud's
+    answer to the new Hello is checked, and frames run locally until a cloud with our bundle answers."""
+    from splitrt.bench.failover import CloudProcess, free_tcp_port
+    from splitrt.edge.failover import ResilientLink
+    from splitrt.edge.runtime import EdgeRuntime
+    from splitrt.partition.export import export_bundle
+    from splitrt.partition.models import load_model
+
+    other = export_bundle(load_model("tiny-cnn"), tmp_path / "other", splits=["res"], progress=False)
+    assert other.content_hash != tiny_bundle.content_hash
+    port = free_tcp_port()
+    ours, theirs = CloudProcess(tiny_bundle.root, port), CloudProcess(other.root, port)
+    ours.start()
+    link = ResilientLink(ours.endpoint, tiny_bundle.content_hash, HeartbeatConfig(interval_ms=5000))  # silent: 15 s
+    runtime = EdgeRuntime(tiny_bundle, link, action=Split("res", "fp16"), fallback=Local())
+    photo = np.random.default_rng(0).integers(0, 256, size=(48, 40, 3), dtype=np.uint8)
+    try:
+        link.handshake(10_000)
+        ours.kill()
+        theirs.start()
+        deadline = time.monotonic() + 10
+        while link.rejection is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not link.is_up and link.rejection is not None, link.transitions
+        assert "unknown_bundle" in link.down_reason
+        outcome = runtime.infer(photo, budget_ms=2000)
+        assert outcome.ok and outcome.action == "local" and outcome.planned == "split@res/fp16", outcome.reason
+        theirs.kill()
+        ours.start()
+        deadline = time.monotonic() + 10  # (wait_up returns at once while the last answer is a refusal)
+        while not link.is_up and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert link.is_up and link.rejection is None
+        assert runtime.infer(photo, budget_ms=2000).action == "split@res/fp16"
+    finally:
+        link.close()
+        ours.stop()
+        theirs.stop()
+
+
 def test_killing_the_cloud_process_fails_over_locally_and_splitting_resumes(tiny_bundle: Bundle) -> None:
     from splitrt.bench.failover import CloudProcess, free_tcp_port
     from splitrt.edge.failover import ResilientLink

@@ -318,7 +318,9 @@ class ResilientLink:
 
     def _on_connected(self, socket: zmq.Socket) -> None:
         """Connection events. Up (the cloud is back, or first reachable): say Hello at once, no backoff wait.
-        Dropped: the requests sent on it cannot be answered any more; they fail now, not at their deadline.
+        Dropped: the requests sent on it cannot be answered any more; they fail now, not at their deadline, and
+        the link is down until a new handshake (the cloud that answers next may be another one, with another
+        bundle: its Welcome is checked again).
         Refused (security handshake): recorded, and a new socket is scheduled after a backoff."""
         dropped = False
         # The last handshake outcome among the events read counts: a success then a refusal is a refusal.
@@ -346,6 +348,11 @@ class ResilientLink:
         if dropped:
             self.disconnects += 1
             self._fail_pending(f"connection to {self.endpoint} dropped")
+            now = self.clock_ms()
+            if self._health.on_disconnected(now):
+                log.warning("connection to %s closed; running frames locally until a new handshake", self.endpoint,
+                            extra={"event": "link_down", "endpoint": self.endpoint})
+                self._notify(LinkState.DOWN, now)
         if connected and not self.is_up:
             log.debug("connected to %s: hello", self.endpoint)
             self._try_send(socket, encode(Hello(self.client_id, self.bundle_hash)))

@@ -112,6 +112,19 @@ class LinkHealth:
         self._backoff.reset()
         self._next_heartbeat_ms = now_ms + self.config.interval_ms
 
+    def on_disconnected(self, now_ms: float) -> bool:
+        """The connection closed (the cloud process ended, or something between dropped it). Until a new
+        handshake the link is down: whoever answers next may be another process, serving another bundle.
+        The Hello is due at once (it goes out when the connection is back). Returns whether the link was up."""
+        if self.state is not LinkState.UP:
+            return False
+        self.state = LinkState.DOWN
+        self.down_since_ms = now_ms
+        self.transitions.append((now_ms, LinkState.DOWN))
+        self._backoff.reset()
+        self._next_hello_ms = now_ms
+        return True
+
     def due(self, now_ms: float) -> list[Step]:
         """The steps to take now; call it whenever the loop wakes, and again by `next_wakeup_ms`."""
         if self.state is LinkState.UP:
