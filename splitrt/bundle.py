@@ -140,6 +140,11 @@ class Manifest:
             f"bundle {self.model_id} has no split point {name!r}; it has: {', '.join(p.name for p in self.splits)}"
         )
 
+    @property
+    def tail_points(self) -> list[SplitPoint]:
+        """Every point the cloud may run a tail for: the split points, then the bottlenecks' (latent -> output)."""
+        return [*self.splits, *(b.as_split_point() for b in self.bottlenecks)]
+
     def bottleneck(self, name: str) -> BottleneckPoint | None:
         for point in self.bottlenecks:
             if point.name == name:

@@ -161,6 +161,16 @@ def test_bundle_lists_the_bottlenecks_and_hashes_their_files(bottleneck_bundle: 
         tables.write_bytes(original)
 
 
+def test_warm_up_loads_the_bottleneck_tails_too(bottleneck_bundle: Bundle) -> None:
+    from splitrt.cloud.tails import TailExecutor
+
+    executor = TailExecutor([bottleneck_bundle])
+    executor.warm_up()
+    loaded = {name for _, name in executor._sessions}
+    assert {"bn-down-c4-beta0.01-s1", "bn-down-c4-beta0.01-s2"} <= loaded
+    assert set(bottleneck_bundle.manifest.split_names) <= loaded
+
+
 def test_bottleneck_split_runs_end_to_end(bn_service: RunningService, bottleneck_bundle: Bundle) -> None:
     photo = np.random.default_rng(3).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     with CloudLink(bn_service.endpoint, bottleneck_bundle.content_hash) as link:

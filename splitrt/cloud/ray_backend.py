@@ -178,7 +178,7 @@ class RayTailRunner:
     def warm_up(self) -> None:
         """Run one zero input through every tail, so replicas load their sessions before traffic comes."""
         for bundle_hash, bundle in self.bundles.items():
-            for point in bundle.manifest.splits:
+            for point in bundle.manifest.tail_points:
                 spec = point.activation
                 self.run(bundle_hash, point.name, np.zeros((1, *spec.shape), dtype=spec.dtype))
 

@@ -35,7 +35,7 @@ class TailExecutor:
     def warm_up(self) -> None:
         """Create every session now, so that the first request does not pay for it."""
         for bundle in self.bundles.values():
-            for point in bundle.manifest.splits:
+            for point in bundle.manifest.tail_points:
                 self._session(bundle, point)
 
     def close(self) -> None:

@@ -51,14 +51,15 @@ def summary_rows(outcomes: Iterable[FrameOutcome]) -> list[dict[str, object]]:
 
 
 def summary_table(rows: list[dict[str, object]]) -> str:
-    header = f"{'action':<20} {'frames':>6} {'ok':>4} {'p50 ms':>8} {'p95 ms':>8} " + " ".join(
+    width = max([20, *(len(str(row["action"])) for row in rows)])
+    header = f"{'action':<{width}} {'frames':>6} {'ok':>4} {'p50 ms':>8} {'p95 ms':>8} " + " ".join(
         f"{_SHORT[s]:>6}" for s in STAGES
     ) + f" {'bytes/frame':>12}"
     lines = [header, "-" * len(header)]
     for row in rows:
         stages = " ".join(f"{row[f'{s}_ms_p50']:6.1f}" for s in STAGES)
         lines.append(
-            f"{row['action']:<20} {row['frames']:>6} {row['ok']:>4} {row['latency_p50_ms']:8.1f} "
+            f"{row['action']:<{width}} {row['frames']:>6} {row['ok']:>4} {row['latency_p50_ms']:8.1f} "
             f"{row['latency_p95_ms']:8.1f} {stages} {row['bytes_sent_p50']:>12,}"
         )
     lines.append("stage columns are medians in ms; net = round trip minus cloud queue and compute")
