@@ -17,12 +17,29 @@ from splitrt.edge.sources import write_sample_images
 DEFAULT_IMAGE_DIR = Path(".cache/demo-images")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "bottlenecks"
 # The learned bottleneck at b7 (issue 4): within 1 pp of the unsplit model at ~2.2 KB per frame.
-DEMO_BOTTLENECK_ACTION = "bn-b7-c192-linear-beta0.001-s1.25/ans"
+DEMO_BOTTLENECK_POINT = "bn-b7-c192-linear-beta0.001-s1.25"
+DEMO_BOTTLENECK_ACTION = f"{DEMO_BOTTLENECK_POINT}/ans"
 DEFAULT_ACTIONS = f"local,b4/fp32,b4/fp16,b14/fp16,pool/fp16,{DEMO_BOTTLENECK_ACTION},offload/jpeg-q90"
 
 
 def _files(bundle_dir: Path) -> dict[str, str]:
     return dict(json.loads((bundle_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["files"])
+
+
+def _artifact(model_id: str, point: str) -> Path:
+    """The trained artifact folder of a bottleneck point `bn-NAME-sSTEP`."""
+    return ARTIFACTS / model_id / point[3:].rsplit("-s", 1)[0]
+
+
+def _table_hash(folder: Path, point: str) -> str | None:
+    """The table hash the artifact in `folder` records for `point`'s step, or None (no such artifact or step)."""
+    try:
+        description = json.loads((folder / "bottleneck.json").read_text(encoding="utf-8"))
+        step = float(point.rsplit("-s", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    hashes = [p.get("table_hash") for p in description.get("operating_points", []) if float(p.get("step", -1)) == step]
+    return str(hashes[0]) if hashes else None
 
 
 def with_bottlenecks(bundle: Bundle, bundle_dir: Path, actions: str) -> tuple[Bundle, Path]:
@@ -31,16 +48,16 @@ def with_bottlenecks(bundle: Bundle, bundle_dir: Path, actions: str) -> tuple[Bu
     the exported bundle stays as the other commands expect it. Names with no artifact are left for the edge to
     refuse with its own error."""
     wanted = {a.split("/")[0] for a in actions.split(",") if a.startswith("bn-")}
-    missing = sorted(w for w in wanted if bundle.manifest.bottleneck(w) is None)
-    folders = sorted({ARTIFACTS / bundle.model_id / w[3:].rsplit("-s", 1)[0] for w in missing})
-    folders = [f for f in folders if (f / "bottleneck.json").is_file()]
-    if not folders:
+    missing = [w for w in wanted if bundle.manifest.bottleneck(w) is None]
+    tables = {w: t for w in missing if (t := _table_hash(_artifact(bundle.model_id, w), w))}
+    if not tables:
         return bundle, bundle_dir
+    folders = sorted({_artifact(bundle.model_id, w) for w in tables})
     out = bundle_dir.with_name(bundle_dir.name + "-bn")
     try:
         copy = Bundle.load(out)
-        base_files = _files(bundle_dir)
-        if all(copy.manifest.bottleneck(w) for w in missing) and _files(out).items() >= base_files.items():
+        held = {w: getattr(copy.manifest.bottleneck(w), "table_hash", None) for w in tables}
+        if held == tables and _files(out).items() >= _files(bundle_dir).items():  # same base, same trained tables
             print(f"bundle: {out} (the exported bundle + learned bottlenecks, cached)")
             return copy, out
     except (BundleError, OSError, KeyError, ValueError):
@@ -74,6 +91,10 @@ def run_demo(bundle_dir: str | Path, model: str, actions: str = DEFAULT_ACTIONS,
     from splitrt.partition.export import load_or_export
 
     bundle = load_or_export(bundle_dir, model)
+    if actions == DEFAULT_ACTIONS and not _table_hash(_artifact(bundle.model_id, DEMO_BOTTLENECK_POINT),
+                                                      DEMO_BOTTLENECK_POINT):
+        print("bundle: no trained bottleneck under artifacts/ (an installed package?): its action is left out")
+        actions = ",".join(a for a in actions.split(",") if a != DEMO_BOTTLENECK_ACTION)
     bundle, bundle_dir = with_bottlenecks(bundle, bundle_dir, actions)
     image_dir = Path(images) if images else DEFAULT_IMAGE_DIR
     if not images:

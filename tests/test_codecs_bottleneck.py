@@ -320,6 +320,8 @@ def test_linear_transform_starts_from_the_principal_axes_and_reloads(tmp_path: P
         assert blocks.compressor(activation[:, :, :6, :6]).shape == (64, 24, 3, 3)
         assert torch.allclose(blocks.decompressor(blocks.compressor(activation[:, :, :6, :6])),
                               activation[:, :, :6, :6], atol=1e-3)
+    with pytest.raises(ValueError, match="divides"):
+        Bottleneck(6, 24, stride=2, transform="linear").initialise(activation)  # 7x7 is not made of 2x2 blocks
     with pytest.raises(ValueError, match="stride"):
         Bottleneck(6, 3, stride=3, transform="linear")
     with pytest.raises(ValueError, match="at most"):

@@ -27,11 +27,13 @@ def test_demo_runs_cloud_and_edge_processes_and_stops_both(tiny_bundle: Bundle, 
 
 
 def test_the_default_actions_name_a_committed_bottleneck_and_other_bundles_are_left_alone(tiny_bundle: Bundle) -> None:
-    from splitrt.demo import ARTIFACTS, DEFAULT_ACTIONS, DEMO_BOTTLENECK_ACTION, with_bottlenecks
+    from splitrt.demo import (DEFAULT_ACTIONS, DEMO_BOTTLENECK_ACTION, DEMO_BOTTLENECK_POINT, _artifact, _table_hash,
+                              with_bottlenecks)
 
     assert DEMO_BOTTLENECK_ACTION in DEFAULT_ACTIONS.split(",")
-    artifact = ARTIFACTS / "efficientnet-lite0" / DEMO_BOTTLENECK_ACTION.split("/")[0][3:].rsplit("-s", 1)[0]
-    assert (artifact / "bottleneck.json").is_file() and (artifact / "tables_s1.25.json").is_file()
+    artifact = _artifact("efficientnet-lite0", DEMO_BOTTLENECK_POINT)
+    assert (artifact / "tables_s1.25.json").is_file() and _table_hash(artifact, DEMO_BOTTLENECK_POINT)
+    assert _table_hash(artifact, DEMO_BOTTLENECK_POINT.replace("-s1.25", "-s9")) is None  # no such step
     # No bottleneck asked for, or none trained for this model: the exported bundle itself is used.
     assert with_bottlenecks(tiny_bundle, tiny_bundle.root, "local,res/fp16") == (tiny_bundle, tiny_bundle.root)
     assert with_bottlenecks(tiny_bundle, tiny_bundle.root, DEFAULT_ACTIONS) == (tiny_bundle, tiny_bundle.root)

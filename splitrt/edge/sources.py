@@ -152,6 +152,7 @@ class _DecodeRun:
 
     stop: threading.Event = field(default_factory=threading.Event)
     replaced: list[tuple[Frame, int]] = field(default_factory=list)
+    thread: threading.Thread | None = None
 
 
 class VideoSource:
@@ -273,12 +274,14 @@ class VideoSource:
     async def __aiter__(self) -> AsyncIterator[Frame]:
         run = _DecodeRun()
         with self._replaced_lock:
-            self._run.stop.set()  # an earlier iteration's decoder, if still running, winds down on its own
-            self._run = run
-        items: queue.Queue[object] = queue.Queue(maxsize=1 if self.realtime else 2)
-        thread = threading.Thread(target=self._read, args=(items, run), name="splitrt-decode", daemon=True)
-        thread.start()
+            previous, self._run = self._run, run
+        previous.stop.set()  # an earlier iteration's decoder, if still running, winds down
         loop = asyncio.get_running_loop()
+        if previous.thread is not None and previous.thread.is_alive():  # let it release a camera before reopening
+            await loop.run_in_executor(None, previous.thread.join, 2.0)
+        items: queue.Queue[object] = queue.Queue(maxsize=1 if self.realtime else 2)
+        run.thread = threading.Thread(target=self._read, args=(items, run), name="splitrt-decode", daemon=True)
+        run.thread.start()
         try:
             while True:
                 item = await loop.run_in_executor(None, _get_or_end, items, run.stop)

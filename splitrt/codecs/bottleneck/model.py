@@ -177,6 +177,9 @@ class Bottleneck(nn.Module):
             self.decompressor.set_statistics(mean, std)
             return
         patch, channels = self.stride, self.channels
+        if sample.shape[2] % patch or sample.shape[3] % patch:
+            raise ValueError(f"a linear transform with stride {patch} needs an activation whose height and width "
+                             f"it divides; got {tuple(sample.shape[2:])}")
         channel_mean = sample.mean(dim=(0, 2, 3))
         mean = channel_mean.repeat_interleave(patch * patch)  # (C, dy, dx) order, like the kernels
         axes = principal_axes(patch_vectors(sample, patch), mean)[:, : self.latent_channels]
