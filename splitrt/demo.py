@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from splitrt.bundle import MANIFEST_NAME, Bundle, BundleError
+from splitrt.bundle import Bundle, BundleError
+from splitrt.codecs.bottleneck.install import parse_point_name
 from splitrt.edge.sources import write_sample_images
 
 DEFAULT_IMAGE_DIR = Path(".cache/demo-images")
@@ -22,21 +23,19 @@ DEMO_BOTTLENECK_ACTION = f"{DEMO_BOTTLENECK_POINT}/ans"
 DEFAULT_ACTIONS = f"local,b4/fp32,b4/fp16,b14/fp16,pool/fp16,{DEMO_BOTTLENECK_ACTION},offload/jpeg-q90"
 
 
-def _files(bundle_dir: Path) -> dict[str, str]:
-    return dict(json.loads((bundle_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["files"])
-
-
 def _artifact(model_id: str, point: str) -> Path:
-    """The trained artifact folder of a bottleneck point `bn-NAME-sSTEP`."""
-    return ARTIFACTS / model_id / point[3:].rsplit("-s", 1)[0]
+    """The trained artifact folder of a bottleneck point `bn-NAME-sSTEP` (NAME itself if it is no such point)."""
+    parsed = parse_point_name(point)
+    return ARTIFACTS / model_id / (parsed[0] if parsed else point)
 
 
 def _table_hash(folder: Path, point: str) -> str | None:
     """The table hash the artifact in `folder` records for `point`'s step, or None (no such artifact or step)."""
+    parsed = parse_point_name(point)
     try:
         description = json.loads((folder / "bottleneck.json").read_text(encoding="utf-8"))
-        step = float(point.rsplit("-s", 1)[1])
-    except (OSError, ValueError, IndexError):
+        step = float(parsed[1]) if parsed else None
+    except (OSError, ValueError):
         return None
     hashes = [p.get("table_hash") for p in description.get("operating_points", []) if float(p.get("step", -1)) == step]
     return str(hashes[0]) if hashes else None
@@ -47,7 +46,7 @@ def with_bottlenecks(bundle: Bundle, bundle_dir: Path, actions: str) -> tuple[Bu
     lacks: a copy of it next to it (`<bundle>-bn`, made once from the trained artifacts in `artifacts/`), so that
     the exported bundle stays as the other commands expect it. Names with no artifact are left for the edge to
     refuse with its own error."""
-    wanted = {a.split("/")[0] for a in actions.split(",") if a.startswith("bn-")}
+    wanted = {a.split("/")[0] for a in actions.split(",") if parse_point_name(a.split("/")[0])}
     missing = [w for w in wanted if bundle.manifest.bottleneck(w) is None]
     tables = {w: t for w in missing if (t := _table_hash(_artifact(bundle.model_id, w), w))}
     if not tables:
@@ -57,10 +56,10 @@ def with_bottlenecks(bundle: Bundle, bundle_dir: Path, actions: str) -> tuple[Bu
     try:
         copy = Bundle.load(out)
         held = {w: getattr(copy.manifest.bottleneck(w), "table_hash", None) for w in tables}
-        if held == tables and _files(out).items() >= _files(bundle_dir).items():  # same base, same trained tables
+        if held == tables and copy.manifest.files.items() >= bundle.manifest.files.items():  # same base and tables
             print(f"bundle: {out} (the exported bundle + learned bottlenecks, cached)")
             return copy, out
-    except (BundleError, OSError, KeyError, ValueError):
+    except BundleError:
         pass
     from splitrt.codecs.bottleneck.install import add_bottlenecks
 

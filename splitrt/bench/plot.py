@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from splitrt.codecs.bottleneck.install import parse_point_name
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -20,8 +22,9 @@ def save_figure(figure: "Figure", path: str | Path, dpi: int = 110) -> None:
 
 def _series(row: dict[str, object]) -> str:
     codec, split = str(row["codec"]), str(row["split"])
-    if split.startswith("bn-"):
-        return f"learned bottleneck {split[3:].rsplit('-s', 1)[0]} (ans)"
+    bottleneck = parse_point_name(split)
+    if bottleneck is not None:
+        return f"learned bottleneck {bottleneck[0]} (ans)"
     if codec.startswith("jpeg-"):
         return "offload JPEG"
     if codec.startswith("webp-"):
@@ -31,8 +34,9 @@ def _series(row: dict[str, object]) -> str:
 
 def _label(row: dict[str, object]) -> str:
     codec, split = str(row["codec"]), str(row["split"])
-    if split.startswith("bn-"):
-        return "step " + split.rsplit("-s", 1)[1]
+    bottleneck = parse_point_name(split)
+    if bottleneck is not None:
+        return "step " + bottleneck[1]
     return codec.split("-")[-1] if codec.startswith(("jpeg-", "webp-")) else ""
 
 

@@ -14,7 +14,21 @@ import numpy as np
 from splitrt.bundle import MANIFEST_NAME, BottleneckPoint, Bundle, BundleError, content_hash, publish, sha256_file
 from splitrt.codecs.bottleneck.entropy import ENTROPY_CODEC_ID, EntropyCodec, EntropyTables, TableError
 
+POINT_PREFIX = "bn-"
 _CODECS: dict[tuple[str, str], EntropyCodec] = {}
+
+
+def point_name(artifact: str, step: float) -> str:
+    """The bundle's name for one operating point of a trained bottleneck: `bn-<artifact name>-s<step>`."""
+    return f"{POINT_PREFIX}{artifact}-s{step:g}"
+
+
+def parse_point_name(name: str) -> tuple[str, str] | None:
+    """(artifact name, step as written) of a bottleneck point's name; None for any other split point."""
+    if not name.startswith(POINT_PREFIX) or "-s" not in name:
+        return None
+    artifact, step = name[len(POINT_PREFIX):].rsplit("-s", 1)
+    return artifact, step
 _LOCK = threading.Lock()
 
 
@@ -64,7 +78,7 @@ def add_bottlenecks(bundle_dir: str | Path, artifacts: Sequence[Path], out_dir: 
                 raise BundleError(f"{folder}: no operating points; run `splitrt codecs fit-tables` first")
             for point in description["operating_points"]:
                 step = float(point["step"])
-                name = f"bn-{description['name']}-s{step:g}"
+                name = point_name(str(description["name"]), step)
                 files = {"encoder": f"{name}_encoder.onnx", "tail": f"{name}_tail.onnx", "tables": f"{name}_tables.json"}
                 export_onnx(model, net, split, staging / files["encoder"], staging / files["tail"], step)
                 shutil.copy2(Path(folder) / point["tables"], staging / files["tables"])

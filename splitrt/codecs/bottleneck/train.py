@@ -38,7 +38,7 @@ class TrainConfig:
     split: str = "b4"
     latent_channels: int = 24
     latent_stride: int = 2  # 2: latent at half the activation's resolution; 1: at the same
-    transform: str = "conv"  # "conv": small networks from scratch; "linear": 1x1 maps from the principal axes
+    transform: str = "conv"  # "conv": small networks from scratch; "linear": per-block maps from the principal axes
     beta_per_kbit: float = 0.01
     views_per_image: int = 6
     phase1_epochs: int = 5
