@@ -57,6 +57,7 @@ class FrameOutcome:
     deadline_ms: float = 0.0  # absolute, unix epoch ms (0: none)
     done_ms: float = 0.0  # unix epoch ms when the frame ended
     predicted_ms: float = 0.0  # the latency the policy expected of its choice when it decided (0: no policy chose)
+    hedge_answered: bool = False  # a hedged action's reply was late (or refused): the answer is its hedge's
 
     @property
     def age_ms(self) -> float:
@@ -96,4 +97,5 @@ class FrameOutcome:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "predicted_ms": round(self.predicted_ms, 3),
+            "hedge_answered": self.hedge_answered,
         }

@@ -12,20 +12,23 @@ payloads. Correctness is each action's real top-1 on every evaluation image (odd
 exits are judged on images they were not trained on). Frames cycle through the images in order.
 
 The actions compared are a named candidate set (`CANDIDATE_SETS`, `--candidates`); the measured options are
-cached per bundle and set (`options_cache_path`), so a cache of another set or bundle is never reused.
+cached per bundle and set (`options_cache_path`), so a cache of another set or bundle is never reused. With
+`--hedges` (the default) each remote action is also compared hedged by the local action most likely to be right
+and in time after it (`with_best_hedges`): built from the measured options, nothing more is measured.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from splitrt.actions import Action, Local, Offload, Split
+from splitrt.actions import HEDGE_SEPARATOR, Action, Local, Offload, Split
 from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
 from splitrt.bench.device_costs import device_options
 from splitrt.bench.payloads import offload_sizes, request_bytes
@@ -38,13 +41,14 @@ from splitrt.devices.profiles import DeviceProfile
 from splitrt.devices.timing import time_calls_ms
 from splitrt.edge.commands import DEFAULT_BUNDLE
 from splitrt.imaging import crop_for_model, load_rgb
-from splitrt.policies.policies import ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy
+from splitrt.policies.policies import (ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy,
+                                       with_best_hedges)
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 from splitrt.protocol import TensorSpec
 
 COLUMNS = ("policy", "frames", "deadline_hit", "accuracy", "accuracy_at_deadline", "latency_p50_ms",
-           "latency_p95_ms", "bytes_mean")
+           "latency_p95_ms", "bytes_mean", "hedge_answered")
 # Defaults of `bench policy` (importable by other benchmarks). A deadline below the device's full-model time, so
 # that the choice matters: with a looser one, local EfficientNet-Lite0 meets every deadline on every profile and
 # is the best action everywhere. The search for settings where no single static action is best on all four
@@ -155,7 +159,14 @@ def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Ac
 
 
 def action_from_key(key: str) -> Action:
-    """The inverse of `Action.describe()` for local, local@exit, split@point/codec and offload/codec."""
+    """The inverse of `Action.describe()` for local, local@exit, split@point/codec and offload/codec, the last two
+    optionally hedged (`.../hedge:local@exit`)."""
+    key, separator, hedge_key = key.partition(HEDGE_SEPARATOR)
+    if separator:
+        hedge, remote = action_from_key(hedge_key), action_from_key(key)
+        if not isinstance(hedge, Local) or not isinstance(remote, (Split, Offload)):
+            raise ValueError(f"not a hedged action key: {key}{separator}{hedge_key!r}")
+        return replace(remote, hedge=hedge)
     if key == "local":
         return Local()
     if key.startswith("local@"):
@@ -230,6 +241,7 @@ def run_policy_bench(
     candidates: str = DEFAULT_CANDIDATES,
     edge_cost_samples: int = 30,
     device_emulation: str = "quota",
+    hedges: bool = True,
 ) -> dict[str, list[dict[str, object]]]:
     from splitrt.devices.profiles import get_profile
 
@@ -239,6 +251,8 @@ def run_policy_bench(
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), limit, actions)
     options, cost_model = options_on_device(bundle, measured, images, profile, fps, edge_cost_samples, device_emulation)
     sizes = offload_sizes(bundle, images, options, limit)
+    if hedges:
+        options = with_best_hedges(options, deadline_ms)
     print(format_table([{"action": o.key, "edge_ms": o.edge_ms, "bytes": o.payload_bytes, "cloud_ms": o.cloud_ms,
                          "accuracy": o.accuracy} for o in options], ["action", "edge_ms", "bytes", "cloud_ms", "accuracy"]))
     config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms)
@@ -273,7 +287,8 @@ def run_policy_bench(
                settings={"candidates": candidates, "device_profile": device_profile, "cpu_share": profile.cpu_share,
                          "dilation_share": profile.dilation_share, "edge_cost_model": cost_model,
                          "device_emulation": device_emulation, "deadline_ms": deadline_ms, "fps": fps,
-                         "rtt_ms": rtt_ms, "evaluation_images": int(len(next(iter(correctness.values()))))})
+                         "rtt_ms": rtt_ms, "hedges": hedges,
+                         "evaluation_images": int(len(next(iter(correctness.values()))))})
     if plot:
         plot_timelines(timelines, options, plot, oracle=oracle_timelines)
     return results
@@ -318,8 +333,16 @@ def plot_timelines(timelines: dict[str, tuple[UplinkTrace, list]], options: Sequ
 def _run(args: argparse.Namespace) -> int:
     traces = [t for t in args.trace.split(",") if t]
     run_policy_bench(traces, args.bundle, args.images, args.json, args.device_profile, args.deadline_ms, args.fps,
-                     args.rtt_ms, args.plot, args.limit, args.candidates, args.edge_cost_samples, args.device_emulation)
+                     args.rtt_ms, args.plot, args.limit, args.candidates, args.edge_cost_samples, args.device_emulation,
+                     args.hedges)
     return 0
+
+
+def add_hedges_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hedges", action=argparse.BooleanOptionalAction, default=True,
+                        help="also compare each remote action hedged by the local action most likely to be right "
+                             "and in time after it (the device runs it while the request is in flight; its answer "
+                             "stands when the reply is late)")
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -353,6 +376,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("policy", help="trace-driven comparison of static actions, latency, deadline, oracle")
     add_replay_arguments(parser)
     parser.add_argument("--plot", help="PNG of the deadline policy's actions over the traces' bandwidth")
+    add_hedges_argument(parser)
     parser.set_defaults(func=_run)
     from splitrt.bench.policy_sweep import register as register_sweep
 

@@ -26,7 +26,8 @@ from splitrt.bench.policy import (DEFAULT_CANDIDATES, cached_options, candidate_
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import EMULATIONS
 from splitrt.devices.profiles import get_profile
-from splitrt.policies.policies import ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy
+from splitrt.policies.policies import (ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy,
+                                       hedge_on_time_probability, with_best_hedges)
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 
@@ -44,7 +45,8 @@ def scaled_trace(path: str | Path, scale: int = 1) -> UplinkTrace:
 
 def _dominated(option: ActionOption, options: Sequence[ActionOption]) -> bool:
     return any(
-        other is not option and other.remote == option.remote and other.edge_ms <= option.edge_ms
+        other is not option and other.remote == option.remote and (other.hedge is None) == (option.hedge is None)
+        and other.edge_ms <= option.edge_ms
         and other.payload_bytes <= option.payload_bytes and other.cloud_ms <= option.cloud_ms
         and other.accuracy >= option.accuracy and (other.accuracy > option.accuracy or other.edge_ms < option.edge_ms)
         for other in options
@@ -52,17 +54,22 @@ def _dominated(option: ActionOption, options: Sequence[ActionOption]) -> bool:
 
 
 def static_candidates(options: Sequence[ActionOption], deadline_ms: float, rtt_ms: float) -> list[ActionOption]:
-    """The actions that may be the best static one: undominated, and in time on an infinite link."""
+    """The actions that may be the best static one: undominated, and in time on an infinite link (or, hedged,
+    with a hedge that can be in time)."""
     return [o for o in options if not _dominated(o, options)
-            and o.edge_ms + ((rtt_ms + o.cloud_ms) if o.remote else 0.0) <= deadline_ms]
+            and (o.edge_ms + ((rtt_ms + o.cloud_ms) if o.remote else 0.0) <= deadline_ms
+                 or hedge_on_time_probability(o, deadline_ms) > 0.0)]
 
 
 def evaluate_setting(
     options: Sequence[ActionOption], correctness: Mapping[str, np.ndarray], traces: Sequence[UplinkTrace],
     device: str, deadline_ms: float, fps: float, rtt_ms: float, duration_s: float | None = None,
-    initial_bps: float = SimConfig.initial_bps,
+    initial_bps: float = SimConfig.initial_bps, hedges: bool = True,
 ) -> list[dict[str, object]]:
-    """One row per trace for one setting (`options`: their costs on `device`)."""
+    """One row per trace for one setting (`options`: their costs on `device`; with `hedges`, also each remote one
+    hedged by its best local option at this deadline, `with_best_hedges`)."""
+    if hedges:
+        options = with_best_hedges(options, deadline_ms)
     statics = static_candidates(options, deadline_ms, rtt_ms)
     rows = []
     for trace in traces:
@@ -123,7 +130,7 @@ def run_policy_sweep(
     traces: Sequence[str | Path], bundle_dir: str | Path, images: str | Path, json_out: str | Path,
     devices: Sequence[str], deadlines_ms: Sequence[float], fps: Sequence[float], rtts_ms: Sequence[float],
     duration_s: float | None = 300.0, uplink_scale: int = 1, candidates: str | None = None, workers: int = 1,
-    edge_cost_samples: int = 0, device_emulation: str = "quota",
+    edge_cost_samples: int = 0, device_emulation: str = "quota", hedges: bool = True,
 ) -> list[dict[str, object]]:
     bundle = Bundle.load(bundle_dir)
     actions = candidate_set(bundle, candidates or DEFAULT_CANDIDATES)
@@ -132,7 +139,7 @@ def run_policy_sweep(
     on_device = {(d, f): options_on_device(bundle, measured, images, get_profile(d), f, edge_cost_samples,
                                            device_emulation)[0]
                  for d, f in itertools.product(devices, fps)}
-    jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s)
+    jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s, SimConfig.initial_bps, hedges)
             for d, dl, f, r in itertools.product(devices, deadlines_ms, fps, rtts_ms)]
     rows: list[dict[str, object]] = []
     if workers > 1:
@@ -150,7 +157,7 @@ def run_policy_sweep(
                sweep={"candidates": candidates or DEFAULT_CANDIDATES, "duration_s": duration_s,
                       "uplink_scale": uplink_scale, "traces": [t.name for t in loaded],
                       "edge_cost_model": "cpu/share" if edge_cost_samples <= 0 else f"sampled ({device_emulation})",
-                      "device_emulation": device_emulation})
+                      "device_emulation": device_emulation, "hedges": hedges})
     return rows
 
 
@@ -162,12 +169,12 @@ def _run(args: argparse.Namespace) -> int:
     run_policy_sweep([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json,
                      [d for d in args.devices.split(",") if d], _floats(args.deadlines_ms), _floats(args.fps),
                      _floats(args.rtts_ms), args.duration_s or None, args.uplink_scale, args.candidates, args.workers,
-                     args.edge_cost_samples, args.device_emulation)
+                     args.edge_cost_samples, args.device_emulation, args.hedges)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from splitrt.bench.policy import CANDIDATE_SETS
+    from splitrt.bench.policy import CANDIDATE_SETS, add_hedges_argument
     from splitrt.edge.commands import DEFAULT_BUNDLE
 
     parser = sub.add_parser("policy-sweep", help="`bench policy` over device x deadline x fps x RTT settings")
@@ -187,5 +194,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(cached per device; 0: CPU time / share)")
     parser.add_argument("--device-emulation", choices=EMULATIONS, default="quota",
                         help="with --edge-cost-samples: quota, dilation or steady (see bench policy)")
+    add_hedges_argument(parser)
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 import numpy as np
 
 from splitrt.clock import wall_clock_ms
-from splitrt.edge.runtime import EdgeRuntime
+from splitrt.edge.runtime import NO_REPLY, EdgeRuntime
 from splitrt.frame import Frame, FrameOutcome, Status
 from splitrt.policies.estimators import LinkEstimates
 from splitrt.policies.policies import ActionOption, Decision, Policy, ProbeSchedule, probe_decision
@@ -35,6 +35,11 @@ def observe_outcome(estimates: LinkEstimates, now_ms: float, outcome: FrameOutco
     network = outcome.trace_ms.get("network")
     if outcome.status is Status.FAILED and network is None:  # never left: no connection to the cloud
         estimates.observe_unreachable(now_ms)
+    elif outcome.hedge_answered and network is not None:  # its hedge answered: the reply was late or refused
+        if outcome.reason.startswith(NO_REPLY):
+            estimates.observe_timeout(now_ms, outcome.bytes_sent, network)
+        else:
+            estimates.unreachable_since_ms = None
     elif outcome.status is Status.OK and network is not None:
         estimates.observe_reply(now_ms, outcome.bytes_sent, network, outcome.trace_ms.get("cloud_queue", 0.0))
     elif outcome.status is Status.TIMEOUT and network is not None:
@@ -123,7 +128,7 @@ class AdaptiveRuntime:
         outcome = self.runtime.infer(pixels, decision.option.action, budget_ms=budget_ms, source=source)
         outcome.predicted_ms = decision.predicted_ms
         if decision.reason.startswith("probe"):
-            self.probes.record(outcome.ok and not outcome.missed_deadline)
+            self.probes.record(outcome.ok and not outcome.missed_deadline and not outcome.hedge_answered)
         observe_outcome(self.estimates, self.clock_ms(), outcome)
         if outcome.ok:
             self.last = outcome

@@ -67,6 +67,8 @@ class EdgeMetrics:
                               ["action", "status"], registry=r)
         self.fallbacks = Counter("splitrt_edge_fallbacks", "Frames that ran the fallback instead of the planned action",
                                  ["planned"], registry=r)
+        self.hedge_answers = Counter("splitrt_edge_hedge_answers", "Hedged frames answered by their hedge (the "
+                                     "cloud's reply was late or refused), by action", ["action"], registry=r)
         self.deadline_misses = Counter("splitrt_edge_deadline_misses", "Frames that ended after their deadline",
                                        registry=r)
         self.latency = Histogram("splitrt_edge_frame_latency_seconds", "From the start of processing to the outcome",
@@ -84,6 +86,8 @@ class EdgeMetrics:
         self.frames.labels(outcome.action, outcome.status.value).inc()
         if outcome.planned:
             self.fallbacks.labels(outcome.planned).inc()
+        if outcome.hedge_answered:
+            self.hedge_answers.labels(outcome.action).inc()
         if outcome.missed_deadline:
             self.deadline_misses.inc()
         if outcome.ok:

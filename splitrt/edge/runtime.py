@@ -24,7 +24,7 @@ from splitrt.devices.ort import create_session
 from splitrt.edge.link import NOT_SENT, Link, LinkError
 from splitrt.frame import Frame, FrameOutcome, Prediction, Status
 from splitrt.imaging import crop_for_model
-from splitrt.protocol import Infer, ProtocolError, Reject, Result, TensorSpec, encode, tensor_from_payload
+from splitrt.protocol import Envelope, Infer, ProtocolError, Reject, Result, TensorSpec, encode, tensor_from_payload
 
 if TYPE_CHECKING:
     import asyncio
@@ -39,6 +39,13 @@ def softmax_top(logits: np.ndarray, labels: Callable[[int], str], k: int = 5) ->
     probabilities /= probabilities.sum()
     order = np.argsort(-probabilities)[:k]
     return [Prediction(int(i), labels(int(i)), float(probabilities[i])) for i in order]
+
+
+# The reason of a frame whose cloud did not answer in time (a hedged frame's reason starts with it).
+NO_REPLY = "no reply from the cloud before the deadline"
+# How long before its deadline a hedged frame stops waiting for the cloud, so that taking the hedge's answer
+# (softmax, top-5) still ends it in time.
+HEDGE_MERGE_RESERVE_MS = 2.0
 
 
 class _FallBack(Exception):
@@ -84,6 +91,7 @@ class EdgeRuntime:
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._frame_ids = itertools.count(1)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._requests: concurrent.futures.ThreadPoolExecutor | None = None
 
     def next_frame_id(self) -> int:
         """A fresh frame id, for outcomes made outside `infer` (a prefilter's skip)."""
@@ -207,9 +215,10 @@ class EdgeRuntime:
         return self._executor
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for pool in (self._executor, self._requests):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._executor = self._requests = None
 
     def _link_up(self) -> bool:
         return self.link is not None and bool(getattr(self.link, "is_up", True))
@@ -253,12 +262,8 @@ class EdgeRuntime:
             image = crop_for_model(pixels, manifest.preprocess)[None]
 
         if isinstance(action, Local):
-            if action.exit is not None:
-                self._run_exit(image, action.exit, outcome)
-            else:
-                with self._stage(trace, "head", manifest.full_file):
-                    logits = self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image})[0]
-                self._merge(logits, outcome)
+            logits, outcome.reason = self._local_logits(image, action, trace, "head")
+            self._merge(logits, outcome)
             if action == self.fallback and not outcome.planned:
                 self._record_fallback_ms(sum(trace.values()))
             return
@@ -275,12 +280,15 @@ class EdgeRuntime:
         with self._stage(trace, "encode"):
             payload = codec.encode(activation)
         spec = TensorSpec(point.activation.dtype, (1, *point.activation.shape))
-        self._send(point.name, codec.codec_id, spec, payload, deadline_ms, outcome, codec.version_hash)
+        self._send(point.name, codec.codec_id, spec, payload, deadline_ms, outcome, codec.version_hash,
+                   action.hedge, image)
 
     def _send(
         self, split: str, codec_id: str, spec: TensorSpec, payload: object, deadline_ms: float, outcome: FrameOutcome,
-        codec_hash: str = "",
+        codec_hash: str = "", hedge: Local | None = None, image: np.ndarray | None = None,
     ) -> None:
+        """Send the request and take the reply into `outcome`; with a `hedge` (and the frame's preprocessed
+        `image`), run it while the request is in flight (`_send_hedged`)."""
         if self.link is None:
             outcome.status, outcome.reason = Status.FAILED, "no cloud link configured for a split/offload action"
             return
@@ -296,11 +304,18 @@ class EdgeRuntime:
         try:
             frames = encode(infer, [payload])  # type: ignore[list-item]
         except ProtocolError as exc:  # e.g. a payload over the protocol's size limit: never sent
+            if hedge is not None and image is not None:
+                logits, reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge")
+                self._answer_with_hedge(logits, hedge, outcome, f"request not sent ({exc})", reason)
+                return
             if self.fallback is not None:
                 raise _FallBack(f"request not sent ({exc})") from exc
             outcome.status, outcome.reason = Status.FAILED, f"request not sent: {exc}"
             return
         outcome.bytes_sent = sum(memoryview(f).nbytes for f in frames)
+        if hedge is not None and image is not None:
+            self._send_hedged(frames, deadline_ms, outcome, hedge, image)
+            return
         sent = time.perf_counter()
         # Wait for the cloud until the fallback's reserve, but give the cloud at least half of the time left:
         # when the device is (momentarily) too slow for the deadline, the cloud is the better chance.
@@ -321,8 +336,12 @@ class EdgeRuntime:
             outcome.trace_ms["network"] = round_trip_ms
             if self.fallback is not None:
                 raise _FallBack("no reply from the cloud in time")
-            outcome.status, outcome.reason = Status.TIMEOUT, "no reply from the cloud before the deadline"
+            outcome.status, outcome.reason = Status.TIMEOUT, NO_REPLY
             return
+        self._take_reply(envelope, round_trip_ms, outcome)
+
+    def _take_reply(self, envelope: Envelope, round_trip_ms: float, outcome: FrameOutcome) -> None:
+        """The cloud's answer into `outcome`: a Result's logits, or a Reject's status (or the fallback)."""
         message = envelope.message
         if isinstance(message, Reject) and message.detail.startswith(NOT_SENT):  # refused on the edge itself
             outcome.bytes_sent = 0
@@ -342,22 +361,86 @@ class EdgeRuntime:
         logits = tensor_from_payload(message.outputs[0], envelope.payloads[0])
         self._merge(logits, outcome)
 
-    def _run_exit(self, image: np.ndarray, name: str, outcome: FrameOutcome) -> None:
+    def _send_hedged(self, frames: list, deadline_ms: float, outcome: FrameOutcome, hedge: Local,  # type: ignore[type-arg]
+                     image: np.ndarray) -> None:
+        """Send the request, run `hedge` on the device while it is in flight, and answer with the cloud's Result
+        if it comes by the deadline (the hedge is stopped when it does), else with the hedge's logits."""
+        assert self.link is not None
+        sent = time.perf_counter()
+        stop_hedge = ort.RunOptions()
+        give_up_ms = deadline_ms - HEDGE_MERGE_RESERVE_MS  # then the hedge's answer still ends the frame in time
+        reply = self.requests.submit(self.link.request, frames, outcome.frame_id, give_up_ms - self.clock_ms())
+
+        def stop_on_result(done: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
+            if done.exception() is None and done.result() is not None and isinstance(done.result().message, Result):
+                stop_hedge.terminate = True
+
+        reply.add_done_callback(stop_on_result)
+        hedge_logits, hedge_reason = None, ""
+        try:
+            hedge_logits, hedge_reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge", stop_hedge)
+        except Exception:  # noqa: BLE001 - ONNX Runtime raises a plain failure when the terminate flag stops it
+            if not stop_hedge.terminate:
+                concurrent.futures.wait([reply])  # the link is free again before the frame ends with the error
+                raise
+        why = NO_REPLY
+        try:  # the request gives up by itself at `give_up_ms`; waiting for it keeps the link to one thread at a time
+            envelope = reply.result()
+        except LinkError as exc:
+            envelope, why = None, f"cloud link failed ({exc})"
+        round_trip_ms = _since_ms(sent)
+        if envelope is not None and isinstance(envelope.message, Result):
+            self._take_reply(envelope, round_trip_ms, outcome)
+            return
+        if envelope is not None:
+            assert isinstance(envelope.message, Reject)
+            why = f"cloud rejected it ({envelope.message.reason.value})"
+        outcome.trace_ms["network"] = round_trip_ms
+        if hedge_logits is None:  # stopped for a Result that then did not count: cannot happen, but never silent
+            outcome.status, outcome.reason = Status.FAILED, f"{why}; the hedge was stopped"
+            return
+        self._answer_with_hedge(hedge_logits, hedge, outcome, why, hedge_reason)
+
+    def _answer_with_hedge(self, logits: np.ndarray, hedge: Local, outcome: FrameOutcome, why: str,
+                           hedge_reason: str) -> None:
+        outcome.hedge_answered = True
+        outcome.reason = f"{why}: answered by the hedge {hedge.describe()}" + (f" ({hedge_reason})" if hedge_reason
+                                                                                 else "")
+        self._merge(logits, outcome)
+
+    @property
+    def requests(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread that waits for a hedged frame's reply while the inference thread runs the hedge."""
+        if self._requests is None:
+            self._requests = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="splitrt-request")
+        return self._requests
+
+    def _local_logits(self, image: np.ndarray, action: Local, trace: dict[str, float], stage: str,
+                      run_options: ort.RunOptions | None = None) -> tuple[np.ndarray, str]:
+        """The logits of local action `action` on a preprocessed image, timed into `trace[stage]`, and a reason
+        when an exit was not confident enough (the model then finishes locally, `_exit_logits`)."""
+        manifest = self.bundle.manifest
+        if action.exit is not None:
+            return self._exit_logits(image, action.exit, trace, stage, run_options)
+        with self._stage(trace, stage, manifest.full_file):
+            return self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image}, run_options)[0], ""
+
+    def _exit_logits(self, image: np.ndarray, name: str, trace: dict[str, float], stage: str,
+                     run_options: ort.RunOptions | None) -> tuple[np.ndarray, str]:
         """Stop at exit `name` when it is confident enough; otherwise finish the model locally from there."""
         exit_point = self.bundle.manifest.exit(name)
-        with self._stage(outcome.trace_ms, "head", exit_point.file):
-            outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image})
+        with self._stage(trace, stage, exit_point.file):
+            outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image}, run_options)
         if not exit_point.point:  # a complete shallower model: nothing to continue with
-            self._merge(outputs[0], outcome)
-            return
+            return outputs[0], ""
         activation, logits = outputs
         top = softmax_top(logits, self.bundle.label, k=1)[0]
-        if top.confidence < self.exit_threshold:
-            tail = self.bundle.manifest.split(exit_point.point).tail_file
-            with self._stage(outcome.trace_ms, "local_tail", tail):
-                logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation})[0]
-            outcome.reason = f"exit {name} not confident ({top.confidence:.2f} < {self.exit_threshold:.2f})"
-        self._merge(logits, outcome)
+        if top.confidence >= self.exit_threshold:
+            return logits, ""
+        tail = self.bundle.manifest.split(exit_point.point).tail_file
+        with self._stage(trace, "local_tail" if stage == "head" else f"{stage}_tail", tail):
+            logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation}, run_options)[0]
+        return logits, f"exit {name} not confident ({top.confidence:.2f} < {self.exit_threshold:.2f})"
 
     def _merge(self, logits: np.ndarray, outcome: FrameOutcome) -> None:
         with self._stage(outcome.trace_ms, "merge"):

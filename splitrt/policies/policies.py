@@ -34,6 +34,9 @@ class ActionOption:
     # Measured times from the request's last byte on the link to the frame's end, less the RTT (the cloud's
     # queue and tail, the transport, the device receiving and merging the reply), when known: likewise.
     cloud_samples_ms: tuple[float, ...] = ()
+    # A remote option's hedge: the local option the device runs while the request is in flight, whose answer
+    # stands when the reply is late (`hedged`); its own costs and accuracy are the local option's.
+    hedge: "ActionOption | None" = None
 
     @property
     def key(self) -> str:
@@ -57,6 +60,47 @@ class ActionOption:
     @property
     def remote(self) -> bool:
         return not isinstance(self.action, (Local, Skip))
+
+
+def hedged(option: ActionOption, fallback: ActionOption) -> ActionOption:
+    """`option` (remote) with `fallback` (local) as its hedge: after sending, the device runs `fallback`, and its
+    answer stands if the cloud's has not come by the deadline."""
+    if not option.remote or fallback.remote or not isinstance(fallback.action, Local) or option.hedge is not None:
+        raise ValueError(f"a hedge is a local action for an unhedged remote one, not {fallback.key} for {option.key}")
+    return replace(option, action=replace(option.action, hedge=fallback.action), hedge=fallback)
+
+
+def with_best_hedges(options: Sequence[ActionOption], budget_ms: float) -> list[ActionOption]:
+    """`options` and, for each unhedged remote one, a hedged copy (`hedged`) whose hedge is the local option with
+    the highest accuracy x probability of being in time after that remote part's device work (none where no local
+    option can be)."""
+    local = [o for o in options if not o.remote and isinstance(o.action, Local)]
+    extra: list[ActionOption] = []
+    for option in options:
+        if not option.remote or option.hedge is not None or not local:
+            continue
+        value, best = max(((o.accuracy * o.share_within_ms(budget_ms - option.edge_ms), o) for o in local),
+                          key=lambda pair: (pair[0], -pair[1].edge_ms))
+        if value > 0.0:
+            extra.append(hedged(option, best))
+    return [*options, *extra]
+
+
+def hedge_on_time_probability(option: ActionOption, budget_ms: float) -> float:
+    """Probability that `option`'s hedge has its answer by the deadline: it starts once the remote part's device
+    work (head, encode) is done. 0 for an option without a hedge."""
+    if option.hedge is None:
+        return 0.0
+    return option.hedge.share_within_ms(budget_ms - option.edge_ms)
+
+
+def expected_accuracy(option: ActionOption, chance: float, budget_ms: float) -> float:
+    """The accuracy at the deadline that `option` is expected to reach when its own answer is in time with
+    probability `chance`: a hedged option's hedge answers the frames whose reply is late, when it is in time."""
+    value = chance * option.accuracy
+    if option.hedge is not None:
+        value += (1.0 - chance) * hedge_on_time_probability(option, budget_ms) * option.hedge.accuracy
+    return value
 
 
 @dataclass(frozen=True)
@@ -172,8 +216,10 @@ class DeadlinePolicy:
     (`on_time_probability`: the link's rate as log-normal around the estimate, the cautious RTT; for a local
     action the share of its measured device times within the budget). A remote action is thus taken only when
     its gain over the best sure local action pays for its risk of a timeout: a 7% better action must arrive
-    with probability above 93%, a far better one may take more risk. With no spread known (sd 0, no samples)
-    this is the most accurate action that fits at the estimates.
+    with probability above 93%, a far better one may take more risk. A hedged remote action (`hedged`) scores
+    what its hedge adds on the frames whose reply is late (`expected_accuracy`): its risk costs only the
+    difference between the two answers. With no spread known (sd 0, no samples) this is the most accurate action
+    that fits at the estimates.
 
     rule "cautious": the most accurate action whose cautious latency meets the budget (bandwidth estimate minus
     the `deviations` the view was built with, RTT plus its deviations, the device time nine frames in ten stay
@@ -191,9 +237,9 @@ class DeadlinePolicy:
         budget = budget_ms - self.margin_ms
         if self.rule == "expected":
             scored = [(on_time_probability(o, budget, link), o) for o in usable]
-            possible = [(p, o) for p, o in scored if p > 0.0]
+            possible = [(p, o) for p, o in scored if expected_accuracy(o, p, budget) > 0.0]
             if possible:
-                chance, best = max(possible, key=lambda pair: (pair[0] * pair[1].accuracy, pair[0],
+                chance, best = max(possible, key=lambda pair: (expected_accuracy(pair[1], pair[0], budget), pair[0],
                                                                -predict_ms(pair[1], link.bandwidth_bps,
                                                                            link.cautious_rtt_ms, link.queue_ms)))
                 predicted = predict_ms(best, link.bandwidth_bps, link.cautious_rtt_ms, link.queue_ms)
@@ -286,9 +332,10 @@ class OraclePolicy:
         if self.outlook is None:
             raise RuntimeError("an oracle needs the simulator to tell it each option's outlook")
         scored = [(*self.outlook(o), o) for o in _usable(options, link)]
-        possible = [s for s in scored if s[0] > 0.0]
+        possible = [s for s in scored if expected_accuracy(s[2], s[0], budget_ms) > 0.0]
         if possible:
-            chance, predicted, best = max(possible, key=lambda s: (s[0] * s[2].accuracy, s[0], -s[1]))
+            chance, predicted, best = max(possible, key=lambda s: (expected_accuracy(s[2], s[0], budget_ms), s[0],
+                                                                   -s[1]))
             return Decision(best, predicted, f"highest expected accuracy ({self.knows} known, on time with "
                                              f"p={chance:.2f})")
         _, predicted, best = min(scored, key=lambda s: s[1])

@@ -3,7 +3,9 @@
 The model matches the edge runtime: one frame at a time; a newer frame that arrives while the pipeline
 is busy replaces any older waiting one (latest frame wins: the older ends `dropped`); a remote action
 queues its bytes on the uplink behind earlier transfers; the edge waits for a reply no longer than the
-frame's deadline (it ends `timeout`), but bytes already sent still occupy the link. The policy sees the
+frame's deadline (it ends `timeout`; a hedged action's frame ends then with its hedge's answer, on time if
+the hedge, begun after the remote part's device work, has finished), but bytes already sent still occupy the
+link. The policy sees the
 edge's own estimates (`LinkEstimates`), fed what the edge would observe: a reply that arrived in time, when it
 arrives, and a timeout (an upper bound on the rate) when the frame gives up. While no
 transfer has been seen for a while (`ProbeSchedule`) and the policy keeps a frame local, the frame runs the
@@ -22,7 +24,7 @@ import functools
 import heapq
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -61,6 +63,7 @@ class FrameRecord:
     latency_ms: float
     correct: bool
     bytes_sent: int
+    hedge_answered: bool = False  # a hedged action's reply was late: the answer is its hedge's
 
 
 @dataclass
@@ -102,8 +105,9 @@ class _FrameCosts:
     def __init__(self, options: Sequence[ActionOption], frames: int, seed: int,
                  frame_edge_ms: Mapping[int, tuple[str, float]] | None) -> None:
         rng = np.random.default_rng(seed)
-        self._edge = {o.key: rng.choice(o.edge_samples_ms, frames) for o in options if o.edge_samples_ms}
-        self._cloud = {o.key: rng.choice(o.cloud_samples_ms, frames) for o in options if o.cloud_samples_ms}
+        unhedged = [o for o in options if o.hedge is None]  # a hedged option meets its remote part's times
+        self._edge = {o.key: rng.choice(o.edge_samples_ms, frames) for o in unhedged if o.edge_samples_ms}
+        self._cloud = {o.key: rng.choice(o.cloud_samples_ms, frames) for o in unhedged if o.cloud_samples_ms}
         self._measured = frame_edge_ms or {}
         self._distribution: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -116,14 +120,15 @@ class _FrameCosts:
         return self._distribution[option.key]
 
     def of(self, option: ActionOption, frame_id: int) -> tuple[float, float]:
-        """(device ms, cloud ms) of `option` on frame `frame_id`."""
+        """(device ms, cloud ms) of `option` on frame `frame_id` (of its remote part, for a hedged one)."""
+        key = remote_key(option)
         measured = self._measured.get(frame_id)
-        if measured is not None and measured[0] == option.key:
+        if measured is not None and measured[0] == key:
             edge_ms = measured[1]
         else:
-            edge = self._edge.get(option.key)
+            edge = self._edge.get(key)
             edge_ms = option.edge_ms if edge is None else float(edge[frame_id])
-        cloud = self._cloud.get(option.key)
+        cloud = self._cloud.get(key)
         return edge_ms, option.cloud_ms if cloud is None else float(cloud[frame_id])
 
 
@@ -194,33 +199,46 @@ def simulate(
                 throughput.last_sample_ms = start_ms
         key = option.key
         edge_ms, cloud_ms = costs.of(option, frame_id)
-        correct = bool(correctness[key][frame_id % images])
-        bytes_sent = 0
+        image = frame_id % images
+        bytes_sent, hedge_answered = 0, False
         if not option.remote:
+            correct = bool(correctness[key][image])
             end_ms = start_ms + edge_ms
             status = "ok" if end_ms <= deadline_ms else "late"
         else:
+            correct = bool(correctness[remote_key(option)][image])
             size_bytes = _frame_bytes(option, frame_id, payload_bytes)
             send_ms, sent_ms = link.send(start_ms + edge_ms, size_bytes)
             reply_ms = sent_ms + config.rtt_ms + config.queue_ms + cloud_ms
             bytes_sent = size_bytes
-            if reply_ms <= deadline_ms:
+            if reply_ms <= deadline_ms:  # a hedge still running is stopped: the reply is the answer
                 end_ms, status = reply_ms, "ok"
                 # what the edge measures: the round trip less the cloud's part (`cloud_ms`, its queue and compute)
                 seen.at(reply_ms, "reply", size_bytes, sent_ms - send_ms + config.rtt_ms, config.queue_ms)
             else:
-                end_ms, status = deadline_ms, "timeout"
                 seen.at(deadline_ms, "timeout", size_bytes, deadline_ms - send_ms)
-                correct = False
+                if option.hedge is None:
+                    end_ms, status, correct = deadline_ms, "timeout", False
+                else:  # the hedge ran after the send; its answer is taken once the reply is given up on
+                    hedge_end_ms = start_ms + edge_ms + costs.of(option.hedge, frame_id)[0]
+                    end_ms = max(deadline_ms, hedge_end_ms)
+                    status = "ok" if hedge_end_ms <= deadline_ms else "late"
+                    correct, hedge_answered = bool(correctness[option.hedge.key][image]), True
         if probing:
-            probes.record(status == "ok")
+            probes.record(status == "ok" and not hedge_answered)
         edge_free_ms = end_ms
-        records.append(FrameRecord(frame_id, capture_ms, key, status, end_ms - capture_ms, correct, bytes_sent))
+        records.append(FrameRecord(frame_id, capture_ms, key, status, end_ms - capture_ms, correct, bytes_sent,
+                                   hedge_answered))
     return records
 
 
+def remote_key(option: ActionOption) -> str:
+    """The key of `option` without its hedge: what its device part, its bytes and the cloud's answer are of."""
+    return option.key if option.hedge is None else replace(option.action, hedge=None).describe()
+
+
 def _frame_bytes(option: ActionOption, frame_id: int, payload_bytes: Mapping[str, np.ndarray] | None) -> int:
-    sizes = None if payload_bytes is None else payload_bytes.get(option.key)
+    sizes = None if payload_bytes is None else payload_bytes.get(remote_key(option))
     return option.payload_bytes if sizes is None else int(sizes[frame_id % len(sizes)])
 
 
@@ -290,5 +308,6 @@ def summarize(policy_name: str, records: Sequence[FrameRecord]) -> dict[str, obj
         "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else float("nan"),
         "bytes_mean": sum(r.bytes_sent for r in records) / frames if frames else 0.0,
         "dropped": sum(r.status == "dropped" for r in records) / frames if frames else 0.0,
+        "hedge_answered": sum(r.hedge_answered for r in records) / frames if frames else 0.0,
         "actions": {k: round(v / len(ended), 4) for k, v in sorted(actions.items())} if ended else {},
     }
