@@ -35,8 +35,10 @@ def observe_outcome(estimates: LinkEstimates, now_ms: float, outcome: FrameOutco
     network = outcome.trace_ms.get("network")
     if outcome.status is Status.FAILED and network is None:  # never left: no connection to the cloud
         estimates.observe_unreachable(now_ms)
-    elif outcome.hedge_answered and network is not None:  # its hedge answered: the reply was late or refused
-        if outcome.reason.startswith(NO_REPLY):
+    elif outcome.hedge_answered:  # its hedge answered: the reply was late or refused, or the link failed
+        if network is None:
+            estimates.observe_unreachable(now_ms)
+        elif outcome.reason.startswith(NO_REPLY):
             estimates.observe_timeout(now_ms, outcome.bytes_sent, network)
         else:
             estimates.unreachable_since_ms = None

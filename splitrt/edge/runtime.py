@@ -9,6 +9,7 @@ import collections
 import contextlib
 import concurrent.futures
 import itertools
+import sys
 import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
@@ -44,8 +45,9 @@ def softmax_top(logits: np.ndarray, labels: Callable[[int], str], k: int = 5) ->
 # The reason of a frame whose cloud did not answer in time (a hedged frame's reason starts with it).
 NO_REPLY = "no reply from the cloud before the deadline"
 # How long before its deadline a hedged frame stops waiting for the cloud, so that taking the hedge's answer
-# (softmax, top-5) still ends it in time.
-HEDGE_MERGE_RESERVE_MS = 2.0
+# (softmax, top-5) still ends it in time: one interpreter switch interval, the longest the waiting thread may
+# wait for the GIL once woken.
+HEDGE_MERGE_RESERVE_MS = sys.getswitchinterval() * 1000.0
 
 
 class _FallBack(Exception):
@@ -92,6 +94,7 @@ class EdgeRuntime:
         self._frame_ids = itertools.count(1)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._requests: concurrent.futures.ThreadPoolExecutor | None = None
+        self._request_in_flight: concurrent.futures.Future | None = None  # type: ignore[type-arg]
 
     def next_frame_id(self) -> int:
         """A fresh frame id, for outcomes made outside `infer` (a prefilter's skip)."""
@@ -316,6 +319,7 @@ class EdgeRuntime:
         if hedge is not None and image is not None:
             self._send_hedged(frames, deadline_ms, outcome, hedge, image)
             return
+        self._link_free()
         sent = time.perf_counter()
         # Wait for the cloud until the fallback's reserve, but give the cloud at least half of the time left:
         # when the device is (momentarily) too slow for the deadline, the cloud is the better chance.
@@ -364,42 +368,65 @@ class EdgeRuntime:
     def _send_hedged(self, frames: list, deadline_ms: float, outcome: FrameOutcome, hedge: Local,  # type: ignore[type-arg]
                      image: np.ndarray) -> None:
         """Send the request, run `hedge` on the device while it is in flight, and answer with the cloud's Result
-        if it comes by the deadline (the hedge is stopped when it does), else with the hedge's logits."""
+        if it comes by the deadline (the hedge is stopped when it does), else with the hedge's logits.
+
+        The request waits on the `requests` thread and notes when its answer came, so the round trip is the
+        link's, not the hedge's. The frame stops waiting `HEDGE_MERGE_RESERVE_MS` before its deadline; a request
+        still waiting then is left to give up by itself, and the next use of the link waits for it
+        (`_link_free`), so the link is never used by two threads at once.
+        """
         assert self.link is not None
+        give_up_ms = deadline_ms - HEDGE_MERGE_RESERVE_MS  # then the hedge's answer still ends the frame in time
+        self._link_free()
+        if give_up_ms - self.clock_ms() <= 0.0:
+            outcome.bytes_sent = 0
+            logits, reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge")
+            self._answer_with_hedge(logits, hedge, outcome, "no time left for the cloud", reason)
+            return
         sent = time.perf_counter()
         stop_hedge = ort.RunOptions()
-        give_up_ms = deadline_ms - HEDGE_MERGE_RESERVE_MS  # then the hedge's answer still ends the frame in time
-        reply = self.requests.submit(self.link.request, frames, outcome.frame_id, give_up_ms - self.clock_ms())
+        link = self.link
 
-        def stop_on_result(done: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
-            if done.exception() is None and done.result() is not None and isinstance(done.result().message, Result):
+        def request() -> tuple[Envelope | None, float]:
+            envelope = link.request(frames, outcome.frame_id, give_up_ms - self.clock_ms())
+            if envelope is not None and isinstance(envelope.message, Result):
                 stop_hedge.terminate = True
+            return envelope, time.perf_counter()
 
-        reply.add_done_callback(stop_on_result)
-        hedge_logits, hedge_reason = None, ""
+        self._request_in_flight = reply = self.requests.submit(request)
+        hedge_logits, hedge_reason, hedge_error = None, "", None
         try:
             hedge_logits, hedge_reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge", stop_hedge)
-        except Exception:  # noqa: BLE001 - ONNX Runtime raises a plain failure when the terminate flag stops it
-            if not stop_hedge.terminate:
-                concurrent.futures.wait([reply])  # the link is free again before the frame ends with the error
-                raise
-        why = NO_REPLY
-        try:  # the request gives up by itself at `give_up_ms`; waiting for it keeps the link to one thread at a time
-            envelope = reply.result()
-        except LinkError as exc:
-            envelope, why = None, f"cloud link failed ({exc})"
-        round_trip_ms = _since_ms(sent)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises a plain failure when the terminate flag stops it
+            hedge_error = exc
+        try:
+            envelope, arrived = reply.result(timeout=max(0.0, give_up_ms - self.clock_ms()) / 1000.0)
+        except concurrent.futures.TimeoutError:  # still waiting at the give-up time (a slow poll): not in time
+            envelope, arrived, why = None, time.perf_counter(), NO_REPLY
+        except LinkError as exc:  # never sent, or the link went down: the cloud is unreachable
+            envelope, arrived, why = None, None, f"cloud link failed ({exc})"
+        else:
+            why = NO_REPLY
         if envelope is not None and isinstance(envelope.message, Result):
-            self._take_reply(envelope, round_trip_ms, outcome)
+            self._take_reply(envelope, (arrived - sent) * 1000.0, outcome)
             return
         if envelope is not None:
             assert isinstance(envelope.message, Reject)
             why = f"cloud rejected it ({envelope.message.reason.value})"
-        outcome.trace_ms["network"] = round_trip_ms
-        if hedge_logits is None:  # stopped for a Result that then did not count: cannot happen, but never silent
-            outcome.status, outcome.reason = Status.FAILED, f"{why}; the hedge was stopped"
-            return
+            if envelope.message.detail.startswith(NOT_SENT):  # refused on the edge itself: nothing went out
+                outcome.bytes_sent, arrived = 0, None
+        if arrived is not None:
+            outcome.trace_ms["network"] = (arrived - sent) * 1000.0
+        if hedge_error is not None:  # the hedge failed and the cloud did not answer: the frame ends with the error
+            raise hedge_error
+        assert hedge_logits is not None  # only a Result stops the hedge, and a Result has answered above
         self._answer_with_hedge(hedge_logits, hedge, outcome, why, hedge_reason)
+
+    def _link_free(self) -> None:
+        """Wait for a hedged frame's request that was still giving up when its frame ended (a few ms at most)."""
+        if self._request_in_flight is not None:
+            concurrent.futures.wait([self._request_in_flight])
+            self._request_in_flight = None
 
     def _answer_with_hedge(self, logits: np.ndarray, hedge: Local, outcome: FrameOutcome, why: str,
                            hedge_reason: str) -> None:

@@ -94,12 +94,15 @@ def hedge_on_time_probability(option: ActionOption, budget_ms: float) -> float:
     return option.hedge.share_within_ms(budget_ms - option.edge_ms)
 
 
-def expected_accuracy(option: ActionOption, chance: float, budget_ms: float) -> float:
+def expected_accuracy(option: ActionOption, chance: float, budget_ms: float,
+                      hedge_chance: float | None = None) -> float:
     """The accuracy at the deadline that `option` is expected to reach when its own answer is in time with
-    probability `chance`: a hedged option's hedge answers the frames whose reply is late, when it is in time."""
+    probability `chance`: a hedged option's hedge answers the frames whose reply is late, when it is in time
+    (with probability `hedge_chance`, else `hedge_on_time_probability`)."""
     value = chance * option.accuracy
     if option.hedge is not None:
-        value += (1.0 - chance) * hedge_on_time_probability(option, budget_ms) * option.hedge.accuracy
+        in_time = hedge_on_time_probability(option, budget_ms) if hedge_chance is None else hedge_chance
+        value += (1.0 - chance) * in_time * option.hedge.accuracy
     return value
 
 
@@ -296,8 +299,9 @@ class ProbeSchedule:
 
 
 # What the simulator tells an oracle of an option before it decides: (probability that it ends in time, its
-# expected capture-to-result latency in ms).
-Outlook = Callable[[ActionOption], tuple[float, float]]
+# expected capture-to-result latency in ms, and for a hedged option the probability that its hedge is in time
+# when the oracle knows it for this frame, else None).
+Outlook = Callable[[ActionOption], tuple[float, float, float | None]]
 # What an oracle knows (the simulator computes its outlook from that): the link's true future; the future and
 # each frame's own drawn device and cloud times; or only the link's exact past.
 ORACLE_KNOWLEDGE = {"oracle": "future", "oracle-clairvoyant": "frame", "oracle-past": "past"}
@@ -332,13 +336,13 @@ class OraclePolicy:
         if self.outlook is None:
             raise RuntimeError("an oracle needs the simulator to tell it each option's outlook")
         scored = [(*self.outlook(o), o) for o in _usable(options, link)]
-        possible = [s for s in scored if expected_accuracy(s[2], s[0], budget_ms) > 0.0]
+        value = {id(s): expected_accuracy(s[3], s[0], budget_ms, s[2]) for s in scored}
+        possible = [s for s in scored if value[id(s)] > 0.0]
         if possible:
-            chance, predicted, best = max(possible, key=lambda s: (expected_accuracy(s[2], s[0], budget_ms), s[0],
-                                                                   -s[1]))
+            chance, predicted, _, best = max(possible, key=lambda s: (value[id(s)], s[0], -s[1]))
             return Decision(best, predicted, f"highest expected accuracy ({self.knows} known, on time with "
                                              f"p={chance:.2f})")
-        _, predicted, best = min(scored, key=lambda s: s[1])
+        _, predicted, _, best = min(scored, key=lambda s: s[1])
         return Decision(best, predicted, f"nothing on time: fastest ({self.knows} known)")
 
 

@@ -244,17 +244,20 @@ def _frame_bytes(option: ActionOption, frame_id: int, payload_bytes: Mapping[str
 
 def _oracle_outlook(knows: str, link: _Link, config: SimConfig, costs: _FrameCosts,
                     payload_bytes: Mapping[str, np.ndarray] | None, frame_id: int, capture_ms: float, start_ms: float,
-                    option: ActionOption) -> tuple[float, float]:
+                    option: ActionOption) -> tuple[float, float, float | None]:
     """What an oracle that `knows` (`OraclePolicy`) is told of `option` on this frame: (probability that it ends
-    by the deadline, expected latency ms). "frame": this frame's own drawn times on the link's true future
-    (probability 0 or 1); "future": over the option's measured device and cloud times (or its estimates) on the
+    by the deadline, expected latency ms, whether a hedge is in time when it knows that: see `Outlook`). "frame":
+    this frame's own drawn times on the link's true future (probabilities 0 or 1); "future": over the option's measured device and cloud times (or its estimates) on the
     link's true future, its queue included; "past": likewise, with each transfer taking as long as one begun at
     any of `PAST_STARTS` points of the last `PAST_WINDOW_MS` took (`_past_transfer_ms`), behind the bytes still
     queued."""
     deadline_ms = capture_ms + config.deadline_ms
+    hedge_chance = None
     if knows == "frame":
         edge_ms, cloud_ms = costs.of(option, frame_id)
         edges, clouds = np.array([edge_ms]), np.array([cloud_ms])
+        if option.hedge is not None:
+            hedge_chance = float(start_ms + edge_ms + costs.of(option.hedge, frame_id)[0] <= deadline_ms)
     else:
         edges, clouds = costs.distribution(option)
     if option.remote:
@@ -263,7 +266,7 @@ def _oracle_outlook(knows: str, link: _Link, config: SimConfig, costs: _FrameCos
             own_ms, with_backlog_ms = _past_transfer_ms(link.trace, start_ms, config.deadline_ms, size_bytes,
                                                         size_bytes + link.unsent_bytes(start_ms))
             if own_ms.size == 0:  # no past yet: nothing is known of the link
-                return 0.0, math.inf
+                return 0.0, math.inf, hedge_chance
             # its bytes leave once encoded and once the bytes still queued before them have gone
             sent_ms = (start_ms + np.maximum(edges[:, None] + own_ms[None, :], with_backlog_ms[None, :])).ravel()
         else:
@@ -274,7 +277,7 @@ def _oracle_outlook(knows: str, link: _Link, config: SimConfig, costs: _FrameCos
     else:
         chance = float(np.mean(start_ms + edges <= deadline_ms))
         end_ms = start_ms + float(np.median(edges))
-    return chance, end_ms - capture_ms
+    return chance, end_ms - capture_ms, hedge_chance
 
 
 def _past_transfer_ms(trace: UplinkTrace, now_ms: float, horizon_ms: float,
