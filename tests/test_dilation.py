@@ -1,6 +1,10 @@
 """Device emulation by time dilation: a stage lasts its CPU time / share, with fake clocks and with a real runtime."""
 from __future__ import annotations
 
+import collections
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -142,3 +146,35 @@ def test_remote_actions_are_sampled_through_a_loopback_cloud(tiny_bundle: Bundle
     assert len(offload.edge_samples_ms) == 3 and len(offload.cloud_samples_ms) == 3  # every reply came in time
     assert not local.cloud_samples_ms
     assert offload.cloud_ms == pytest.approx(float(np.median(offload.cloud_samples_ms)))
+
+
+def test_a_stopped_stage_ends_its_stretch_and_is_not_a_models_run() -> None:
+    """A hedge whose reply came is stopped: its stage ends at once, and its partial run does not become the
+    model's steady time."""
+    clocks = FakeClocks()
+    steady = TimeDilation(0.25, steady_runs=4, cpu_clock_ms=lambda: clocks.cpu_ms,
+                          wall_clock_ms=lambda: clocks.wall_ms, sleep_s=clocks.sleep_s)
+    with steady.stage("head.onnx"):
+        clocks.compute(10.0)
+    stop = threading.Event()
+    stop.set()
+    start = clocks.wall_ms
+    with pytest.raises(RuntimeError), steady.stage("head.onnx", stop):
+        clocks.compute(1.0)  # stopped part-way
+        raise RuntimeError("Exiting due to terminate flag being set to true")
+    assert clocks.wall_ms - start == pytest.approx(1.0), "no stretch after a stop"
+    with steady.stage("head.onnx"):
+        clocks.compute(12.0)
+    assert steady._runs_ms["head.onnx"] == collections.deque([10.0, 12.0])  # the partial 1 ms run is not one
+
+
+def test_a_stop_during_the_stretch_ends_it() -> None:
+    """On the real clock: a stage stretched to about 2 s (a 0.0005 share) ends soon after its stop is set."""
+    cpu_ms = [0.0]
+    slow = TimeDilation(0.0005, cpu_clock_ms=lambda: cpu_ms[0])
+    stop = threading.Event()
+    threading.Timer(0.05, stop.set).start()
+    begin = time.perf_counter()
+    with slow.stage(None, stop):
+        cpu_ms[0] = 1.0  # 1 ms of "CPU": 2,000 ms at this share
+    assert time.perf_counter() - begin < 1.0

@@ -224,3 +224,21 @@ def test_an_unreachable_cloud_is_answered_by_the_hedge_and_learnt_as_unreachable
         observe_outcome(estimates, 1000.0, outcome)
         assert estimates.unreachable_since_ms == 1000.0
         runtime.close()
+
+
+def test_on_an_emulated_slow_device_a_reply_cuts_the_hedges_stretch(service: RunningService, tiny_bundle: Bundle,
+                                                                    photo: np.ndarray) -> None:
+    from splitrt.devices.dilation import TimeDilation
+
+    with CloudLink(service.endpoint, tiny_bundle.content_hash) as link:
+        link.handshake()
+        runtime = EdgeRuntime(tiny_bundle, link)
+        for action in (Local(), Split("res", "fp16")):  # sessions loaded at full speed
+            assert runtime.infer(photo, action).ok
+        runtime.device_speed = TimeDilation(0.0002)  # every stage lasts 5,000 times its CPU time
+        outcome = runtime.infer(photo, Split("res", "fp16", hedge=Local()), budget_ms=600_000.0)
+        assert outcome.ok and not outcome.hedge_answered, outcome.reason
+        # The hedge (the whole model, more work than the head) ended when the reply came, well before the
+        # head's stretch would have: it was not run to its end.
+        assert outcome.trace_ms.get("hedge", 0.0) < outcome.trace_ms["head"]
+        runtime.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
@@ -46,14 +47,15 @@ def dilates(emulation: str) -> bool:
 
 
 class DeviceSpeed(Protocol):
-    def stage(self, model: str | None = None) -> contextlib.AbstractContextManager[None]: ...
+    def stage(self, model: str | None = None,
+              stop: threading.Event | None = None) -> contextlib.AbstractContextManager[None]: ...
 
 
 class NativeSpeed:
     """This machine as it is: stages are not stretched."""
 
     @contextlib.contextmanager
-    def stage(self, model: str | None = None) -> Iterator[None]:
+    def stage(self, model: str | None = None, stop: threading.Event | None = None) -> Iterator[None]:
         yield
 
 
@@ -77,20 +79,28 @@ class TimeDilation:
             raise ValueError(f"steady_runs must be >= 0, got {self.steady_runs}")
 
     @contextlib.contextmanager
-    def stage(self, model: str | None = None) -> Iterator[None]:
+    def stage(self, model: str | None = None, stop: threading.Event | None = None) -> Iterator[None]:
+        """Stretch the enclosed work; `stop` set (a hedge whose reply came) ends the stage's stretch at once, and a
+        run it stopped part-way is not taken as one of the model's runs."""
         wall_start, cpu_start = self.wall_clock_ms(), self.cpu_clock_ms()
         try:
             yield
         finally:
             cpu_ms = self.cpu_clock_ms() - cpu_start
-            if model is not None and self.steady_runs > 0:
+            stopped = stop is not None and stop.is_set()
+            if model is not None and self.steady_runs > 0 and not stopped:
                 runs = self._runs_ms.setdefault(model, collections.deque(maxlen=self.steady_runs))
                 runs.append(cpu_ms)
                 cpu_ms = min(runs)
             wait_ms = wall_start + cpu_ms / self.cpu_share - self.wall_clock_ms()
-            if wait_ms > 0.0:
-                self.slept_ms += wait_ms
-                self.sleep_s(wait_ms / 1000.0)
+            if wait_ms > 0.0 and not stopped:
+                if stop is None:
+                    self.slept_ms += wait_ms
+                    self.sleep_s(wait_ms / 1000.0)
+                else:  # the device stops computing when told to, part-way through the stretch
+                    before_ms = self.wall_clock_ms()
+                    stop.wait(wait_ms / 1000.0)
+                    self.slept_ms += max(0.0, self.wall_clock_ms() - before_ms)
 
 
 def warmup_runs(speed: DeviceSpeed) -> int:

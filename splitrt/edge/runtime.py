@@ -10,6 +10,7 @@ import contextlib
 import concurrent.futures
 import itertools
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
@@ -250,11 +251,13 @@ class EdgeRuntime:
         outcome.reason = f"{why}: ran {outcome.action} instead of {outcome.planned}"
 
     @contextlib.contextmanager
-    def _stage(self, trace: dict[str, float], name: str, model: str | None = None) -> Iterator[None]:
+    def _stage(self, trace: dict[str, float], name: str, model: str | None = None,
+               stop: threading.Event | None = None) -> Iterator[None]:
         """Time a stage into `trace[name]` (ms), stretched to the device's speed (`device_speed`; `model`: the
-        model file the stage runs, whose cost does not depend on the input)."""
+        model file the stage runs, whose cost does not depend on the input; `stop`: set when the stage is no
+        longer needed, which ends its stretch)."""
         start = time.perf_counter()
-        with self.device_speed.stage(model):
+        with self.device_speed.stage(model, stop):
             yield
         trace[name] = _since_ms(start)
 
@@ -384,19 +387,21 @@ class EdgeRuntime:
             self._answer_with_hedge(logits, hedge, outcome, "no time left for the cloud", reason)
             return
         sent = time.perf_counter()
-        stop_hedge = ort.RunOptions()
+        stop_hedge, hedge_stopped = ort.RunOptions(), threading.Event()  # the run, and an emulated device's stretch
         link = self.link
 
         def request() -> tuple[Envelope | None, float]:
             envelope = link.request(frames, outcome.frame_id, give_up_ms - self.clock_ms())
             if envelope is not None and isinstance(envelope.message, Result):
                 stop_hedge.terminate = True
+                hedge_stopped.set()
             return envelope, time.perf_counter()
 
         self._request_in_flight = reply = self.requests.submit(request)
         hedge_logits, hedge_reason, hedge_error = None, "", None
         try:
-            hedge_logits, hedge_reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge", stop_hedge)
+            hedge_logits, hedge_reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge",
+                                                            (stop_hedge, hedge_stopped))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises a plain failure when the terminate flag stops it
             hedge_error = exc
         try:
@@ -443,20 +448,23 @@ class EdgeRuntime:
         return self._requests
 
     def _local_logits(self, image: np.ndarray, action: Local, trace: dict[str, float], stage: str,
-                      run_options: ort.RunOptions | None = None) -> tuple[np.ndarray, str]:
+                      stop: "tuple[ort.RunOptions, threading.Event] | None" = None) -> tuple[np.ndarray, str]:
         """The logits of local action `action` on a preprocessed image, timed into `trace[stage]`, and a reason
-        when an exit was not confident enough (the model then finishes locally, `_exit_logits`)."""
+        when an exit was not confident enough (the model then finishes locally, `_exit_logits`). `stop`: the run
+        options whose terminate flag, and the event that, stop it part-way (a hedge whose reply came)."""
         manifest = self.bundle.manifest
         if action.exit is not None:
-            return self._exit_logits(image, action.exit, trace, stage, run_options)
-        with self._stage(trace, stage, manifest.full_file):
+            return self._exit_logits(image, action.exit, trace, stage, stop)
+        run_options, stopped = stop if stop is not None else (None, None)
+        with self._stage(trace, stage, manifest.full_file, stopped):
             return self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image}, run_options)[0], ""
 
     def _exit_logits(self, image: np.ndarray, name: str, trace: dict[str, float], stage: str,
-                     run_options: ort.RunOptions | None) -> tuple[np.ndarray, str]:
+                     stop: "tuple[ort.RunOptions, threading.Event] | None") -> tuple[np.ndarray, str]:
         """Stop at exit `name` when it is confident enough; otherwise finish the model locally from there."""
         exit_point = self.bundle.manifest.exit(name)
-        with self._stage(trace, stage, exit_point.file):
+        run_options, stopped = stop if stop is not None else (None, None)
+        with self._stage(trace, stage, exit_point.file, stopped):
             outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image}, run_options)
         if not exit_point.point:  # a complete shallower model: nothing to continue with
             return outputs[0], ""
@@ -465,7 +473,7 @@ class EdgeRuntime:
         if top.confidence >= self.exit_threshold:
             return logits, ""
         tail = self.bundle.manifest.split(exit_point.point).tail_file
-        with self._stage(trace, "local_tail" if stage == "head" else f"{stage}_tail", tail):
+        with self._stage(trace, "local_tail" if stage == "head" else f"{stage}_tail", tail, stopped):
             logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation}, run_options)[0]
         return logits, f"exit {name} not confident ({top.confidence:.2f} < {self.exit_threshold:.2f})"
 
