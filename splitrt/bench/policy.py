@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from splitrt.actions import HEDGE_SEPARATOR, Action, Local, Offload, Split
+from splitrt.actions import Action, Local, Offload, Split, parse_action
 from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
 from splitrt.bench.device_costs import device_options
 from splitrt.bench.payloads import offload_sizes, request_bytes
@@ -159,24 +158,12 @@ def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Ac
 
 
 def action_from_key(key: str) -> Action:
-    """The inverse of `Action.describe()` for local, local@exit, split@point/codec and offload/codec, the last two
-    optionally hedged (`.../hedge:local@exit`)."""
-    key, separator, hedge_key = key.partition(HEDGE_SEPARATOR)
-    if separator:
-        hedge, remote = action_from_key(hedge_key), action_from_key(key)
-        if not isinstance(hedge, Local) or not isinstance(remote, (Split, Offload)):
-            raise ValueError(f"not a hedged action key: {key}{separator}{hedge_key!r}")
-        return replace(remote, hedge=hedge)
-    if key == "local":
-        return Local()
-    if key.startswith("local@"):
-        return Local(key.removeprefix("local@"))
-    if key.startswith("split@"):
-        point, _, codec = key.removeprefix("split@").partition("/")
-        return Split(point, codec)
-    if key.startswith("offload/"):
-        return Offload(key.removeprefix("offload/"))
-    raise ValueError(f"not an action key: {key!r}")
+    """The inverse of `Action.describe()`: `parse_action` on the key, refused unless it describes back to it (so a
+    bare point name or a missing codec is not a key)."""
+    action = parse_action(key)
+    if action.describe() != key:
+        raise ValueError(f"not an action key: {key!r}")
+    return action
 
 
 def cached_options(bundle: Bundle, images: str | Path, cache: Path | None, limit: int | None,

@@ -12,7 +12,7 @@ import itertools
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -49,6 +49,19 @@ NO_REPLY = "no reply from the cloud before the deadline"
 # (softmax, top-5) still ends it in time: one interpreter switch interval, the longest the waiting thread may
 # wait for the GIL once woken.
 HEDGE_MERGE_RESERVE_MS = sys.getswitchinterval() * 1000.0
+
+
+class _StopSignal:
+    """Stops a local run part-way: ONNX Runtime's terminate flag for the run, and an event for the stretch of an
+    emulated device (`DeviceSpeed.stage`)."""
+
+    def __init__(self) -> None:
+        self.run_options = ort.RunOptions()
+        self.event = threading.Event()
+
+    def set(self) -> None:
+        self.run_options.terminate = True
+        self.event.set()
 
 
 class _FallBack(Exception):
@@ -286,15 +299,15 @@ class EdgeRuntime:
         with self._stage(trace, "encode"):
             payload = codec.encode(activation)
         spec = TensorSpec(point.activation.dtype, (1, *point.activation.shape))
-        self._send(point.name, codec.codec_id, spec, payload, deadline_ms, outcome, codec.version_hash,
-                   action.hedge, image)
+        self._send(point.name, codec.codec_id, spec, payload, deadline_ms, outcome, image, codec.version_hash,
+                   action.hedge)
 
     def _send(
         self, split: str, codec_id: str, spec: TensorSpec, payload: object, deadline_ms: float, outcome: FrameOutcome,
-        codec_hash: str = "", hedge: Local | None = None, image: np.ndarray | None = None,
+        image: np.ndarray, codec_hash: str = "", hedge: Local | None = None,
     ) -> None:
-        """Send the request and take the reply into `outcome`; with a `hedge` (and the frame's preprocessed
-        `image`), run it while the request is in flight (`_send_hedged`)."""
+        """Send the request and take the reply into `outcome`; with a `hedge`, run it on the frame's preprocessed
+        `image` while the request is in flight (`_send_hedged`)."""
         if self.link is None:
             outcome.status, outcome.reason = Status.FAILED, "no cloud link configured for a split/offload action"
             return
@@ -310,16 +323,16 @@ class EdgeRuntime:
         try:
             frames = encode(infer, [payload])  # type: ignore[list-item]
         except ProtocolError as exc:  # e.g. a payload over the protocol's size limit: never sent
-            if hedge is not None and image is not None:
-                logits, reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge")
-                self._answer_with_hedge(logits, hedge, outcome, f"request not sent ({exc})", reason)
+            if hedge is not None:
+                self._answer_with_hedge(*self._local_logits(image, hedge, outcome.trace_ms, "hedge"), hedge, outcome,
+                                        f"request not sent ({exc})")
                 return
             if self.fallback is not None:
                 raise _FallBack(f"request not sent ({exc})") from exc
             outcome.status, outcome.reason = Status.FAILED, f"request not sent: {exc}"
             return
         outcome.bytes_sent = sum(memoryview(f).nbytes for f in frames)
-        if hedge is not None and image is not None:
+        if hedge is not None:
             self._send_hedged(frames, deadline_ms, outcome, hedge, image)
             return
         self._link_free()
@@ -368,8 +381,8 @@ class EdgeRuntime:
         logits = tensor_from_payload(message.outputs[0], envelope.payloads[0])
         self._merge(logits, outcome)
 
-    def _send_hedged(self, frames: list, deadline_ms: float, outcome: FrameOutcome, hedge: Local,  # type: ignore[type-arg]
-                     image: np.ndarray) -> None:
+    def _send_hedged(self, frames: Sequence[bytes | memoryview], deadline_ms: float, outcome: FrameOutcome,
+                     hedge: Local, image: np.ndarray) -> None:
         """Send the request, run `hedge` on the device while it is in flight, and answer with the cloud's Result
         if it comes by the deadline (the hedge is stopped when it does), else with the hedge's logits.
 
@@ -383,25 +396,23 @@ class EdgeRuntime:
         self._link_free()
         if give_up_ms - self.clock_ms() <= 0.0:
             outcome.bytes_sent = 0
-            logits, reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge")
-            self._answer_with_hedge(logits, hedge, outcome, "no time left for the cloud", reason)
+            self._answer_with_hedge(*self._local_logits(image, hedge, outcome.trace_ms, "hedge"), hedge, outcome,
+                                    "no time left for the cloud")
             return
         sent = time.perf_counter()
-        stop_hedge, hedge_stopped = ort.RunOptions(), threading.Event()  # the run, and an emulated device's stretch
+        stop_hedge = _StopSignal()
         link = self.link
 
         def request() -> tuple[Envelope | None, float]:
             envelope = link.request(frames, outcome.frame_id, give_up_ms - self.clock_ms())
             if envelope is not None and isinstance(envelope.message, Result):
-                stop_hedge.terminate = True
-                hedge_stopped.set()
+                stop_hedge.set()
             return envelope, time.perf_counter()
 
         self._request_in_flight = reply = self.requests.submit(request)
         hedge_logits, hedge_reason, hedge_error = None, "", None
         try:
-            hedge_logits, hedge_reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge",
-                                                            (stop_hedge, hedge_stopped))
+            hedge_logits, hedge_reason = self._local_logits(image, hedge, outcome.trace_ms, "hedge", stop_hedge)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises a plain failure when the terminate flag stops it
             hedge_error = exc
         try:
@@ -425,7 +436,7 @@ class EdgeRuntime:
         if hedge_error is not None:  # the hedge failed and the cloud did not answer: the frame ends with the error
             raise hedge_error
         assert hedge_logits is not None  # only a Result stops the hedge, and a Result has answered above
-        self._answer_with_hedge(hedge_logits, hedge, outcome, why, hedge_reason)
+        self._answer_with_hedge(hedge_logits, hedge_reason, hedge, outcome, why)
 
     def _link_free(self) -> None:
         """Wait for a hedged frame's request that was still giving up when its frame ended (a few ms at most)."""
@@ -433,8 +444,8 @@ class EdgeRuntime:
             concurrent.futures.wait([self._request_in_flight])
             self._request_in_flight = None
 
-    def _answer_with_hedge(self, logits: np.ndarray, hedge: Local, outcome: FrameOutcome, why: str,
-                           hedge_reason: str) -> None:
+    def _answer_with_hedge(self, logits: np.ndarray, hedge_reason: str, hedge: Local, outcome: FrameOutcome,
+                           why: str) -> None:
         outcome.hedge_answered = True
         outcome.reason = f"{why}: answered by the hedge {hedge.describe()}" + (f" ({hedge_reason})" if hedge_reason
                                                                                  else "")
@@ -448,24 +459,23 @@ class EdgeRuntime:
         return self._requests
 
     def _local_logits(self, image: np.ndarray, action: Local, trace: dict[str, float], stage: str,
-                      stop: "tuple[ort.RunOptions, threading.Event] | None" = None) -> tuple[np.ndarray, str]:
+                      stop: "_StopSignal | None" = None) -> tuple[np.ndarray, str]:
         """The logits of local action `action` on a preprocessed image, timed into `trace[stage]`, and a reason
-        when an exit was not confident enough (the model then finishes locally, `_exit_logits`). `stop`: the run
-        options whose terminate flag, and the event that, stop it part-way (a hedge whose reply came)."""
+        when an exit was not confident enough (the model then finishes locally, `_exit_logits`). `stop`: set, it
+        ends the run part-way (a hedge whose reply came)."""
         manifest = self.bundle.manifest
         if action.exit is not None:
             return self._exit_logits(image, action.exit, trace, stage, stop)
-        run_options, stopped = stop if stop is not None else (None, None)
-        with self._stage(trace, stage, manifest.full_file, stopped):
-            return self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image}, run_options)[0], ""
+        with self._stage(trace, stage, manifest.full_file, stop and stop.event):
+            return self._session(manifest.full_file).run(None, {HEAD_INPUT_NAME: image},
+                                                         stop and stop.run_options)[0], ""
 
     def _exit_logits(self, image: np.ndarray, name: str, trace: dict[str, float], stage: str,
-                     stop: "tuple[ort.RunOptions, threading.Event] | None") -> tuple[np.ndarray, str]:
+                     stop: "_StopSignal | None") -> tuple[np.ndarray, str]:
         """Stop at exit `name` when it is confident enough; otherwise finish the model locally from there."""
         exit_point = self.bundle.manifest.exit(name)
-        run_options, stopped = stop if stop is not None else (None, None)
-        with self._stage(trace, stage, exit_point.file, stopped):
-            outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image}, run_options)
+        with self._stage(trace, stage, exit_point.file, stop and stop.event):
+            outputs = self._session(exit_point.file).run(None, {HEAD_INPUT_NAME: image}, stop and stop.run_options)
         if not exit_point.point:  # a complete shallower model: nothing to continue with
             return outputs[0], ""
         activation, logits = outputs
@@ -473,8 +483,8 @@ class EdgeRuntime:
         if top.confidence >= self.exit_threshold:
             return logits, ""
         tail = self.bundle.manifest.split(exit_point.point).tail_file
-        with self._stage(trace, "local_tail" if stage == "head" else f"{stage}_tail", tail, stopped):
-            logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation}, run_options)[0]
+        with self._stage(trace, "local_tail" if stage == "head" else f"{stage}_tail", tail, stop and stop.event):
+            logits = self._session(tail).run(None, {TAIL_INPUT_NAME: activation}, stop and stop.run_options)[0]
         return logits, f"exit {name} not confident ({top.confidence:.2f} < {self.exit_threshold:.2f})"
 
     def _merge(self, logits: np.ndarray, outcome: FrameOutcome) -> None:
