@@ -240,7 +240,7 @@ class DeadlinePolicy:
         budget = budget_ms - self.margin_ms
         if self.rule == "expected":
             scored = [(on_time_probability(o, budget, link), o) for o in usable]
-            possible = [(p, o) for p, o in scored if expected_accuracy(o, p, budget) > 0.0]
+            possible = [(p, o) for p, o in scored if p > 0.0 or hedge_on_time_probability(o, budget) > 0.0]
             if possible:
                 chance, best = max(possible, key=lambda pair: (expected_accuracy(pair[1], pair[0], budget), pair[0],
                                                                -predict_ms(pair[1], link.bandwidth_bps,
@@ -335,11 +335,16 @@ class OraclePolicy:
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         if self.outlook is None:
             raise RuntimeError("an oracle needs the simulator to tell it each option's outlook")
-        scored = [(*self.outlook(o), o) for o in _usable(options, link)]
-        value = {id(s): expected_accuracy(s[3], s[0], budget_ms, s[2]) for s in scored}
-        possible = [s for s in scored if value[id(s)] > 0.0]
+        scored = []  # (chance, predicted ms, the hedge's chance, option)
+        for option in _usable(options, link):
+            chance, predicted, hedge_chance = self.outlook(option)
+            if hedge_chance is None:
+                hedge_chance = hedge_on_time_probability(option, budget_ms)
+            scored.append((chance, predicted, hedge_chance, option))
+        possible = [s for s in scored if s[0] > 0.0 or s[2] > 0.0]  # on time itself, or answered by its hedge
         if possible:
-            chance, predicted, _, best = max(possible, key=lambda s: (value[id(s)], s[0], -s[1]))
+            chance, predicted, _, best = max(possible, key=lambda s: (expected_accuracy(s[3], s[0], budget_ms, s[2]),
+                                                                      s[0], -s[1]))
             return Decision(best, predicted, f"highest expected accuracy ({self.knows} known, on time with "
                                              f"p={chance:.2f})")
         _, predicted, _, best = min(scored, key=lambda s: s[1])
