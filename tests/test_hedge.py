@@ -18,17 +18,21 @@ from splitrt.edge.link import CloudLink
 from splitrt.edge.metrics import EdgeMetrics
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import Status
+from splitrt.policies.estimators import LinkEstimates, OnTimeCalibration
 from splitrt.policies.policies import (
     ActionOption,
     DeadlinePolicy,
     LinkView,
     OraclePolicy,
     StaticPolicy,
+    calibrated_chance,
     expected_accuracy,
     hedged,
+    on_time_probability,
     with_best_hedges,
 )
 from splitrt.policies.simulate import SimConfig, simulate, summarize
+from splitrt.policies.trace import PACKET_BYTES, UplinkTrace
 from splitrt.protocol import Limits
 from tests.conftest import RunningService, start_service
 from tests.test_policies import on_off_trace
@@ -109,6 +113,64 @@ def test_in_the_simulator_a_late_reply_leaves_the_hedges_answer_in_time() -> Non
     # when the hedge is right; here skip9 is always wrong, so it takes it exactly while the link is up.
     oracle = simulate(OraclePolicy(), options, correctness, trace, config)
     assert all(r.correct for r in oracle if r.capture_ms < 5000 and r.status != "dropped")
+
+
+# -- on-time calibration --------------------------------------------------------------------------------------
+def test_on_time_calibration_learns_each_options_own_hit_rate() -> None:
+    calibration = OnTimeCalibration()
+    assert calibration.chance("a", 0.2) == pytest.approx(0.2), "no outcomes yet: the model's chance"
+    for i in range(400):  # the model says 0.2; three replies in five come in time
+        calibration.observe("a", 0.2, i % 5 < 3)
+        calibration.observe("b", 0.9, i % 10 == 0)  # the model says 0.9; one in ten comes
+        calibration.observe("c", 0.0, True)  # no time for the transfer at all: nothing to learn
+    assert calibration.chance("a", 0.2) == pytest.approx(0.6, abs=0.1)
+    assert calibration.chance("b", 0.9) == pytest.approx(0.1, abs=0.1)
+    assert "c" not in calibration.coefficients and calibration.chance("c", 0.3) == pytest.approx(0.3)
+    assert calibrated_chance(0.0, (3.0, 0.0)) == 0.0, "a chance of 0 stays 0"
+
+
+# A better local action that does not fit after the offload's encode, so that the hedge (skip9) is the weaker one.
+SKIP6 = ActionOption(Local("skip6"), edge_ms=60.0, accuracy=0.7)
+JPEG50 = ActionOption(Offload("jpeg-q50"), edge_ms=15.0, payload_bytes=7_000, cloud_ms=10.0, accuracy=0.9)
+HEDGE_TRADE = with_best_hedges([SKIP, SKIP6, JPEG50], 70.0)  # the hedged offload beats skip6 when p > 0.5
+
+
+def test_the_deadline_policy_takes_a_hedged_action_on_its_calibrated_chance_only() -> None:
+    hedged_jpeg = HEDGE_TRADE[-1]
+    assert hedged_jpeg.key == "offload/jpeg-q50/hedge:local@skip9"
+    # 7 KB in the 70 - 15 - 20 - 10 = 25 ms left needs 2.2 Mbit/s; the link is believed to carry 1: p ~0.06.
+    link = LinkView(1e6, 0.6e6, 20.0, 20.0, bandwidth_log_sd=0.5)
+    assert on_time_probability(hedged_jpeg, 70.0, link) < 0.1
+    assert DeadlinePolicy().decide(70.0, HEDGE_TRADE, link).option is SKIP6
+    # Its replies have come far more often than that: the calibrated chance makes it worth its hedge's risk.
+    learnt = LinkView(1e6, 0.6e6, 20.0, 20.0, bandwidth_log_sd=0.5,
+                      on_time_calibration={hedged_jpeg.key: (1.0, 0.0), JPEG50.key: (1.0, 0.0)})  # p = 0.73
+    assert DeadlinePolicy().decide(70.0, HEDGE_TRADE, learnt).option is hedged_jpeg
+    assert DeadlinePolicy(calibrated=False).decide(70.0, HEDGE_TRADE, learnt).option is SKIP6
+    # An unhedged action keeps the model's chance, whatever the calibration says of its key.
+    assert DeadlinePolicy().decide(70.0, HEDGE_TRADE[:-1], learnt).option is SKIP6
+
+
+def flicker_trace(rate_bps: float, on_ms: int, off_ms: int, total_ms: int) -> UplinkTrace:
+    """`rate_bps` for `on_ms`, then nothing for `off_ms`, over and over."""
+    per_ms = rate_bps / 8 / PACKET_BYTES / 1000
+    opportunities = np.floor(np.arange(1, int(total_ms * per_ms) + 1) / per_ms)
+    return UplinkTrace.from_opportunities("flicker", opportunities[opportunities % (on_ms + off_ms) < on_ms]
+                                          .astype(np.int64))
+
+
+def test_in_the_simulator_calibration_sends_a_hedged_action_that_the_model_underrates() -> None:
+    # The link is up 70% of the time in 1-s cycles. After each outage the rate estimate reads the link as far
+    # worse than it is, so the model keeps rating the hedged offload below skip6; its own outcomes say otherwise.
+    options = HEDGE_TRADE
+    correctness = {SKIP.key: np.arange(10) < 5, SKIP6.key: np.arange(10) < 7, JPEG50.key: np.arange(10) < 9}
+    config = SimConfig(fps=5, deadline_ms=70, rtt_ms=20, duration_s=60, initial_bps=4e6)
+    trace = flicker_trace(4e6, on_ms=700, off_ms=300, total_ms=60_000)
+    rows = {policy.name: summarize(policy.name, simulate(policy, options, correctness, trace, config))
+            for policy in [DeadlinePolicy(), DeadlinePolicy(name="uncalibrated", calibrated=False)]}
+    calibrated, uncalibrated = rows["deadline"], rows["uncalibrated"]
+    assert calibrated["actions"][options[-1].key] > uncalibrated["actions"][options[-1].key] + 0.2
+    assert calibrated["accuracy_at_deadline"] > uncalibrated["accuracy_at_deadline"] + 0.03
 
 
 # -- the runtime ----------------------------------------------------------------------------------------------
@@ -242,3 +304,26 @@ def test_on_an_emulated_slow_device_a_reply_cuts_the_hedges_stretch(service: Run
         # head's stretch would have: it was not run to its end.
         assert outcome.trace_ms.get("hedge", 0.0) < outcome.trace_ms["head"]
         runtime.close()
+
+
+def test_the_adaptive_runtime_teaches_the_calibration_whether_hedged_replies_came(service: RunningService,
+                                                                                  tiny_bundle: Bundle,
+                                                                                  photo: np.ndarray) -> None:
+    from splitrt.edge.adaptive import AdaptiveRuntime
+
+    local = ActionOption(Local(), edge_ms=5.0, accuracy=0.7)
+    split = hedged(ActionOption(Split("res", "fp16"), edge_ms=2.0, payload_bytes=4_200, cloud_ms=2.0, accuracy=0.9),
+                   local)
+    learnt = {}
+    for endpoint, budget_ms in [(service.endpoint, 5000.0), (None, 200.0)]:
+        with contextlib.ExitStack() as stack:
+            endpoint = endpoint or stack.enter_context(silent_cloud())
+            link = stack.enter_context(CloudLink(endpoint, tiny_bundle.content_hash))
+            adaptive = AdaptiveRuntime(EdgeRuntime(tiny_bundle, link), StaticPolicy(split.key), [local, split],
+                                       estimates=LinkEstimates(initial_bps=50e6, initial_rtt_ms=1.0))
+            outcomes = [adaptive.infer(photo, budget_ms=budget_ms) for _ in range(3)]
+            assert all(o.ok and o.action == split.key for o in outcomes), [o.reason for o in outcomes]
+            learnt[endpoint == service.endpoint] = adaptive.estimates.on_time.coefficients[split.key]
+            adaptive.runtime.close()
+    # Replies that came raise the option's chance above the model's; replies that did not lower it.
+    assert learnt[True][0] > 0.0 > learnt[False][0]

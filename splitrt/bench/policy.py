@@ -248,10 +248,10 @@ def run_policy_bench(
     oracle_timelines: dict[str, list] = {}
     for trace_path in traces:
         trace = UplinkTrace.load(trace_path)
-        policies = [StaticPolicy(o.key) for o in options] + [LatencyPolicy(), DeadlinePolicy(),
-                                                             DeadlinePolicy(name="deadline-cautious", rule="cautious"),
-                                                             OraclePolicy(), OraclePolicy("past"),
-                                                             OraclePolicy("frame")]
+        policies = [StaticPolicy(o.key) for o in options] + [
+            LatencyPolicy(), DeadlinePolicy(), DeadlinePolicy(name="deadline-cautious", rule="cautious"),
+            *([DeadlinePolicy(name="deadline-uncalibrated", calibrated=False)] if hedges else []),
+            OraclePolicy(), OraclePolicy("past"), OraclePolicy("frame")]
         rows = []
         for policy in policies:
             records = simulate(policy, options, correctness, trace, config, sizes)

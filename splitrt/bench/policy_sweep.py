@@ -1,7 +1,8 @@
 """`splitrt bench policy-sweep`: the `bench policy` comparison over a grid of settings (device profile x deadline
 x fps x RTT), to find where the choice of action matters.
 
-For each setting and trace: the best static action, `latency`, `deadline` and the oracles (accuracy at
+For each setting and trace: the best static action, `latency`, `deadline` (with hedges, also
+`deadline-uncalibrated`: without the on-time calibration of hedged actions) and the oracles (accuracy at
 deadline; `OraclePolicy`), and whether `deadline` beats every static action and `latency` at >= 95% of the
 oracle. Static actions that cannot meet the deadline even on an infinite link, or that another action of the
 same kind (local or remote) beats on every cost and on accuracy, are left out (they cannot be the best static).
@@ -76,8 +77,9 @@ def evaluate_setting(
         duration = min(duration_s, trace.duration_s) if duration_s else None
         config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms, duration_s=duration, initial_bps=initial_bps)
         accuracy = {}
-        for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), DeadlinePolicy(), OraclePolicy(),
-                       OraclePolicy("past"), OraclePolicy("frame")]:
+        uncalibrated = [DeadlinePolicy(name="deadline-uncalibrated", calibrated=False)] if hedges else []
+        for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), DeadlinePolicy(), *uncalibrated,
+                       OraclePolicy(), OraclePolicy("past"), OraclePolicy("frame")]:
             records = simulate(policy, options, correctness, trace, config)
             accuracy[policy.name] = float(summarize(policy.name, records)["accuracy_at_deadline"])
         static_rows = {k.removeprefix("static:"): v for k, v in accuracy.items() if k.startswith("static:")}
@@ -87,7 +89,8 @@ def evaluate_setting(
         rows.append({
             "device": device, "deadline_ms": deadline_ms, "fps": fps, "rtt_ms": rtt_ms, "trace": trace.name,
             "best_static": best, "best_static_acc": best_acc, "latency": accuracy["latency"],
-            "deadline": accuracy["deadline"], "oracle": oracle, "oracle_past": accuracy["oracle-past"],
+            "deadline": accuracy["deadline"], "deadline_uncalibrated": accuracy.get("deadline-uncalibrated"),
+            "oracle": oracle, "oracle_past": accuracy["oracle-past"],
             "oracle_clairvoyant": accuracy["oracle-clairvoyant"],
             "vs_oracle": accuracy["deadline"] / oracle if oracle else float("nan"),
             "met": bool(accuracy["deadline"] > best_acc and accuracy["deadline"] > accuracy["latency"]

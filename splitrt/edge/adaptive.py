@@ -3,6 +3,8 @@
 The estimates (`LinkEstimates`, the simulator's too) learn only from what frames observe: a remote frame's
 `network` stage (round trip minus the cloud's queue and compute), a timeout, a request that could not be sent,
 and the cloud's queue delay that every Result carries; and, over a link that sends heartbeats, their round trip.
+A hedged frame also tells the on-time calibration (`OnTimeCalibration`) whether its reply came in time, against
+the chance the policies' model gave it when the frame was decided.
 When no remote frame has measured the link for `probe_interval_ms` (doubling while probes fail, `ProbeSchedule`)
 and the policy keeps a frame local, the frame runs what the policy would choose if the link were as fast as first
 believed, when that is remote (`probe_decision`): this is how a link that came back is noticed, at the risk of one
@@ -19,7 +21,8 @@ from splitrt.clock import wall_clock_ms
 from splitrt.edge.runtime import NO_REPLY, EdgeRuntime
 from splitrt.frame import Frame, FrameOutcome, Status
 from splitrt.policies.estimators import LinkEstimates
-from splitrt.policies.policies import ActionOption, Decision, Policy, ProbeSchedule, probe_decision
+from splitrt.policies.policies import (ActionOption, Decision, LinkView, Policy, ProbeSchedule, on_time_probability,
+                                       probe_decision)
 from splitrt.policies.prefilter import Prefilter
 
 if TYPE_CHECKING:
@@ -81,7 +84,7 @@ class AdaptiveRuntime:
         link = self.runtime.link
         return link is not None and getattr(link, "is_up", True)
 
-    def _decide(self, budget_ms: float) -> Decision:
+    def _decide(self, budget_ms: float) -> tuple[Decision, LinkView]:
         heartbeat_rtt_ms = getattr(self.runtime.link, "heartbeat_rtt_ms", None)  # a FailoverLink measures it
         if heartbeat_rtt_ms is not None and heartbeat_rtt_ms != self._heartbeat_rtt_ms:
             self.estimates.observe_rtt(heartbeat_rtt_ms)
@@ -89,14 +92,14 @@ class AdaptiveRuntime:
         view = self.estimates.view(self._cloud_up(), self.clock_ms())
         decision = self.policy.decide(budget_ms, self.options, view)
         if decision.option.remote or not self.policy.uses_link_estimates:
-            return decision
+            return decision, view
         if not self.probes.due(self.clock_ms(), self.estimates.throughput.last_sample_ms):
-            return decision
+            return decision, view
         probe = probe_decision(self.policy, budget_ms, self.options, view, self.estimates.throughput.initial_bps)
         if probe is None:
-            return decision
+            return decision, view
         self.estimates.throughput.last_sample_ms = self.clock_ms()  # one probe per interval
-        return probe
+        return probe, view
 
     def infer(self, pixels: np.ndarray | Frame, budget_ms: float = 1000.0, source: str = "") -> FrameOutcome:
         """One frame (HWC uint8 pixels, or a `Frame`, whose deadline then sets the budget: the time it waited
@@ -125,12 +128,18 @@ class AdaptiveRuntime:
             )
         if self.prefilter is not None and self.last is None:
             self.prefilter.admit(image)  # the first frame becomes the reference
-        decision = self._decide(budget_ms)
+        decision, view = self._decide(budget_ms)
         self.decisions.append(decision)
-        outcome = self.runtime.infer(pixels, decision.option.action, budget_ms=budget_ms, source=source)
+        option = decision.option
+        # what the policies' model gives a hedged option's reply now, which its outcome calibrates
+        model_chance = on_time_probability(option, budget_ms, view) if option.hedge is not None else 0.0
+        outcome = self.runtime.infer(pixels, option.action, budget_ms=budget_ms, source=source)
         outcome.predicted_ms = decision.predicted_ms
+        reply_in_time = outcome.ok and not outcome.missed_deadline and not outcome.hedge_answered
         if decision.reason.startswith("probe"):
-            self.probes.record(outcome.ok and not outcome.missed_deadline and not outcome.hedge_answered)
+            self.probes.record(reply_in_time)
+        if option.hedge is not None and outcome.bytes_sent:
+            self.estimates.on_time.observe(option.key, model_chance, reply_in_time)
         observe_outcome(self.estimates, self.clock_ms(), outcome)
         if outcome.ok:
             self.last = outcome

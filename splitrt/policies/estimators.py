@@ -8,7 +8,7 @@ import collections
 import math
 from dataclasses import dataclass, field
 
-from splitrt.policies.policies import LinkView
+from splitrt.policies.policies import LinkView, calibrated_chance, logit
 
 
 @dataclass
@@ -109,6 +109,33 @@ class DeviceLatencyEstimator:
 
 
 @dataclass
+class OnTimeCalibration:
+    """How far to trust the model's on-time chance of each hedged option, learnt from that option's own outcomes.
+
+    Platt scaling, fitted online: the calibrated chance is sigmoid(a + b * logit(p)) (`calibrated_chance`),
+    with (a, b) per option key, starting at the identity (0, 1), and one step of stochastic gradient descent on
+    the log loss per outcome (the model's chance p when the frame was decided; whether its reply came by the
+    deadline). A link whose next packets the estimate cannot foresee (clumped delivery) drives b towards 0 and
+    a towards the option's recent hit rate; a link the model reads well leaves them near the identity. The
+    step size sets the memory: at 0.05, roughly the last few dozen of that option's frames.
+    """
+
+    learning_rate: float = 0.05
+    coefficients: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def observe(self, key: str, model_chance: float, on_time: bool) -> None:
+        if model_chance <= 0.0:  # no time for the transfer at all: the model is not guessing, nothing to learn
+            return
+        a, b = self.coefficients.get(key, (0.0, 1.0))
+        x = logit(model_chance)
+        error = float(on_time) - calibrated_chance(model_chance, (a, b))
+        self.coefficients[key] = (a + self.learning_rate * error, b + self.learning_rate * error * x)
+
+    def chance(self, key: str, model_chance: float) -> float:
+        return calibrated_chance(model_chance, self.coefficients.get(key))
+
+
+@dataclass
 class LinkEstimates:
     """What the edge knows of the link, from what its frames observed: the uplink rate, the RTT, the cloud's
     queue delay, whether the cloud could be reached. The edge runtime (`AdaptiveRuntime`) and the simulator keep
@@ -119,7 +146,8 @@ class LinkEstimates:
     trips that carry no upload (heartbeats, `observe_rtt`; until there are any, the configured `initial_rtt_ms`)
     and frames' network times: a frame's network time is only an upper bound, since every frame uploads
     something, and taking the least of them alone would make the fastest frame's upload look instantaneous. A
-    frame that timed out bounds the rate from above.
+    frame that timed out bounds the rate from above. Hedged frames also teach the on-time calibration
+    (`OnTimeCalibration`), which the view carries for the deadline policy.
     """
 
     initial_bps: float = 2e6
@@ -130,6 +158,7 @@ class LinkEstimates:
     throughput: ThroughputEstimator = field(init=False)
     unreachable_since_ms: float | None = None
     queue_ms: EwmaEstimator = field(default_factory=EwmaEstimator)
+    on_time: OnTimeCalibration = field(default_factory=OnTimeCalibration)
     _network_ms: collections.deque[float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +187,7 @@ class LinkEstimates:
             queue_ms=self.queue_ms.value,
             cloud_up=cloud_up and self.reachable(now_ms),
             bandwidth_log_sd=self.throughput.log_sd,
+            on_time_calibration=dict(self.on_time.coefficients),
         )
 
     def observe_reply(self, now_ms: float, size_bytes: int, network_ms: float, queue_ms: float) -> None:

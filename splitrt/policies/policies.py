@@ -12,8 +12,8 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from dataclasses import dataclass, replace
-from typing import Callable, Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -117,6 +117,9 @@ class LinkView:
     queue_ms: float = 0.0
     cloud_up: bool = True
     bandwidth_log_sd: float = 0.0  # spread of ln(bandwidth) around the estimate (0: the estimate is certain)
+    # Per hedged option's key, (a, b) of its on-time calibration (`calibrated_chance`), learnt from its own
+    # outcomes (`OnTimeCalibration`); a key not here is taken as the model gives it.
+    on_time_calibration: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,26 @@ def on_time_probability(option: ActionOption, budget_ms: float, link: LinkView) 
     needed_bps = option.payload_bytes * 8 / slack_ms * 1000.0
     z = (math.log(max(link.bandwidth_bps, 1.0)) - math.log(needed_bps)) / link.bandwidth_log_sd
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+# The model's chances are kept this far from 0 and 1 before calibration, so that its logit is finite.
+CHANCE_CLIP = 1e-3
+
+
+def logit(chance: float) -> float:
+    clipped = min(max(chance, CHANCE_CLIP), 1.0 - CHANCE_CLIP)
+    return math.log(clipped / (1.0 - clipped))
+
+
+def calibrated_chance(chance: float, coefficients: tuple[float, float] | None) -> float:
+    """The on-time chance `chance` (the model's, `on_time_probability`) through Platt scaling with coefficients
+    (a, b): sigmoid(a + b * logit(chance)). None is the identity; a chance of 0 (no time left for the transfer)
+    stays 0."""
+    if coefficients is None or chance <= 0.0:
+        return chance
+    a, b = coefficients
+    x = a + b * logit(chance)
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0.0 else math.exp(x) / (1.0 + math.exp(x))  # no overflow either way
 
 
 def predict_ms(option: ActionOption, bandwidth_bps: float, rtt_ms: float, queue_ms: float,
@@ -234,12 +257,20 @@ class DeadlinePolicy:
     margin_ms: float = 0.0
     uses_link_estimates: bool = True
     rule: str = "expected"
+    calibrated: bool = True
+
+    def chance(self, option: ActionOption, budget_ms: float, link: LinkView) -> float:
+        """The probability that `option`'s own answer is in time, as this policy takes it."""
+        chance = on_time_probability(option, budget_ms, link)
+        if self.calibrated and option.hedge is not None:
+            return calibrated_chance(chance, link.on_time_calibration.get(option.key))
+        return chance
 
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         usable = _usable(options, link)
         budget = budget_ms - self.margin_ms
         if self.rule == "expected":
-            scored = [(on_time_probability(o, budget, link), o) for o in usable]
+            scored = [(self.chance(o, budget, link), o) for o in usable]
             possible = [(p, o) for p, o in scored if p > 0.0 or hedge_on_time_probability(o, budget) > 0.0]
             if possible:
                 chance, best = max(possible, key=lambda pair: (expected_accuracy(pair[1], pair[0], budget), pair[0],
@@ -352,14 +383,17 @@ class OraclePolicy:
 
 
 def make_policy(name: str) -> Policy:
-    """`static:<action key>`, `latency`, `deadline`, or an oracle (`ORACLE_KNOWLEDGE`)."""
+    """`static:<action key>`, `latency`, `deadline` (`deadline-uncalibrated`: without the on-time calibration of
+    hedged actions), or an oracle (`ORACLE_KNOWLEDGE`)."""
     if name.startswith("static:"):
         return StaticPolicy(name.removeprefix("static:"))
     if name == "latency":
         return LatencyPolicy()
     if name == "deadline":
         return DeadlinePolicy()
+    if name == "deadline-uncalibrated":
+        return DeadlinePolicy(name=name, calibrated=False)
     if name in ORACLE_KNOWLEDGE:
         return OraclePolicy(ORACLE_KNOWLEDGE[name])
-    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline or "
+    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline, deadline-uncalibrated or "
                      f"{', '.join(ORACLE_KNOWLEDGE)}")

@@ -7,7 +7,8 @@ frame's deadline (it ends `timeout`; a hedged action's frame ends then with its 
 the hedge, begun after the remote part's device work, has finished), but bytes already sent still occupy the
 link. The policy sees the
 edge's own estimates (`LinkEstimates`), fed what the edge would observe: a reply that arrived in time, when it
-arrives, and a timeout (an upper bound on the rate) when the frame gives up. While no
+arrives, and a timeout (an upper bound on the rate) when the frame gives up; a hedged frame also teaches the on-time
+calibration whether its reply came in time (`OnTimeCalibration`). While no
 transfer has been seen for a while (`ProbeSchedule`) and the policy keeps a frame local, the frame runs the
 action the policy would choose at the link's initial rate, when that is remote (`probe_decision`), as the edge
 does.
@@ -30,7 +31,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from splitrt.policies.estimators import LinkEstimates
-from splitrt.policies.policies import ActionOption, OraclePolicy, Policy, ProbeSchedule, probe_decision
+from splitrt.policies.policies import (ActionOption, OraclePolicy, Policy, ProbeSchedule, on_time_probability,
+                                       probe_decision)
 from splitrt.policies.trace import PAYLOAD_BYTES, UplinkTrace
 
 
@@ -138,10 +140,10 @@ class _Observations:
     `LinkEstimates` as the edge runtime keeps."""
 
     estimates: LinkEstimates
-    pending: list[tuple[float, int, str, tuple[float, ...]]] = field(default_factory=list)
+    pending: list[tuple[float, int, str, tuple[float | str, ...]]] = field(default_factory=list)
     _seq: int = 0
 
-    def at(self, when_ms: float, kind: str, *values: float) -> None:
+    def at(self, when_ms: float, kind: str, *values: float | str) -> None:
         self._seq += 1
         heapq.heappush(self.pending, (when_ms, self._seq, kind, values))
 
@@ -150,10 +152,13 @@ class _Observations:
             when, _, kind, values = heapq.heappop(self.pending)
             if kind == "reply":
                 size_bytes, network_ms, queue_ms = values
-                self.estimates.observe_reply(when, int(size_bytes), network_ms, queue_ms)
-            else:  # timeout
+                self.estimates.observe_reply(when, int(size_bytes), float(network_ms), float(queue_ms))
+            elif kind == "timeout":
                 size_bytes, network_ms = values
-                self.estimates.observe_timeout(when, int(size_bytes), network_ms)
+                self.estimates.observe_timeout(when, int(size_bytes), float(network_ms))
+            else:  # on_time: a hedged frame's reply came in time or not
+                key, model_chance, on_time = values
+                self.estimates.on_time.observe(str(key), float(model_chance), bool(on_time))
 
 
 def simulate(
@@ -198,6 +203,8 @@ def simulate(
                 option, probing = probe.option, True
                 throughput.last_sample_ms = start_ms
         key = option.key
+        # the chance the policies' model gives a hedged option's reply now, which its outcome will calibrate
+        model_chance = on_time_probability(option, deadline_ms - start_ms, view) if option.hedge is not None else 0.0
         edge_ms, cloud_ms = costs.of(option, frame_id)
         image = frame_id % images
         bytes_sent, hedge_answered = 0, False
@@ -224,6 +231,8 @@ def simulate(
                     end_ms = max(deadline_ms, hedge_end_ms)
                     status = "ok" if hedge_end_ms <= deadline_ms else "late"
                     correct, hedge_answered = bool(correctness[option.hedge.key][image]), True
+            if option.hedge is not None:
+                seen.at(min(reply_ms, deadline_ms), "on_time", key, model_chance, float(reply_ms <= deadline_ms))
         if probing:
             probes.record(status == "ok" and not hedge_answered)
         edge_free_ms = end_ms
