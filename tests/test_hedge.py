@@ -24,6 +24,7 @@ from splitrt.policies.policies import (
     DeadlinePolicy,
     LinkView,
     OraclePolicy,
+    PlattScaling,
     StaticPolicy,
     calibrated_chance,
     expected_accuracy,
@@ -116,17 +117,27 @@ def test_in_the_simulator_a_late_reply_leaves_the_hedges_answer_in_time() -> Non
 
 
 # -- on-time calibration --------------------------------------------------------------------------------------
-def test_on_time_calibration_learns_each_options_own_hit_rate() -> None:
-    calibration = OnTimeCalibration()
-    assert calibration.chance("a", 0.2) == pytest.approx(0.2), "no outcomes yet: the model's chance"
-    for i in range(400):  # the model says 0.2; three replies in five come in time
-        calibration.observe("a", 0.2, i % 5 < 3)
-        calibration.observe("b", 0.9, i % 10 == 0)  # the model says 0.9; one in ten comes
-        calibration.observe("c", 0.0, True)  # no time for the transfer at all: nothing to learn
-    assert calibration.chance("a", 0.2) == pytest.approx(0.6, abs=0.1)
-    assert calibration.chance("b", 0.9) == pytest.approx(0.1, abs=0.1)
-    assert "c" not in calibration.coefficients and calibration.chance("c", 0.3) == pytest.approx(0.3)
-    assert calibrated_chance(0.0, (3.0, 0.0)) == 0.0, "a chance of 0 stays 0"
+def test_on_time_calibration_learns_each_actions_own_hit_rate_and_forgets_it_in_time() -> None:
+    calibration = OnTimeCalibration(hold_ms=10_000.0, relax_ms=20_000.0)
+    assert calibration.chance(0.0, "a", 0.2) == pytest.approx(0.2), "no outcomes yet: the model's chance"
+    for i in range(400):  # 200 ms apart: the model says 0.2; three replies in five come in time
+        calibration.observe(i * 200.0, "a", 0.2, i % 5 < 3)
+        calibration.observe(i * 200.0, "b", 0.9, i % 10 == 0)  # the model says 0.9; one in ten comes
+        calibration.observe(i * 200.0, "c", 0.0, True)  # no time for the transfer at all: nothing to learn
+    now_ms = 400 * 200.0
+    assert calibration.chance(now_ms, "a", 0.2) == pytest.approx(0.6, abs=0.1)
+    assert calibration.chance(now_ms, "b", 0.9) == pytest.approx(0.1, abs=0.1)
+    assert set(calibration.scalings(now_ms)) == {"a", "b"}
+    assert calibration.chance(now_ms, "c", 0.3) == pytest.approx(0.3)
+    # Held for 10 s without frames of "b" (its last came 200 ms before now); 70 s on, its pessimism has faded
+    # (within e^-3 of the way back to the model), while the optimism learnt for "a" stands: "a" is still sent
+    # and corrected by its own outcomes, "b" would no longer be sent and is tried again.
+    assert calibration.chance(now_ms + 9_000.0, "b", 0.9) == calibration.chance(now_ms, "b", 0.9)
+    assert calibration.chance(now_ms + 70_000.0, "b", 0.9) == pytest.approx(0.9, abs=0.05)
+    assert calibration.chance(now_ms + 70_000.0, "a", 0.2) == calibration.chance(now_ms, "a", 0.2)
+    assert calibrated_chance(0.0, PlattScaling(3.0, 0.0)) == 0.0, "a chance of 0 stays 0"
+    assert PlattScaling(-2.0, 1.0, pessimism=0.5)(0.5) == pytest.approx(0.5 - 0.5 * (0.5 - 0.1192), abs=1e-4)
+    assert PlattScaling(2.0, 1.0, pessimism=0.0)(0.5) == pytest.approx(0.8808, abs=1e-4)
 
 
 # A better local action that does not fit after the offload's encode, so that the hedge (skip9) is the weaker one.
@@ -135,20 +146,27 @@ JPEG50 = ActionOption(Offload("jpeg-q50"), edge_ms=15.0, payload_bytes=7_000, cl
 HEDGE_TRADE = with_best_hedges([SKIP, SKIP6, JPEG50], 70.0)  # the hedged offload beats skip6 when p > 0.5
 
 
-def test_the_deadline_policy_takes_a_hedged_action_on_its_calibrated_chance_only() -> None:
+def test_the_deadline_policy_takes_a_remote_actions_calibrated_chance_for_both_its_copies() -> None:
     hedged_jpeg = HEDGE_TRADE[-1]
-    assert hedged_jpeg.key == "offload/jpeg-q50/hedge:local@skip9"
+    assert hedged_jpeg.key == "offload/jpeg-q50/hedge:local@skip9" and hedged_jpeg.remote_key == JPEG50.key
     # 7 KB in the 70 - 15 - 20 - 10 = 25 ms left needs 2.2 Mbit/s; the link is believed to carry 1: p ~0.06.
     link = LinkView(1e6, 0.6e6, 20.0, 20.0, bandwidth_log_sd=0.5)
-    assert on_time_probability(hedged_jpeg, 70.0, link) < 0.1
-    assert DeadlinePolicy().decide(70.0, HEDGE_TRADE, link).option is SKIP6
+    model = on_time_probability(hedged_jpeg, 70.0, link)
+    assert model < 0.1 and DeadlinePolicy().decide(70.0, HEDGE_TRADE, link).option is SKIP6
     # Its replies have come far more often than that: the calibrated chance makes it worth its hedge's risk.
-    learnt = LinkView(1e6, 0.6e6, 20.0, 20.0, bandwidth_log_sd=0.5,
-                      on_time_calibration={hedged_jpeg.key: (1.0, 0.0), JPEG50.key: (1.0, 0.0)})  # p = 0.73
-    assert DeadlinePolicy().decide(70.0, HEDGE_TRADE, learnt).option is hedged_jpeg
+    learnt = LinkView(1e6, 0.6e6, 20.0, 20.0, bandwidth_log_sd=0.5, on_time_calibration={JPEG50.key: PlattScaling(1.0, 0.0)})
+    policy = DeadlinePolicy()
+    assert policy.chance(hedged_jpeg, 70.0, learnt) == policy.chance(JPEG50, 70.0, learnt) == pytest.approx(0.731,
+                                                                                                          abs=1e-3)
+    assert policy.decide(70.0, HEDGE_TRADE, learnt).option is hedged_jpeg, "never its unhedged copy"
+    assert DeadlinePolicy(calibrated=False).chance(JPEG50, 70.0, learnt) == model
     assert DeadlinePolicy(calibrated=False).decide(70.0, HEDGE_TRADE, learnt).option is SKIP6
-    # An unhedged action keeps the model's chance, whatever the calibration says of its key.
-    assert DeadlinePolicy().decide(70.0, HEDGE_TRADE[:-1], learnt).option is SKIP6
+    # A pessimistic calibration leaves the hedged copy at least as good as the unhedged one, whatever the link.
+    for rate_bps in (1e6, 3e6, 10e6):
+        for a, b in ((-0.5, 0.3), (-2.0, 1.0), (0.5, 0.5)):
+            view = LinkView(rate_bps, rate_bps / 2, 20.0, 20.0, bandwidth_log_sd=0.5,
+                            on_time_calibration={JPEG50.key: PlattScaling(a, b)})
+            assert policy.decide(70.0, HEDGE_TRADE, view).option is not JPEG50
 
 
 def flicker_trace(rate_bps: float, on_ms: int, off_ms: int, total_ms: int) -> UplinkTrace:
@@ -315,15 +333,20 @@ def test_the_adaptive_runtime_teaches_the_calibration_whether_hedged_replies_cam
     split = hedged(ActionOption(Split("res", "fp16"), edge_ms=2.0, payload_bytes=4_200, cloud_ms=2.0, accuracy=0.9),
                    local)
     learnt = {}
-    for endpoint, budget_ms in [(service.endpoint, 5000.0), (None, 200.0)]:
+    # Initial rates at which the model gives the first frame's reply about even odds (33.6 kbit in ~5 s; in ~0.2 s).
+    for endpoint, budget_ms, initial_bps in [(service.endpoint, 5000.0, 7e3), (None, 200.0, 2e5)]:
         with contextlib.ExitStack() as stack:
             endpoint = endpoint or stack.enter_context(silent_cloud())
             link = stack.enter_context(CloudLink(endpoint, tiny_bundle.content_hash))
             adaptive = AdaptiveRuntime(EdgeRuntime(tiny_bundle, link), StaticPolicy(split.key), [local, split],
-                                       estimates=LinkEstimates(initial_bps=50e6, initial_rtt_ms=1.0))
+                                       estimates=LinkEstimates(initial_bps=initial_bps, initial_rtt_ms=1.0))
+            first = on_time_probability(split, budget_ms, adaptive.estimates.view(True, 0.0))
+            assert 0.2 < first < 0.8
             outcomes = [adaptive.infer(photo, budget_ms=budget_ms) for _ in range(3)]
             assert all(o.ok and o.action == split.key for o in outcomes), [o.reason for o in outcomes]
-            learnt[endpoint == service.endpoint] = adaptive.estimates.on_time.coefficients[split.key]
+            assert all(o.hedge_answered != (endpoint == service.endpoint) for o in outcomes)
+            learnt[endpoint == service.endpoint] = adaptive.estimates.on_time.scalings(adaptive.clock_ms())
             adaptive.runtime.close()
-    # Replies that came raise the option's chance above the model's; replies that did not lower it.
-    assert learnt[True][0] > 0.0 > learnt[False][0]
+    # Learnt under the remote part's key: replies that came raise its chance above the model's, replies that did
+    # not lower it.
+    assert learnt[True][split.remote_key].a > 0.01 and learnt[False][split.remote_key].a < -0.01

@@ -138,8 +138,8 @@ class AdaptiveRuntime:
         reply_in_time = outcome.ok and not outcome.missed_deadline and not outcome.hedge_answered
         if decision.reason.startswith("probe"):
             self.probes.record(reply_in_time)
-        if option.hedge is not None and outcome.bytes_sent:
-            self.estimates.on_time.observe(option.key, model_chance, reply_in_time)
+        if option.hedge is not None and "network" in outcome.trace_ms:  # the request went out: its reply came or not
+            self.estimates.on_time.observe(self.clock_ms(), option.remote_key, model_chance, reply_in_time)
         observe_outcome(self.estimates, self.clock_ms(), outcome)
         if outcome.ok:
             self.last = outcome

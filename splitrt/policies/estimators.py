@@ -8,7 +8,7 @@ import collections
 import math
 from dataclasses import dataclass, field
 
-from splitrt.policies.policies import LinkView, calibrated_chance, logit
+from splitrt.policies.policies import LinkView, PlattScaling, calibrated_chance, logit
 
 
 @dataclass
@@ -110,29 +110,42 @@ class DeviceLatencyEstimator:
 
 @dataclass
 class OnTimeCalibration:
-    """How far to trust the model's on-time chance of each hedged option, learnt from that option's own outcomes.
+    """How far to trust the model's on-time chance of a remote action, learnt from its hedged frames' outcomes.
 
-    Platt scaling, fitted online: the calibrated chance is sigmoid(a + b * logit(p)) (`calibrated_chance`),
-    with (a, b) per option key, starting at the identity (0, 1), and one step of stochastic gradient descent on
+    Platt scaling (`PlattScaling`), fitted online: sigmoid(a + b * logit(p)) with (a, b) per remote part
+    (`ActionOption.remote_key`), starting at the identity (0, 1), and one step of stochastic gradient descent on
     the log loss per outcome (the model's chance p when the frame was decided; whether its reply came by the
     deadline). A link whose next packets the estimate cannot foresee (clumped delivery) drives b towards 0 and
-    a towards the option's recent hit rate; a link the model reads well leaves them near the identity. The
-    step size sets the memory: at 0.05, roughly the last few dozen of that option's frames.
+    a towards the action's recent hit rate; a link the model reads well leaves them near the identity. The
+    step size sets the memory: at 0.05, the last twenty or so of the action's frames. A fit not updated for
+    `hold_ms` keeps less and less of its pessimism (time constant `relax_ms`; see `PlattScaling`), so an
+    action that a bad spell made look hopeless, and that is therefore no longer sent, is tried again once that
+    spell is old.
     """
 
     learning_rate: float = 0.05
-    coefficients: dict[str, tuple[float, float]] = field(default_factory=dict)
+    hold_ms: float = 30_000.0
+    relax_ms: float = 20_000.0
+    _fitted: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # key: (a, b, when fitted, ms)
 
-    def observe(self, key: str, model_chance: float, on_time: bool) -> None:
+    def scalings(self, now_ms: float) -> dict[str, PlattScaling]:
+        """The calibration of each key as of `now_ms`."""
+        return {key: self._scaling(key, now_ms) for key in self._fitted}
+
+    def _scaling(self, key: str, now_ms: float) -> PlattScaling:
+        a, b, when_ms = self._fitted[key]
+        return PlattScaling(a, b, math.exp(-max(now_ms - when_ms - self.hold_ms, 0.0) / self.relax_ms))
+
+    def observe(self, now_ms: float, key: str, model_chance: float, on_time: bool) -> None:
         if model_chance <= 0.0:  # no time for the transfer at all: the model is not guessing, nothing to learn
             return
-        a, b = self.coefficients.get(key, (0.0, 1.0))
+        a, b, _ = self._fitted.get(key, (0.0, 1.0, now_ms))
+        error = float(on_time) - PlattScaling(a, b)(model_chance)
         x = logit(model_chance)
-        error = float(on_time) - calibrated_chance(model_chance, (a, b))
-        self.coefficients[key] = (a + self.learning_rate * error, b + self.learning_rate * error * x)
+        self._fitted[key] = (a + self.learning_rate * error, b + self.learning_rate * error * x, now_ms)
 
-    def chance(self, key: str, model_chance: float) -> float:
-        return calibrated_chance(model_chance, self.coefficients.get(key))
+    def chance(self, now_ms: float, key: str, model_chance: float) -> float:
+        return calibrated_chance(model_chance, self._scaling(key, now_ms) if key in self._fitted else None)
 
 
 @dataclass
@@ -187,7 +200,7 @@ class LinkEstimates:
             queue_ms=self.queue_ms.value,
             cloud_up=cloud_up and self.reachable(now_ms),
             bandwidth_log_sd=self.throughput.log_sd,
-            on_time_calibration=dict(self.on_time.coefficients),
+            on_time_calibration=self.on_time.scalings(now_ms),
         )
 
     def observe_reply(self, now_ms: float, size_bytes: int, network_ms: float, queue_ms: float) -> None:

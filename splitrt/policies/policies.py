@@ -42,6 +42,12 @@ class ActionOption:
     def key(self) -> str:
         return self.action.describe()
 
+    @property
+    def remote_key(self) -> str:
+        """The key without the hedge: what the device part, the bytes and the cloud's answer are of (an unhedged
+        option and its hedged copy share it)."""
+        return self.key if self.hedge is None else replace(self.action, hedge=None).describe()
+
     @functools.cached_property
     def _sorted_edge_samples_ms(self) -> tuple[float, ...]:
         return tuple(sorted(self.edge_samples_ms))
@@ -117,9 +123,9 @@ class LinkView:
     queue_ms: float = 0.0
     cloud_up: bool = True
     bandwidth_log_sd: float = 0.0  # spread of ln(bandwidth) around the estimate (0: the estimate is certain)
-    # Per hedged option's key, (a, b) of its on-time calibration (`calibrated_chance`), learnt from its own
-    # outcomes (`OnTimeCalibration`); a key not here is taken as the model gives it.
-    on_time_calibration: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # Per remote part (`ActionOption.remote_key`), its on-time calibration, learnt from its hedged frames
+    # (`OnTimeCalibration`); a key not here is taken as the model gives it.
+    on_time_calibration: Mapping[str, "PlattScaling"] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -157,15 +163,30 @@ def logit(chance: float) -> float:
     return math.log(clipped / (1.0 - clipped))
 
 
-def calibrated_chance(chance: float, coefficients: tuple[float, float] | None) -> float:
-    """The on-time chance `chance` (the model's, `on_time_probability`) through Platt scaling with coefficients
-    (a, b): sigmoid(a + b * logit(chance)). None is the identity; a chance of 0 (no time left for the transfer)
-    stays 0."""
-    if coefficients is None or chance <= 0.0:
+@dataclass(frozen=True)
+class PlattScaling:
+    """A calibration of the model's on-time chance p: sigmoid(a + b * logit(p)), the identity at (0, 1). Where it
+    lowers p, it lowers it by `pessimism` of the way (1: all of it). An action whose calibration says it is worse
+    than the model thinks stops being sent, and then nothing corrects that verdict; one said to be better is
+    sent and corrected by its outcomes. So the learner (`OnTimeCalibration`) lets an old verdict's pessimism
+    fade, and not its optimism."""
+
+    a: float = 0.0
+    b: float = 1.0
+    pessimism: float = 1.0
+
+    def __call__(self, chance: float) -> float:
+        x = self.a + self.b * logit(chance)
+        scaled = 1.0 / (1.0 + math.exp(-x)) if x >= 0.0 else math.exp(x) / (1.0 + math.exp(x))  # no overflow
+        return scaled if scaled >= chance else chance - self.pessimism * (chance - scaled)
+
+
+def calibrated_chance(chance: float, scaling: PlattScaling | None) -> float:
+    """The on-time chance `chance` (the model's, `on_time_probability`) through `scaling`; None is the identity,
+    and a chance of 0 (no time left for the transfer) stays 0."""
+    if scaling is None or chance <= 0.0:
         return chance
-    a, b = coefficients
-    x = a + b * logit(chance)
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0.0 else math.exp(x) / (1.0 + math.exp(x))  # no overflow either way
+    return scaling(chance)
 
 
 def predict_ms(option: ActionOption, bandwidth_bps: float, rtt_ms: float, queue_ms: float,
@@ -262,8 +283,8 @@ class DeadlinePolicy:
     def chance(self, option: ActionOption, budget_ms: float, link: LinkView) -> float:
         """The probability that `option`'s own answer is in time, as this policy takes it."""
         chance = on_time_probability(option, budget_ms, link)
-        if self.calibrated and option.hedge is not None:
-            return calibrated_chance(chance, link.on_time_calibration.get(option.key))
+        if self.calibrated and option.remote:
+            return calibrated_chance(chance, link.on_time_calibration.get(option.remote_key))
         return chance
 
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:

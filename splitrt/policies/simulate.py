@@ -25,7 +25,7 @@ import functools
 import heapq
 import math
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -123,7 +123,7 @@ class _FrameCosts:
 
     def of(self, option: ActionOption, frame_id: int) -> tuple[float, float]:
         """(device ms, cloud ms) of `option` on frame `frame_id` (of its remote part, for a hedged one)."""
-        key = remote_key(option)
+        key = option.remote_key
         measured = self._measured.get(frame_id)
         if measured is not None and measured[0] == key:
             edge_ms = measured[1]
@@ -158,7 +158,7 @@ class _Observations:
                 self.estimates.observe_timeout(when, int(size_bytes), float(network_ms))
             else:  # on_time: a hedged frame's reply came in time or not
                 key, model_chance, on_time = values
-                self.estimates.on_time.observe(str(key), float(model_chance), bool(on_time))
+                self.estimates.on_time.observe(when, str(key), float(model_chance), bool(on_time))
 
 
 def simulate(
@@ -213,7 +213,7 @@ def simulate(
             end_ms = start_ms + edge_ms
             status = "ok" if end_ms <= deadline_ms else "late"
         else:
-            correct = bool(correctness[remote_key(option)][image])
+            correct = bool(correctness[option.remote_key][image])
             size_bytes = _frame_bytes(option, frame_id, payload_bytes)
             send_ms, sent_ms = link.send(start_ms + edge_ms, size_bytes)
             reply_ms = sent_ms + config.rtt_ms + config.queue_ms + cloud_ms
@@ -232,7 +232,8 @@ def simulate(
                     status = "ok" if hedge_end_ms <= deadline_ms else "late"
                     correct, hedge_answered = bool(correctness[option.hedge.key][image]), True
             if option.hedge is not None:
-                seen.at(min(reply_ms, deadline_ms), "on_time", key, model_chance, float(reply_ms <= deadline_ms))
+                seen.at(min(reply_ms, deadline_ms), "on_time", option.remote_key, model_chance,
+                        float(reply_ms <= deadline_ms))
         if probing:
             probes.record(status == "ok" and not hedge_answered)
         edge_free_ms = end_ms
@@ -241,13 +242,8 @@ def simulate(
     return records
 
 
-def remote_key(option: ActionOption) -> str:
-    """The key of `option` without its hedge: what its device part, its bytes and the cloud's answer are of."""
-    return option.key if option.hedge is None else replace(option.action, hedge=None).describe()
-
-
 def _frame_bytes(option: ActionOption, frame_id: int, payload_bytes: Mapping[str, np.ndarray] | None) -> int:
-    sizes = None if payload_bytes is None else payload_bytes.get(remote_key(option))
+    sizes = None if payload_bytes is None else payload_bytes.get(option.remote_key)
     return option.payload_bytes if sizes is None else int(sizes[frame_id % len(sizes)])
 
 
