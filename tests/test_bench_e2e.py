@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from splitrt.actions import Local, Offload
-from splitrt.bench.device_costs import frame_times_ms
-from splitrt.bench.e2e import E2ESettings, EdgeRun, measured_device_ms, run_e2e_bench
+from splitrt.bench.device_costs import frame_times_ms, with_samples
+from splitrt.bench.e2e import E2ESettings, EdgeRun, actions_for, measured_device_ms, measured_records, run_e2e_bench
 from splitrt.bench.e2e_edge import option_from_json, option_to_json
 from splitrt.bundle import Bundle
 from splitrt.edge.adaptive import AdaptiveRuntime
@@ -22,7 +22,7 @@ from splitrt.edge.link import CloudLink
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
 from splitrt.frame import Status
-from splitrt.policies.policies import ActionOption, DeadlinePolicy, LinkView, StaticPolicy
+from splitrt.policies.policies import ActionOption, DeadlinePolicy, LinkView, StaticPolicy, with_best_hedges
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 from tests.conftest import start_service, write_labelled_images
@@ -87,6 +87,26 @@ def test_measured_device_ms_counts_from_when_the_device_could_start() -> None:
                                        3: ("offload/jpeg-q90", 10.0), 6: ("local", 50.0)}
     times = frame_times_ms(run.outcomes)
     assert [t.after_send_ms for t in times] == [None, None, 75.0, None, None]  # only answered remote frames
+
+
+def test_hedged_options_travel_to_the_edge_and_take_their_parts_times() -> None:
+    skip9 = ActionOption(Local("skip9"), edge_ms=40.0, accuracy=0.5, edge_samples_ms=(40.0, 41.0))
+    jpeg = ActionOption(Offload("jpeg-q25"), edge_ms=5.0, payload_bytes=5_000, cloud_ms=10.0, accuracy=0.75)
+    options = with_best_hedges([skip9, jpeg], 70.0)
+    hedged_jpeg = options[-1]
+    assert option_from_json(json.loads(json.dumps(option_to_json(hedged_jpeg)))) == hedged_jpeg
+    # A static hedged policy's edge also gets its remote part and its hedge, by which it is measured.
+    assert [o.key for o in actions_for(f"static:{hedged_jpeg.key}", options)] == [skip9.key, jpeg.key, hedged_jpeg.key]
+    # The edge measures the parts (a hedged frame's time mixes the two): the hedged option takes their times.
+    [measured] = with_samples([hedged_jpeg], {jpeg.key: [6.0, 8.0], skip9.key: [50.0, 52.0]}, {jpeg.key: [12.0]})
+    assert (measured.edge_ms, measured.cloud_ms, measured.edge_samples_ms) == (7.0, 12.0, (6.0, 8.0))
+    assert measured.hedge is not None and measured.hedge.edge_samples_ms == (50.0, 52.0)
+    run = EdgeRun([{"frame_id": 1, "action": hedged_jpeg.key, "capture_ms": 1000.0, "age_ms": 70.0, "status": "ok",
+                    "missed_deadline": False, "hedge_answered": True, "bytes_sent": 5_000, "trace_ms": {},
+                    "top": [{"class_index": 3}]}],
+                  trace_start_wall_ms=1000.0, quota="dilation", calibration_ms={}, after_link_ms={})
+    [record] = measured_records(run, [3])
+    assert record.hedge_answered and record.correct and record.status == "ok"
 
 
 def test_deadline_policy_plans_with_the_slow_tail_of_device_times() -> None:

@@ -152,17 +152,22 @@ def loopback_cloud(bundle: Bundle) -> Iterator[CloudLink]:
 def with_samples(options: Sequence[ActionOption], samples_ms: dict[str, list[float]],
                  after_link_ms: dict[str, list[float]] | None = None) -> list[ActionOption]:
     """`options` with the device times of `samples_ms` (median and samples) where it has them, and the times
-    after the link of `after_link_ms` as their cloud times likewise."""
-    updated = []
-    for option in options:
-        if samples_ms.get(option.key):
-            values = samples_ms[option.key]
-            option = replace(option, edge_ms=float(np.median(values)), edge_samples_ms=tuple(values))
-        if after_link_ms and after_link_ms.get(option.key):
-            values = after_link_ms[option.key]
-            option = replace(option, cloud_ms=float(np.median(values)), cloud_samples_ms=tuple(values))
-        updated.append(option)
-    return updated
+    after the link of `after_link_ms` as their cloud times likewise. A hedged option takes its remote part's
+    times (`ActionOption.remote_key`) and its hedge the hedge's own."""
+    return [_with_samples(o, samples_ms, after_link_ms or {}) for o in options]
+
+
+def _with_samples(option: ActionOption, samples_ms: dict[str, list[float]],
+                  after_link_ms: dict[str, list[float]]) -> ActionOption:
+    if samples_ms.get(option.remote_key):
+        values = samples_ms[option.remote_key]
+        option = replace(option, edge_ms=float(np.median(values)), edge_samples_ms=tuple(values))
+    if after_link_ms.get(option.remote_key):
+        values = after_link_ms[option.remote_key]
+        option = replace(option, cloud_ms=float(np.median(values)), cloud_samples_ms=tuple(values))
+    if option.hedge is not None:
+        option = replace(option, hedge=_with_samples(option.hedge, samples_ms, after_link_ms))
+    return option
 
 
 def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: DeviceProfile, image: np.ndarray,

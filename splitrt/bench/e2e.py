@@ -49,13 +49,13 @@ from splitrt.bench.failover import CloudProcess, free_tcp_port
 from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.payloads import offload_sizes
 from splitrt.bench.plot import save_figure
-from splitrt.bench.policy import (DEFAULT_CANDIDATES, add_replay_arguments, cached_options, candidate_set,
-                                  device_costs_path, options_cache_path)
+from splitrt.bench.policy import (DEFAULT_CANDIDATES, add_hedges_argument, add_replay_arguments, cached_options,
+                                  candidate_set, device_costs_path, options_cache_path)
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import STEADY_RUNS, dilates
 from splitrt.devices.profiles import DeviceProfile, get_profile, profile_environment, profile_quota
 from splitrt.imaging import load_rgb
-from splitrt.policies.policies import ActionOption, make_policy
+from splitrt.policies.policies import ActionOption, make_policy, with_best_hedges
 from splitrt.policies.simulate import FrameRecord, SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 
@@ -81,6 +81,7 @@ class E2ESettings:
     calibration_frames: int = 12  # device-time samples per action that the edge takes on the device, before the run
     candidates: str = DEFAULT_CANDIDATES  # the action set, as `bench policy --candidates`
     device_emulation: str = "quota"  # the edge under the profile's CPU quota, or its stages dilated (`devices.dilation`)
+    hedges: bool = True  # also each remote action hedged by its best local one (`with_best_hedges`), as bench policy
 
     def sim_config(self) -> SimConfig:
         return SimConfig(fps=self.fps, deadline_ms=self.deadline_ms, duration_s=self.duration_s, rtt_ms=self.rtt_ms,
@@ -96,28 +97,32 @@ class E2ESettings:
 
 def default_policies(options: Sequence[ActionOption], correctness: dict[str, np.ndarray],
                      sizes: dict[str, np.ndarray], traces: Sequence[UplinkTrace], config: SimConfig) -> list[str]:
-    """`static:local`, the best static action of each family (exit, split, offload) by simulated accuracy at
-    deadline averaged over the traces, then `latency` and `deadline`."""
+    """`static:local`, the best static action of each family (exit, split, offload, and hedged where `options` has
+    hedged ones) by simulated accuracy at deadline averaged over the traces, then `latency` and `deadline`."""
     def score(key: str) -> float:
         policy = make_policy(f"static:{key}")
         return float(np.mean([summarize(policy.name, simulate(policy, options, correctness, t, config, sizes))[
             "accuracy_at_deadline"] for t in traces]))
 
     chosen = ["static:local"]
-    for prefix in FAMILIES:
-        family = [o.key for o in options if o.key.startswith(prefix)]
+    families = [[o.key for o in options if o.key.startswith(prefix) and o.hedge is None] for prefix in FAMILIES]
+    for family in [*families, [o.key for o in options if o.hedge is not None]]:
         if family:
             chosen.append(f"static:{max(family, key=score)}")
     return chosen + list(ADAPTIVE_POLICIES)
 
 
 def actions_for(policy: str, options: Sequence[ActionOption]) -> list[ActionOption]:
-    """The options a policy may pick: a static policy only its own (the edge then warms up just that one)."""
+    """The options a policy may pick: a static policy only its own (the edge then warms up just that one; a hedged
+    one also its remote part and its hedge, which the edge measures it by)."""
     if policy.startswith("static:"):
         key = policy.removeprefix("static:")
         picked = [o for o in options if o.key == key]
         if not picked:
             raise ValueError(f"{policy}: no such action among {[o.key for o in options]}")
+        if picked[0].hedge is not None:
+            parts = {picked[0].remote_key, picked[0].hedge.key}
+            picked = [o for o in options if o.key in parts] + picked
         return picked
     make_policy(policy)  # a clear error for an unknown name
     return list(options)
@@ -239,6 +244,7 @@ def measured_records(run: EdgeRun, labels: Sequence[int]) -> list[FrameRecord]:
             latency_ms=float(o["age_ms"]),  # type: ignore[arg-type]
             correct=bool(correct),
             bytes_sent=int(o["bytes_sent"]),  # type: ignore[arg-type]
+            hedge_answered=bool(o.get("hedge_answered", False)),
         ))
     return records
 
@@ -268,6 +274,8 @@ def run_e2e_bench(
                                          device_costs_path(bundle, profile.name, settings.device_emulation),
                                          repeats=settings.edge_cost_samples, interval_ms=1000.0 / settings.fps,
                                          emulation=settings.device_emulation)
+    if settings.hedges:
+        options = with_best_hedges(options, settings.deadline_ms)
     labels = [i.class_index for i in items]
     sizes = offload_sizes(bundle, images, options, limit)
     loaded = [UplinkTrace.load(t) for t in traces]
@@ -447,6 +455,7 @@ def _run(args: argparse.Namespace) -> int:
         edge_cost_samples=args.edge_cost_samples,
         calibration_frames=args.calibration_frames,
         device_emulation=args.device_emulation,
+        hedges=args.hedges,
     )
     policies = [p for p in (args.policies or "").split(",") if p]
     run_e2e_bench([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json, settings,
@@ -457,6 +466,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("e2e", help="real edge + cloud processes through an emulated uplink, per policy")
     add_replay_arguments(parser)  # the same options and defaults as bench policy
+    add_hedges_argument(parser)
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds of each trace per policy (from its start)")
     parser.add_argument("--policies", help="comma-separated (static:<action>, latency, deadline); default: static:local, "
                         "the best static exit, split and offload by simulation, latency, deadline")

@@ -5,8 +5,8 @@ stretching its own stages to it; inside the link's network namespace in a netns 
 splitrt.bench.e2e_edge SPEC.json`. The spec names the bundle, the endpoint, the policy, its action options (costs
 at the device profile's speed, as the simulator uses them) and the frames. It connects, warms every action up (one
 frame each, before the trace starts) and prints `{"event": "ready"}`. The benchmark then puts it under the device's
-quota (unless it dilates) and sends `calibrate`: with `calibration_frames` > 0 it runs each of its actions that
-many paced frames through the real link (the trace has not started: the link has its delay but no rate limit), now,
+quota (unless it dilates) and sends `calibrate`: with `calibration_frames` > 0 it runs each of its actions (a
+hedged one as its remote part and its hedge, which are among its actions) that many paced frames through the real link (the trace has not started: the link has its delay but no rate limit), now,
 in this process, at the speed the run will have, and splits each frame's time (`frame_times_ms`) into the device's
 part and, for a remote action, the part after the request left less the RTT (the cloud, the transport, receiving
 and merging the reply). It runs its policy with those times and reports them (`{"event": "calibrated",
@@ -64,14 +64,17 @@ def option_to_json(option: ActionOption) -> dict[str, object]:
     return {"action": option.key, "edge_ms": option.edge_ms, "payload_bytes": option.payload_bytes,
             "cloud_ms": option.cloud_ms, "accuracy": option.accuracy,
             "edge_samples_ms": [round(v, 3) for v in option.edge_samples_ms],
-            "cloud_samples_ms": [round(v, 3) for v in option.cloud_samples_ms]}
+            "cloud_samples_ms": [round(v, 3) for v in option.cloud_samples_ms],
+            **({"hedge": option_to_json(option.hedge)} if option.hedge is not None else {})}
 
 
 def option_from_json(item: dict[str, object]) -> ActionOption:
+    hedge = item.get("hedge")
     return ActionOption(action_from_key(str(item["action"])), float(item["edge_ms"]),  # type: ignore[arg-type]
                         int(item["payload_bytes"]), float(item["cloud_ms"]), float(item["accuracy"]),  # type: ignore[arg-type]
                         tuple(float(v) for v in item.get("edge_samples_ms", ())),  # type: ignore[union-attr]
-                        tuple(float(v) for v in item.get("cloud_samples_ms", ())))  # type: ignore[union-attr]
+                        tuple(float(v) for v in item.get("cloud_samples_ms", ())),  # type: ignore[union-attr]
+                        option_from_json(hedge) if isinstance(hedge, dict) else None)
 
 
 def _emit(event: str, **fields: object) -> None:
@@ -108,7 +111,8 @@ def run_edge(spec: EdgeSpec) -> int:
         samples: dict[str, list[float]] = {}
         after_link: dict[str, list[float]] = {}
         if spec.calibration_frames > 0:
-            samples, after_link = calibrate(runtime, [o.action for o in options], images[0],
+            # a hedged option is measured as its remote part and its hedge (its own frames mix the two)
+            samples, after_link = calibrate(runtime, [o.action for o in options if o.hedge is None], images[0],
                                             spec.calibration_frames, spec.fps, spec.rtt_ms)
             options = with_samples(options, samples, after_link)
         _emit("calibrated", samples_ms=samples, after_link_ms=after_link)

@@ -24,7 +24,7 @@ def request_bytes(bundle: Bundle, split: str, codec_id: str, spec: TensorSpec, p
 def offload_sizes(bundle: Bundle, images: str | Path, options: Sequence[ActionOption],
                   limit: int | None = None) -> dict[str, np.ndarray]:
     """For each offload option, the request bytes of every odd-class image, in the simulator's image order."""
-    offloads = [o for o in options if isinstance(o.action, Offload)]
+    offloads = [o for o in options if isinstance(o.action, Offload) and o.hedge is None]  # a hedged one: the same
     if not offloads:
         return {}
     items = select_parity(read_labelled_images(images), "odd")[:limit]
