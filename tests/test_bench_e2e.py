@@ -15,7 +15,7 @@ import numpy as np
 from splitrt.actions import Local, Offload
 from splitrt.bench.device_costs import frame_times_ms, with_samples
 from splitrt.bench.e2e import E2ESettings, EdgeRun, actions_for, measured_device_ms, measured_records, run_e2e_bench
-from splitrt.bench.e2e_edge import option_from_json, option_to_json
+from splitrt.bench.e2e_edge import measured_options, option_from_json, option_to_json
 from splitrt.bundle import Bundle
 from splitrt.edge.adaptive import AdaptiveRuntime
 from splitrt.edge.link import CloudLink
@@ -101,6 +101,14 @@ def test_hedged_options_travel_to_the_edge_and_take_their_parts_times() -> None:
     [measured] = with_samples([hedged_jpeg], {jpeg.key: [6.0, 8.0], skip9.key: [50.0, 52.0]}, {jpeg.key: [12.0]})
     assert (measured.edge_ms, measured.cloud_ms, measured.edge_samples_ms) == (7.0, 12.0, (6.0, 8.0))
     assert measured.hedge is not None and measured.hedge.edge_samples_ms == (50.0, 52.0)
+    # An adaptive policy's hedges are chosen again from the edge's own measurements: skip9 no longer fits after
+    # the encode here, skip4 (faster now) does; a static policy keeps the hedge it was given.
+    skip4 = ActionOption(Local("skip4"), edge_ms=80.0, accuracy=0.8, edge_samples_ms=(80.0,))
+    given = with_best_hedges([skip9, skip4, jpeg], 70.0)
+    assert given[-1].key == "offload/jpeg-q25/hedge:local@skip9"
+    now = {skip9.key: [68.0, 69.0], skip4.key: [50.0, 51.0], jpeg.key: [6.0, 7.0]}
+    assert measured_options(given, now, {}, 70.0, rehedge=True)[-1].key == "offload/jpeg-q25/hedge:local@skip4"
+    assert measured_options(given, now, {}, 70.0, rehedge=False)[-1].key == "offload/jpeg-q25/hedge:local@skip9"
     run = EdgeRun([{"frame_id": 1, "action": hedged_jpeg.key, "capture_ms": 1000.0, "age_ms": 70.0, "status": "ok",
                     "missed_deadline": False, "hedge_answered": True, "bytes_sent": 5_000, "trace_ms": {},
                     "top": [{"class_index": 3}]}],

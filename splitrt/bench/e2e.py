@@ -43,8 +43,8 @@ from typing import Sequence
 import numpy as np
 
 from splitrt.bench.common import format_table, p50, read_labelled_images, select_parity, write_json
-from splitrt.bench.device_costs import device_options, frame_times_ms, with_samples
-from splitrt.bench.e2e_edge import option_to_json
+from splitrt.bench.device_costs import device_options, frame_times_ms
+from splitrt.bench.e2e_edge import measured_options, option_to_json
 from splitrt.bench.failover import CloudProcess, free_tcp_port
 from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.payloads import offload_sizes
@@ -312,7 +312,8 @@ def run_e2e_bench(
                 # frames at the run's own phase of the trace (its first came a few ms after the trace's start)
                 first_ms = records[0].capture_ms - records[0].frame_id * 1000.0 / settings.fps if records else 0.0
                 aligned = replace(config, first_frame_ms=first_ms)
-                calibrated = with_samples(picked, run.calibration_ms, run.after_link_ms)
+                calibrated = measured_options(picked, run.calibration_ms, run.after_link_ms, settings.deadline_ms,
+                                              rehedge=not policy.startswith("static:"))  # as the edge ran them
                 simulated = simulate(make_policy(policy), calibrated, correctness, trace, aligned, sizes,
                                      frame_edge_ms=measured_device_ms(run))
                 predictions = {  # without the run's own device times: the edge's calibration, the samples from before

@@ -20,6 +20,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
 from splitrt.imaging import load_rgb
 from splitrt.policies.estimators import LinkEstimates
-from splitrt.policies.policies import ActionOption, make_policy
+from splitrt.policies.policies import ActionOption, make_policy, with_best_hedges
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,17 @@ def option_from_json(item: dict[str, object]) -> ActionOption:
                         option_from_json(hedge) if isinstance(hedge, dict) else None)
 
 
+def measured_options(options: Sequence[ActionOption], samples_ms: dict[str, list[float]],
+                     after_link_ms: dict[str, list[float]], deadline_ms: float, rehedge: bool) -> list[ActionOption]:
+    """`options` with the edge's own measurements (`with_samples`); with `rehedge` (a policy that chooses among
+    them), each remote one's hedge chosen again from those measurements (`with_best_hedges`): the local action
+    most likely right and in time on the device as it is now, not as it was when the costs were sampled."""
+    measured = with_samples(options, samples_ms, after_link_ms)
+    if not rehedge or all(o.hedge is None for o in measured):
+        return measured
+    return with_best_hedges([o for o in measured if o.hedge is None], deadline_ms)
+
+
 def _emit(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
@@ -114,7 +126,8 @@ def run_edge(spec: EdgeSpec) -> int:
             # a hedged option is measured as its remote part and its hedge (its own frames mix the two)
             samples, after_link = calibrate(runtime, [o.action for o in options if o.hedge is None], images[0],
                                             spec.calibration_frames, spec.fps, spec.rtt_ms)
-            options = with_samples(options, samples, after_link)
+            options = measured_options(options, samples, after_link, spec.deadline_ms,
+                                       rehedge=not spec.policy.startswith("static:"))
         _emit("calibrated", samples_ms=samples, after_link_ms=after_link)
         adaptive = AdaptiveRuntime(
             runtime, make_policy(spec.policy), options,
