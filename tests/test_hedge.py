@@ -154,7 +154,8 @@ def test_the_deadline_policy_takes_a_remote_actions_calibrated_chance_for_both_i
     model = on_time_probability(hedged_jpeg, 70.0, link)
     assert model < 0.1 and DeadlinePolicy().decide(70.0, HEDGE_TRADE, link).option is SKIP6
     # Its replies have come far more often than that: the calibrated chance makes it worth its hedge's risk.
-    learnt = LinkView(1e6, 0.6e6, 20.0, 20.0, bandwidth_log_sd=0.5, on_time_calibration={JPEG50.key: PlattScaling(1.0, 0.0)})
+    learnt = LinkView(1e6, 0.6e6, 20.0, 20.0, bandwidth_log_sd=0.5,
+                      on_time_calibration={JPEG50.key: PlattScaling(1.0, 0.0)})
     policy = DeadlinePolicy()
     assert policy.chance(hedged_jpeg, 70.0, learnt) == policy.chance(JPEG50, 70.0, learnt) == pytest.approx(0.731,
                                                                                                           abs=1e-3)

@@ -5,13 +5,14 @@ stretching its own stages to it; inside the link's network namespace in a netns 
 splitrt.bench.e2e_edge SPEC.json`. The spec names the bundle, the endpoint, the policy, its action options (costs
 at the device profile's speed, as the simulator uses them) and the frames. It connects, warms every action up (one
 frame each, before the trace starts) and prints `{"event": "ready"}`. The benchmark then puts it under the device's
-quota (unless it dilates) and sends `calibrate`: with `calibration_frames` > 0 it runs each of its actions (a
-hedged one as its remote part and its hedge, which are among its actions) that many paced frames through the real link (the trace has not started: the link has its delay but no rate limit), now,
-in this process, at the speed the run will have, and splits each frame's time (`frame_times_ms`) into the device's
-part and, for a remote action, the part after the request left less the RTT (the cloud, the transport, receiving
-and merging the reply). It runs its policy with those times and reports them (`{"event": "calibrated",
-"samples_ms": ..., "after_link_ms": ...}`) for the simulator. On `go` it runs `count` frames at `fps` with the
-SDK's `AdaptiveRuntime.run` (latest frame wins) and writes every outcome as a JSON line to `out`.
+quota (unless it dilates) and sends `calibrate`: with `calibration_frames` > 0 it runs each of its actions (a hedged
+one as its remote part and its hedge, which are among its actions) that many paced frames through the real link (the
+trace has not started: the link has its delay but no rate limit), now, in this process, at the speed the run will
+have, and splits each frame's time (`frame_times_ms`) into the device's part and, for a remote action, the part
+after the request left less the RTT (the cloud, the transport, receiving and merging the reply). It runs its policy
+with those times and reports them (`{"event": "calibrated", "samples_ms": ..., "after_link_ms": ...}`) for the
+simulator. On `go` it runs `count` frames at `fps` with the SDK's `AdaptiveRuntime.run` (latest frame wins) and
+writes every outcome as a JSON line to `out`.
 """
 from __future__ import annotations
 

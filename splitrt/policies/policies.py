@@ -125,7 +125,7 @@ class LinkView:
     bandwidth_log_sd: float = 0.0  # spread of ln(bandwidth) around the estimate (0: the estimate is certain)
     # Per remote part (`ActionOption.remote_key`), its on-time calibration, learnt from its hedged frames
     # (`OnTimeCalibration`); a key not here is taken as the model gives it.
-    on_time_calibration: Mapping[str, "PlattScaling"] = field(default_factory=dict, hash=False)
+    on_time_calibration: Mapping[str, PlattScaling] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

@@ -251,11 +251,11 @@ def _oracle_outlook(knows: str, link: _Link, config: SimConfig, costs: _FrameCos
                     payload_bytes: Mapping[str, np.ndarray] | None, frame_id: int, capture_ms: float, start_ms: float,
                     option: ActionOption) -> tuple[float, float, float | None]:
     """What an oracle that `knows` (`OraclePolicy`) is told of `option` on this frame: (probability that it ends
-    by the deadline, expected latency ms, whether a hedge is in time when it knows that: see `Outlook`). "frame":
-    this frame's own drawn times on the link's true future (probabilities 0 or 1); "future": over the option's measured device and cloud times (or its estimates) on the
-    link's true future, its queue included; "past": likewise, with each transfer taking as long as one begun at
-    any of `PAST_STARTS` points of the last `PAST_WINDOW_MS` took (`_past_transfer_ms`), behind the bytes still
-    queued."""
+    by the deadline, expected latency ms, whether a hedge is in time when it knows that: see `Outlook`). "frame": this
+    frame's own drawn times on the link's true future (probabilities 0 or 1); "future": over the option's measured
+    device and cloud times (or its estimates) on the link's true future, its queue included; "past": likewise, with
+    each transfer taking as long as one begun at any of `PAST_STARTS` points of the last `PAST_WINDOW_MS` took
+    (`_past_transfer_ms`), behind the bytes still queued."""
     deadline_ms = capture_ms + config.deadline_ms
     hedge_chance = None
     if knows == "frame":
