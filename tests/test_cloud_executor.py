@@ -5,6 +5,7 @@ import json
 import logging
 
 import numpy as np
+import pytest
 
 from splitrt.bundle import Bundle
 from splitrt.cloud.admission import Work
@@ -20,9 +21,11 @@ class CountingTails(TailExecutor):
     def __init__(self, bundles: list[Bundle]) -> None:
         super().__init__(bundles)
         self.rows: list[int] = []
+        self.dtypes: list[np.dtype] = []
 
     def run(self, bundle_hash: str, split: str, activation: np.ndarray) -> np.ndarray:
         self.rows.append(int(activation.shape[0]))
+        self.dtypes.append(activation.dtype)
         return super().run(bundle_hash, split, activation)
 
 
@@ -160,3 +163,38 @@ def test_json_logs_carry_the_extra_fields() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["msg"] == "refused peer" and entry["event"] == "auth_denied" and entry["peer"] == "10.0.0.2"
     assert entry["level"] == "warning"
+
+
+def test_fp16_requests_run_through_the_cast_and_match_their_float32_values_bit_for_bit(tiny_bundle: Bundle,
+                                                                                        rng: np.random.Generator
+                                                                                        ) -> None:
+    fp16 = get_codec("fp16")
+    spec = TensorSpec("float32", (1, 16, 8, 8))
+    activations = [(rng.standard_normal((1, 16, 8, 8)) * 3).astype(np.float32) for _ in range(3)]
+    batch = Batch(("k",), tuple(
+        Pending(("k",), Work(client=b"c", infer=Infer(i, tiny_bundle.content_hash, "res", "fp16", spec, 100.0),
+                             payload=memoryview(bytes(fp16.encode(a))), received_ms=0.0), 100.0, 0.0)
+        for i, a in enumerate(activations)), 0.0, 1.0)
+    tails = CountingTails([tiny_bundle])
+    outcome = run_batch(batch, tails, lambda: 0.0, lambda: 0)
+    assert tails.rows == [3] and outcome.executed == 3
+    assert tails.dtypes == [np.float16], "the halves reach the runner as they came"
+    as_float32 = TailExecutor([tiny_bundle]).run(
+        tiny_bundle.content_hash, "res", np.concatenate([a.astype(np.float16).astype(np.float32) for a in activations]))
+    for work, reply in outcome.replies:
+        (spec_out,), (payload,) = reply.message.outputs, reply.payloads
+        output = np.frombuffer(bytes(payload), dtype=spec_out.dtype).reshape(spec_out.shape)
+        assert np.array_equal(output, as_float32[work.infer.frame_id : work.infer.frame_id + 1])
+
+
+def test_the_committed_cast_model_is_what_its_generator_writes() -> None:
+    pytest.importorskip("onnx")
+    from importlib import resources
+
+    from splitrt.cloud.tails import CAST_INPUT_NAME, CAST_MODEL
+    from splitrt.partition.cast_model import CAST_INPUT_NAME as WRITTEN_INPUT_NAME
+    from splitrt.partition.cast_model import cast_model_bytes
+
+    committed = resources.files("splitrt").joinpath(f"data/{CAST_MODEL}").read_bytes()
+    assert committed == cast_model_bytes(), "run: python -m splitrt.partition.cast_model splitrt/data/cast_f16_f32.onnx"
+    assert CAST_INPUT_NAME == WRITTEN_INPUT_NAME

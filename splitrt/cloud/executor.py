@@ -53,9 +53,10 @@ class DeadlineTailRunner(Protocol):
 
 
 def decode_activation(work: Work) -> np.ndarray:
-    """The request's tensor as the tail takes it (N, ...); raises CodecError on a bad payload."""
+    """The request's tensor as the tail takes it (N, ...): its declared dtype, or float16 for the runner to cast;
+    raises CodecError on a bad payload."""
     codec = work.codec if work.codec is not None else get_codec(work.infer.codec)
-    activation = codec.decode(work.payload, work.infer.tensor)
+    activation = codec.decode_for_tail(work.payload, work.infer.tensor)
     if work.infer.split == INPUT_POINT and activation.ndim == 3:
         activation = activation[None]
     return activation

@@ -42,6 +42,12 @@ class Codec(ABC):
     def decode(self, data: Buffer, spec: TensorSpec) -> np.ndarray:
         """Decode into an array of `spec`; raises CodecError on a payload that does not fit it."""
 
+    def decode_for_tail(self, data: Buffer, spec: TensorSpec) -> np.ndarray:
+        """Decode for the cloud's tail runners, which also take float16 where `spec` says float32 (they cast the
+        whole batch in ONNX Runtime, much faster than NumPy): a codec that carries halves returns them as they
+        are. Otherwise `decode`."""
+        return self.decode(data, spec)
+
     def max_encoded_bytes(self, spec: TensorSpec) -> int | None:
         """The largest payload this codec writes for `spec` (None: unbounded); bounds lossless stages."""
         return None

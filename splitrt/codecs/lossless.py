@@ -92,10 +92,16 @@ class StagedCodec(Codec):
         return self.stage.compress(self.inner.encode(array))
 
     def decode(self, data: Buffer, spec: TensorSpec) -> np.ndarray:
+        return self.inner.decode(self._inner_payload(data, spec), spec)
+
+    def decode_for_tail(self, data: Buffer, spec: TensorSpec) -> np.ndarray:
+        return self.inner.decode_for_tail(self._inner_payload(data, spec), spec)
+
+    def _inner_payload(self, data: Buffer, spec: TensorSpec) -> Buffer:
         inner_bytes = self.inner.max_encoded_bytes(spec)
         if inner_bytes is None:
             raise CodecError(f"{self.codec_id}: {self.inner.codec_id} has no size bound for {spec}")
-        return self.inner.decode(self.stage.decompress(data, inner_bytes), spec)
+        return self.stage.decompress(data, inner_bytes)
 
     @property
     def version_hash(self) -> str:

@@ -48,10 +48,14 @@ class Float16Codec(Codec):
         return memoryview(half).cast("B")
 
     def decode(self, data: Buffer, spec: TensorSpec) -> np.ndarray:
+        return self.decode_for_tail(data, spec).astype(np.float32)
+
+    def decode_for_tail(self, data: Buffer, spec: TensorSpec) -> np.ndarray:
+        """The halves as they came, shaped by `spec` (no copy); the tail runner casts them."""
         if spec.dtype != "float32":
             raise CodecError(f"fp16 decodes to float32 tensors, the request declares {spec.dtype}")
         check_length(data, _element_count(spec) * 2, self.codec_id)
-        return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(spec.shape)
+        return np.frombuffer(data, dtype="<f2").reshape(spec.shape)
 
     def max_encoded_bytes(self, spec: TensorSpec) -> int:
         return _element_count(spec) * 2
