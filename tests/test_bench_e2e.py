@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from splitrt.actions import Local, Offload
-from splitrt.bench.device_costs import frame_times_ms, with_samples
 from splitrt.bench.e2e import E2ESettings, EdgeRun, actions_for, measured_device_ms, measured_records, run_e2e_bench
-from splitrt.bench.e2e_edge import measured_options, option_from_json, option_to_json
 from splitrt.bundle import Bundle
 from splitrt.edge.adaptive import AdaptiveRuntime
+from splitrt.edge.calibration import frame_times_ms, measured_options, with_samples
 from splitrt.edge.link import CloudLink
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
 from splitrt.frame import Status
-from splitrt.policies.policies import ActionOption, DeadlinePolicy, LinkView, StaticPolicy, with_best_hedges
+from splitrt.policies.options_file import option_from_json, option_to_json
+from splitrt.policies.policies import (ActionOption, DeadlinePolicy, LinkView, StaticPolicy, hedged as hedged_option,
+                                       with_best_hedges)
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 from tests.conftest import start_service, write_labelled_images
@@ -48,10 +49,10 @@ def test_simulator_replays_a_runs_device_times() -> None:
     correct = {jittery.key: np.ones(10, dtype=bool)}
     trace = UplinkTrace.constant("one-mbps", 1e6)
     config = SimConfig(fps=5, deadline_ms=70, duration_s=4)
-    slow = {i: ("local", 75.0) for i in range(20)}
+    slow = {i: {"local": 75.0} for i in range(20)}
     records = simulate(StaticPolicy(jittery.key), [jittery], correct, trace, config, frame_edge_ms=slow)
     assert [r.latency_ms for r in records] == [75.0] * 20 and all(r.status == "late" for r in records)
-    other = {i: ("local@skip2", 75.0) for i in range(20)}  # another action's time: drawn from the samples
+    other = {i: {"local@skip2": 75.0} for i in range(20)}  # another action's time: drawn from the samples
     records = simulate(StaticPolicy(jittery.key), [jittery], correct, trace, config, frame_edge_ms=other)
     assert {r.latency_ms for r in records} == {40.0, 80.0}
 
@@ -83,10 +84,43 @@ def test_measured_device_ms_counts_from_when_the_device_could_start() -> None:
         outcome(6, "split@b4/fp16", 2000.0, 250.0, "failed"),  # the device is busy until 2250 all the same
         outcome(7, "local", 2200.0, 100.0),  # could start at 2250 only: 50 ms on the device
     ], trace_start_wall_ms=1000.0, quota="cgroup", calibration_ms={}, after_link_ms={})
-    assert measured_device_ms(run) == {0: ("local", 250.0), 1: ("local", 50.0), 2: ("offload/jpeg-q90", 15.0),
-                                       3: ("offload/jpeg-q90", 10.0), 6: ("local", 50.0)}
+    assert measured_device_ms(run) == {0: {"local": 250.0}, 1: {"local": 50.0}, 2: {"offload/jpeg-q90": 15.0},
+                                       3: {"offload/jpeg-q90": 10.0}, 6: {"local": 50.0}}
     times = frame_times_ms(run.outcomes)
     assert [t.after_send_ms for t in times] == [None, None, 75.0, None, None]  # only answered remote frames
+
+
+def test_a_hedged_frame_replays_its_remote_part_and_its_hedge() -> None:
+    hedged = "offload/jpeg-q25/hedge:local@skip6"
+
+    def outcome(frame_id: int, capture: float, age: float, answered: bool, **stages: float) -> dict:
+        return {"frame_id": frame_id, "action": hedged, "capture_ms": capture, "age_ms": age, "status": "ok",
+                "hedge_answered": answered, "trace_ms": stages}
+
+    run = EdgeRun([
+        # the reply came in time (the hedge was stopped part-way: its time is not the hedge's)
+        outcome(1, 1000.0, 40.0, False, encode=5.0, network=25.0, cloud_queue=1.0, cloud_compute=3.0, merge=1.0,
+                hedge=20.0),
+        # the reply was late: the hedge (60 + 5 ms) answered after the wait for the reply (50 ms) ended
+        outcome(2, 1200.0, 76.0, True, encode=5.0, network=50.0, hedge=60.0, hedge_tail=5.0, merge=1.0),
+        # the link failed at once: no round trip, the hedge answered
+        outcome(3, 1400.0, 70.0, True, encode=8.0, hedge=61.0, merge=1.0),
+    ], trace_start_wall_ms=1000.0, quota="cgroup", calibration_ms={}, after_link_ms={})
+    assert measured_device_ms(run) == {0: {"offload/jpeg-q25": 10.0},
+                                       1: {"offload/jpeg-q25": 10.0, "local@skip6": 65.0},
+                                       2: {"offload/jpeg-q25": 8.0, "local@skip6": 61.0}}
+    assert [t.after_send_ms for t in frame_times_ms(run.outcomes)] == [30.0, None, None]  # the cloud's answers only
+    # The simulator runs those times: the hedge's 61 ms after the part's 8 ms end the frame at 69 ms, not the
+    # options' 40 + 10.
+    skip6 = ActionOption(Local("skip6"), edge_ms=40.0, accuracy=0.5)
+    jpeg = ActionOption(Offload("jpeg-q25"), edge_ms=10.0, payload_bytes=500_000, cloud_ms=1.0, accuracy=0.9)
+    option = hedged_option(jpeg, skip6)
+    correct = {o.key: np.ones(3, dtype=bool) for o in (skip6, jpeg)}
+    config = SimConfig(fps=5, deadline_ms=70, duration_s=0.6, rtt_ms=10)
+    records = simulate(StaticPolicy(option.key), [option], correct, UplinkTrace.constant("slow", 1e6), config,
+                       frame_edge_ms=measured_device_ms(run))
+    assert [r.hedge_answered for r in records] == [True, True, True]  # 500 KB at 1 Mbit/s: never in time
+    assert [r.latency_ms for r in records][1:] == [75.0, 70.0]  # max(deadline, the part's end + the hedge's)
 
 
 def test_hedged_options_travel_to_the_edge_and_take_their_parts_times() -> None:

@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 
-from splitrt.bench.policy import action_from_key, run_policy_bench
+from splitrt.bench.policy import run_policy_bench
+from splitrt.policies.options_file import action_from_key
 from splitrt.bundle import Bundle
 from tests.conftest import write_labelled_images
 

@@ -55,6 +55,12 @@ def test_a_minimal_config_gets_the_defaults() -> None:
         (with_("cloud", server_public_key="server.key"), r"\[cloud\] client_key: missing: CURVE needs"),
         (with_("cloud", client_key=1, server_public_key="s"), r"\[cloud\] client_key: expected a string, got 1"),
         (with_("cloud", client_keys="k"), r"\[cloud\] client_keys: unknown key; did you mean 'client_key'"),
+        (with_("policy", name="oracle"), r"\[policy\] name: expected one of static, deadline, deadline-uncalibrated"),
+        (with_("policy", name="deadline"), r"\[policy\] options: policy deadline needs a file of the actions"),
+        (with_("policy", options="o.json"), r"\[policy\] options: the static policy runs \[pipeline\] action"),
+        (with_("policy", name="deadline", options="o", prefilter="hist:0.1"), r"\[policy\] prefilter: expected FEATURE"),
+        (with_("policy", name="deadline", options="o", prefilter="edge:0"), r"\[policy\] prefilter: expected FEATURE"),
+        (with_("policy", calibrate_frames=-1), r"\[policy\] calibrate_frames: expected an integer >= 0"),
     ],
 )
 def test_config_errors_name_the_bad_key(document: dict[str, object], message: str) -> None:
@@ -97,6 +103,43 @@ def test_curve_key_files_are_read_when_the_config_is_loaded(tmp_path: Path) -> N
     (tmp_path / "garbage.key").write_text("not a key\n")
     with pytest.raises(ConfigError, match=r"\[cloud\] server_public_key: .*garbage\.key is not a CURVE key file"):
         load_config(write(client_secret, tmp_path / "garbage.key"))
+
+
+OPTIONS = [{"action": "local", "edge_ms": 5.0, "accuracy": 0.5},
+           {"action": "split@res/fp16", "edge_ms": 2.0, "payload_bytes": 2048, "cloud_ms": 1.0, "accuracy": 0.9}]
+
+
+def policy_config(tmp_path: Path, bundle: str, options: object, endpoint: str = "", **policy: object) -> Path:
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    lines = [f"{key} = {json.dumps(value)}" for key, value in
+             {"name": "deadline", "options": str(tmp_path / "options.json"), **policy}.items()]
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[pipeline]\nbundle = "{bundle}"\n[policy]\n' + "\n".join(lines) + "\n"
+                      + (f'[cloud]\nendpoint = "{endpoint}"\n' if endpoint else "")
+                      + f'[source]\nkind = "images"\npath = "{tmp_path}"\n')
+    return config
+
+
+def test_a_policy_s_options_file_is_read_and_checked_when_the_config_is_loaded(tmp_path: Path,
+                                                                                tiny_bundle: Bundle) -> None:
+    from splitrt.edge.config import policy_options
+    from splitrt.edge.daemon import check_options
+
+    loaded = load_config(policy_config(tmp_path, "b", OPTIONS, "tcp://cloud:5555"))
+    assert [o.key for o in policy_options(loaded)] == ["local", "split@res/fp16"]
+    with pytest.raises(ConfigError, match=r"edge\.toml: \[cloud\] endpoint: the options split@res/fp16 need the cloud"):
+        load_config(policy_config(tmp_path, "b", OPTIONS))
+    with pytest.raises(ConfigError, match=r"edge\.toml: \[policy\] options: .*options\.json: options\[0\] \(local\): "
+                                          r"edge_ms: expected a finite number >= 0, got 'fast'"):
+        load_config(policy_config(tmp_path, "b", [{"action": "local", "edge_ms": "fast", "accuracy": 0.5}]))
+    with pytest.raises(ConfigError, match=r"\[policy\] calibration_image: .*nowhere\.png: no such file"):
+        load_config(policy_config(tmp_path, "b", OPTIONS, "tcp://c:1", calibration_image=str(tmp_path / "nowhere.png")))
+    # What the bundle cannot run is refused when the daemon starts (the bundle is not read before).
+    unknown = policy_options(load_config(policy_config(
+        tmp_path, "b", [*OPTIONS, {"action": "split@b4/fp16", "edge_ms": 1, "accuracy": 0.9}], "tcp://c:1")))
+    check_options(tiny_bundle, unknown[:2], "edge.toml")
+    with pytest.raises(ConfigError, match=r"\[policy\] options: split@b4/fp16: not in bundle tiny-cnn"):
+        check_options(tiny_bundle, unknown, "edge.toml")
 
 
 def test_device_telemetry_gauges_are_read_at_scrape(tmp_path: Path) -> None:
@@ -229,3 +272,60 @@ def test_results_on_a_zeromq_pub_socket() -> None:
     finally:
         subscriber.close()
         sink.close()
+
+
+def run_daemon_until(config: Path, results: Path, count: int, timeout_s: float = 90.0
+                     ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Start a daemon process, wait for `count` results, SIGTERM it; (result records, JSON log entries)."""
+    daemon = subprocess.Popen([*SPLITRT, "edge", "daemon", "--config", str(config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and daemon.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= count:
+                break
+            time.sleep(0.1)
+        assert daemon.poll() is None, daemon.stderr.read()  # type: ignore[union-attr]
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    logs = [json.loads(line) for line in daemon.stderr.read().splitlines() if line.startswith("{")]  # type: ignore[union-attr]
+    return [json.loads(line) for line in results.read_text().splitlines()], logs
+
+
+@pytest.mark.parametrize("cloud", ["up", "away"])
+def test_the_daemon_runs_the_deadline_policy_over_an_options_file(
+    cloud: str, service: RunningService, tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    pytest.importorskip("skimage")
+    from splitrt.edge.sources import write_sample_images
+
+    photos = write_sample_images(tmp_path / "photos")[:3]
+    endpoint = service.endpoint if cloud == "up" else f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    config = policy_config(tmp_path, str(tiny_bundle.root), OPTIONS, endpoint,
+                           calibration_image=str(photos[0]), calibrate_frames=3, prefilter="")
+    text = config.read_text().replace(f'path = "{tmp_path}"', f'path = "{tmp_path / "photos"}"\nloop = true')
+    results = tmp_path / "results.jsonl"
+    config.write_text(text.replace("[pipeline]\n", "[pipeline]\nbudget_ms = 500\n")
+                      + f'[results]\nsink = "jsonl"\npath = "{results}"\n')
+    if cloud == "up":  # wait for the handshake, so that calibration measures the remote action too
+        config.write_text(config.read_text().replace(f'endpoint = "{endpoint}"',
+                                                     f'endpoint = "{endpoint}"\nconnect_timeout_ms = 5000'))
+    records, logs = run_daemon_until(config, results, 15)
+    events = {entry.get("event"): entry for entry in logs}
+    assert "calibrated" in events and "started" in events and events.get("stopped")
+    measured = events["calibrated"]["edge_ms"]
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len(ok) >= 10 and {r["status"] for r in records} <= {"ok", "dropped"}
+    actions = {str(r["action"]) for r in ok}
+    if cloud == "up":
+        assert set(measured) == {"local", "split@res/fp16"}
+        # the split is the more accurate option and the loopback cloud answers in time: every frame goes there
+        # (hedged: the local option runs meanwhile, answering only if the reply is late)
+        assert actions <= {"split@res/fp16", "split@res/fp16/hedge:local"}, actions
+    else:
+        assert set(measured) == {"local"}  # the remote action keeps the file's costs
+        assert actions == {"local"}

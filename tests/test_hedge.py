@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from splitrt.actions import Local, Offload, Split, parse_action
-from splitrt.bench.policy import action_from_key
+from splitrt.policies.options_file import action_from_key
 from splitrt.bundle import Bundle
 from splitrt.edge.link import CloudLink
 from splitrt.edge.metrics import EdgeMetrics
@@ -231,7 +231,9 @@ def test_a_silent_cloud_leaves_the_hedges_answer_before_the_deadline(tiny_bundle
         # It stops waiting just before the deadline (a loaded host may overshoot by a scheduling delay, never by
         # waiting for the silent cloud).
         assert outcome.done_ms < outcome.deadline_ms + 100.0
-        assert "no reply from the cloud" in outcome.reason and "answered by the hedge local" in outcome.reason
+        # (It failed once in a full run on a loaded host, reason unknown: the message now says.)
+        assert "no reply from the cloud" in outcome.reason and "answered by the hedge local" in outcome.reason, (
+            outcome.reason, outcome.trace_ms)
         assert outcome.bytes_sent > 0 and "hedge" in outcome.trace_ms
         np.testing.assert_array_equal(outcome.logits, local.logits)
         metrics = EdgeMetrics()

@@ -43,8 +43,9 @@ from typing import Sequence
 import numpy as np
 
 from splitrt.bench.common import format_table, p50, read_labelled_images, select_parity, write_json
-from splitrt.bench.device_costs import device_options, frame_times_ms
-from splitrt.bench.e2e_edge import measured_options, option_to_json
+from splitrt.bench.device_costs import device_options
+from splitrt.edge.calibration import frame_times_ms, measured_options
+from splitrt.policies.options_file import action_from_key, option_to_json
 from splitrt.bench.failover import CloudProcess, free_tcp_port
 from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.payloads import offload_sizes
@@ -389,9 +390,19 @@ def write_frames(path: Path, run: EdgeRun, simulated: Sequence[FrameRecord]) -> 
                                   "simulated": asdict(sim) if sim is not None else None}) + "\n")
 
 
-def measured_device_ms(run: EdgeRun) -> dict[int, tuple[str, float]]:
-    """Each frame's device time in the run (`frame_times_ms`), by frame index, for `simulate(frame_edge_ms=)`."""
-    return {t.frame - 1: (t.action, t.edge_ms) for t in frame_times_ms(run.outcomes)}
+def measured_device_ms(run: EdgeRun) -> dict[int, dict[str, float]]:
+    """Each frame's device times in the run (`frame_times_ms`), by frame index and action key, for
+    `simulate(frame_edge_ms=)`: a hedged frame's under its remote part's key, and its hedge's where it answered."""
+    measured: dict[int, dict[str, float]] = {}
+    for t in frame_times_ms(run.outcomes):
+        action = action_from_key(t.action)
+        hedge = getattr(action, "hedge", None)
+        if hedge is None:
+            measured[t.frame - 1] = {t.action: t.edge_ms}
+            continue
+        measured[t.frame - 1] = {replace(action, hedge=None).describe(): t.edge_ms,
+                                 **({hedge.describe(): t.hedge_ms} if t.hedge_ms is not None else {})}
+    return measured
 
 
 def plot_e2e(timelines: dict[str, dict[str, tuple[list[FrameRecord], list[FrameRecord]]]],

@@ -21,22 +21,21 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from splitrt.bench.device_costs import calibrate, with_samples
-from splitrt.bench.policy import action_from_key
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import TimeDilation, warmup_runs
 from splitrt.devices.ort import default_threads
 from splitrt.edge.adaptive import AdaptiveRuntime
+from splitrt.edge.calibration import calibrate, measured_options
 from splitrt.edge.link import CloudLink
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.edge.sources import PacedSource
 from splitrt.imaging import load_rgb
 from splitrt.policies.estimators import LinkEstimates
-from splitrt.policies.policies import ActionOption, make_policy, with_best_hedges
+from splitrt.policies.options_file import option_from_json
+from splitrt.policies.policies import make_policy
 
 
 @dataclass(frozen=True)
@@ -60,34 +59,6 @@ class EdgeSpec:
     @classmethod
     def load(cls, path: str | Path) -> "EdgeSpec":
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def option_to_json(option: ActionOption) -> dict[str, object]:
-    return {"action": option.key, "edge_ms": option.edge_ms, "payload_bytes": option.payload_bytes,
-            "cloud_ms": option.cloud_ms, "accuracy": option.accuracy,
-            "edge_samples_ms": [round(v, 3) for v in option.edge_samples_ms],
-            "cloud_samples_ms": [round(v, 3) for v in option.cloud_samples_ms],
-            **({"hedge": option_to_json(option.hedge)} if option.hedge is not None else {})}
-
-
-def option_from_json(item: dict[str, object]) -> ActionOption:
-    hedge = item.get("hedge")
-    return ActionOption(action_from_key(str(item["action"])), float(item["edge_ms"]),  # type: ignore[arg-type]
-                        int(item["payload_bytes"]), float(item["cloud_ms"]), float(item["accuracy"]),  # type: ignore[arg-type]
-                        tuple(float(v) for v in item.get("edge_samples_ms", ())),  # type: ignore[union-attr]
-                        tuple(float(v) for v in item.get("cloud_samples_ms", ())),  # type: ignore[union-attr]
-                        option_from_json(hedge) if isinstance(hedge, dict) else None)
-
-
-def measured_options(options: Sequence[ActionOption], samples_ms: dict[str, list[float]],
-                     after_link_ms: dict[str, list[float]], deadline_ms: float, rehedge: bool) -> list[ActionOption]:
-    """`options` with the edge's own measurements (`with_samples`); with `rehedge` (a policy that chooses among
-    them), each remote one's hedge chosen again from those measurements (`with_best_hedges`): the local action
-    most likely right and in time on the device as it is now, not as it was when the costs were sampled."""
-    measured = with_samples(options, samples_ms, after_link_ms)
-    if not rehedge or all(o.hedge is None for o in measured):
-        return measured
-    return with_best_hedges([o for o in measured if o.hedge is None], deadline_ms)
 
 
 def _emit(event: str, **fields: object) -> None:

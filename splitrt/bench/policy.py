@@ -27,9 +27,10 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from splitrt.actions import Action, Local, Offload, Split, parse_action
+from splitrt.actions import Action, Local, Offload, Split
 from splitrt.bench.common import format_table, read_labelled_images, select_parity, write_json
 from splitrt.bench.device_costs import device_options
+from splitrt.policies.options_file import action_from_key
 from splitrt.bench.payloads import offload_sizes, request_bytes
 from splitrt.bench.plot import save_figure
 from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle
@@ -155,15 +156,6 @@ def measure_options(bundle: Bundle, images_dir: str | Path, actions: Sequence[Ac
                                         float((top1 == labels).mean())))
             correctness[key] = top1 == labels
     return options, correctness
-
-
-def action_from_key(key: str) -> Action:
-    """The inverse of `Action.describe()`: `parse_action` on the key, refused unless it describes back to it (so a
-    bare point name or a missing codec is not a key)."""
-    action = parse_action(key)
-    if action.describe() != key:
-        raise ValueError(f"not an action key: {key!r}")
-    return action
 
 
 def cached_options(bundle: Bundle, images: str | Path, cache: Path | None, limit: int | None,

@@ -18,6 +18,7 @@ from splitrt.actions import Action, Local, Offload, Skip, Split, parse_action
 
 if TYPE_CHECKING:
     from splitrt.edge.link import CurveClientKeys
+    from splitrt.policies.policies import ActionOption
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +37,24 @@ class PipelineConfig:
     fallback: Action | None = Local()
     budget_ms: float = 200.0
     threads: int = 1
+
+
+# Policies the daemon runs: `static` runs [pipeline] action (with its fallback); the others choose every frame's
+# action among [policy] options (`make_policy`). The oracles know the future link: benchmarks only.
+POLICIES = ("static", "deadline", "deadline-uncalibrated", "latency")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    name: str = "static"
+    options: str = ""  # JSON file of the actions to choose from, their costs and accuracies (`policies.options_file`)
+    calibrate_frames: int = 10  # at start, each action this many frames on this device; 0: the file's device costs
+    calibration_image: str = ""  # the image those frames show; "": the file's device costs
+    hedges: bool = True  # a remote action runs with the local one most likely right and in time as its hedge
+    prefilter: str = ""  # "" (off) or FEATURE:THRESHOLD, e.g. "histogram:0.017" (`policies.prefilter`)
+    probe_interval_ms: float = 1000.0  # while frames stay local, one frame this often tries the link
+    initial_uplink_mbps: float = 2.0  # the link estimates before the first reply
+    initial_rtt_ms: float = 40.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,7 @@ class LogConfig:
 class DaemonConfig:
     pipeline: PipelineConfig
     source: SourceConfig
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
@@ -160,6 +180,23 @@ def _fallback(value: Any) -> Action | None:
     return action
 
 
+def _prefilter(value: Any) -> str:
+    from splitrt.policies.prefilter import FEATURES
+
+    if not isinstance(value, str):
+        raise ValueError(f"expected \"\" or FEATURE:THRESHOLD such as \"histogram:0.017\", got {value!r}")
+    if value:
+        feature, _, threshold = value.partition(":")
+        try:
+            number = float(threshold)
+        except ValueError:
+            number = -1.0
+        if feature not in FEATURES or not number > 0:
+            raise ValueError(f"expected FEATURE:THRESHOLD with FEATURE one of {', '.join(FEATURES)} and a threshold "
+                             f"> 0, e.g. \"histogram:0.017\", got {value!r}")
+    return value
+
+
 ENDPOINT = _string(prefixes=("tcp://", "ipc://", "inproc://"))
 
 SCHEMA: dict[str, tuple[type, dict[str, Check], tuple[str, ...]]] = {
@@ -168,6 +205,12 @@ SCHEMA: dict[str, tuple[type, dict[str, Check], tuple[str, ...]]] = {
         "bundle": _string(), "action": _action, "fallback": _fallback, "budget_ms": _number(0, low_open=True),
         "threads": _integer(1),
     }, ("bundle",)),
+    "policy": (PolicyConfig, {
+        "name": _string(POLICIES), "options": _string(), "calibrate_frames": _integer(0),
+        "calibration_image": _string(), "hedges": _boolean, "prefilter": _prefilter,
+        "probe_interval_ms": _number(0, low_open=True), "initial_uplink_mbps": _number(0, low_open=True),
+        "initial_rtt_ms": _number(0),
+    }, ()),
     "cloud": (CloudConfig, {
         "endpoint": ENDPOINT, "heartbeat_interval_ms": _number(0, low_open=True),
         "down_after_intervals": _number(1), "reconnect_initial_ms": _number(0, low_open=True),
@@ -231,11 +274,18 @@ def parse_config(document: dict[str, Any], origin: str = "edge.toml") -> DaemonC
 
 def _check_consistency(config: DaemonConfig, fail: Callable[[str, str], ConfigError]) -> None:
     source, cloud, pipeline, results = config.source, config.cloud, config.pipeline, config.results
+    policy = config.policy
     if source.kind in ("images", "video") and not source.path:
         raise fail("[source] path", f"a {source.kind} source needs a path")
-    needs_cloud = isinstance(pipeline.action, (Split, Offload))
+    needs_cloud = policy.name == "static" and isinstance(pipeline.action, (Split, Offload))
     if needs_cloud and not cloud.endpoint:
         raise fail("[cloud] endpoint", f"action {pipeline.action.describe()} needs the cloud's endpoint")
+    if policy.name != "static" and not policy.options:
+        raise fail("[policy] options", f"policy {policy.name} needs a file of the actions it chooses among "
+                                       "(`splitrt bench policy --json OUT` writes one)")
+    if policy.name == "static" and policy.options:
+        raise fail("[policy] options", "the static policy runs [pipeline] action; set [policy] name to choose "
+                                       "among these options")
     if cloud.endpoint and cloud.down_after_intervals >= 3:
         raise fail("[cloud] down_after_intervals", "must be below 3 so that a lost cloud is detected within 3 heartbeats")
     if cloud.reconnect_initial_ms > cloud.reconnect_max_ms:
@@ -262,8 +312,30 @@ def curve_keys(config: DaemonConfig) -> "CurveClientKeys | None":
         raise ConfigError(f"{config.origin}: [cloud] {exc.key}: {exc}") from None
 
 
+def policy_options(config: DaemonConfig) -> "list[ActionOption]":
+    """The options `[policy] options` names, read and checked (an empty list for the static policy); raises
+    ConfigError naming the key and what is wrong with the file. An option that needs the cloud needs [cloud]."""
+    from splitrt.policies.options_file import OptionsError, load_options
+
+    if not config.policy.options:
+        return []
+    image = config.policy.calibration_image
+    if image and config.policy.calibrate_frames and not Path(image).is_file():
+        raise ConfigError(f"{config.origin}: [policy] calibration_image: {image}: no such file")
+    try:
+        options = load_options(config.policy.options)
+    except OptionsError as exc:
+        raise ConfigError(f"{config.origin}: [policy] options: {exc}") from None
+    remote = [o.key for o in options if o.remote]
+    if remote and not config.cloud.endpoint:
+        raise ConfigError(f"{config.origin}: [cloud] endpoint: the options {', '.join(remote[:3])}"
+                          f"{' ...' if len(remote) > 3 else ''} need the cloud's endpoint")
+    return options
+
+
 def load_config(path: str | Path) -> DaemonConfig:
-    """Read and validate a TOML file, including that its CURVE key files (if any) can be read."""
+    """Read and validate a TOML file, including that its CURVE key files (if any) and its policy's options file
+    can be read."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -275,4 +347,5 @@ def load_config(path: str | Path) -> DaemonConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     config = parse_config(document, origin=str(path))
     curve_keys(config)
+    policy_options(config)
     return config

@@ -3,6 +3,9 @@
 It streams a source (camera, video, images) through the runtime with failover to local inference, and
 writes every frame's outcome: results to stdout, a JSON-lines file or a ZeroMQ PUB socket; the full
 per-frame trace as JSON lines; Prometheus metrics on `/metrics`; structured (JSON) logs on stderr.
+With `[policy] name = "deadline"` (or another policy) each frame's action is chosen among the options file's
+actions from live link estimates (`AdaptiveRuntime`); at start each action runs `calibrate_frames` frames of
+`calibration_image` on this device, and their measured times replace the file's device costs.
 SIGTERM or SIGINT stops the source; the frame being processed finishes (it is bounded by its deadline),
 the outputs are flushed and closed, and the process exits 0. Under systemd: `deploy/splitrt-edge.service`.
 """
@@ -15,13 +18,21 @@ import logging
 import signal
 import sys
 from collections import Counter
+from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from splitrt.edge.config import DaemonConfig, SourceConfig, curve_keys
+import numpy as np
+
+from splitrt.actions import Offload, Split
+from splitrt.edge.config import DaemonConfig, SourceConfig, curve_keys, policy_options
 from splitrt.frame import FrameOutcome
 
 if TYPE_CHECKING:
+    from splitrt.bundle import Bundle
+    from splitrt.edge.adaptive import AdaptiveRuntime
     from splitrt.edge.link import CurveClientKeys
+    from splitrt.edge.runtime import EdgeRuntime
+    from splitrt.policies.policies import ActionOption
 
 log = logging.getLogger("splitrt.edge.daemon")
 
@@ -180,10 +191,12 @@ class EdgeDaemon:
 
         config = self.config
         curve = curve_keys(config)  # a missing or unreadable key file stops the daemon before anything starts
+        options = policy_options(config)  # so does an options file that cannot be used
         if self.device is not None and hasattr(self.device, "apply"):
             self.device.apply()
         threads = int(getattr(self.device, "intra_op_threads", config.pipeline.threads) or config.pipeline.threads)
         bundle = Bundle.load(config.pipeline.bundle)
+        check_options(bundle, options, config.origin)
         metrics = self._metrics()
         link = self._link(bundle, metrics, curve)
         runtime = EdgeRuntime(bundle, link, intra_op_threads=threads, action=config.pipeline.action,
@@ -195,12 +208,17 @@ class EdgeDaemon:
             if link is not None and config.cloud.connect_timeout_ms > 0:
                 await asyncio.get_running_loop().run_in_executor(
                     None, link.wait_up, config.cloud.connect_timeout_ms / 1000.0)
+            adaptive = None
+            if options:
+                adaptive = await asyncio.get_running_loop().run_in_executor(None, self._adaptive, runtime, options)
             source = open_source(config.source)
-            log.info("started: %s on %s, fallback %s, budget %.0f ms", config.pipeline.action.describe(),
+            runs = adaptive.policy.name if adaptive is not None else config.pipeline.action.describe()
+            log.info("started: %s on %s, fallback %s, budget %.0f ms", runs,
                      config.source.kind, config.pipeline.fallback.describe() if config.pipeline.fallback else "none",
                      config.pipeline.budget_ms,
                      extra={"event": "started", "bundle": bundle.model_id, "cloud": config.cloud.endpoint or ""})
-            async for outcome in runtime.run(source, budget_ms=config.pipeline.budget_ms, stop=stop):
+            frames = (adaptive or runtime).run(source, budget_ms=config.pipeline.budget_ms, stop=stop)
+            async for outcome in frames:
                 self.counts[outcome.status.value] += 1
                 if outcome.planned:
                     self.counts["fallback"] += 1
@@ -225,6 +243,50 @@ class EdgeDaemon:
                 metrics.close()
             log.info("stopped", extra={"event": "stopped", "frames": dict(self.counts)})
         return 0
+
+    def _adaptive(self, runtime: "EdgeRuntime", options: "list[ActionOption]") -> "AdaptiveRuntime":
+        """The policy's runtime over `options`, their device costs measured here first when the config says so
+        (`calibration_image`, `calibrate_frames`); with `hedges`, each remote option runs hedged by the local one
+        most likely right and in time. Runs before the source opens (it takes a few seconds per action)."""
+        from splitrt.edge.adaptive import AdaptiveRuntime
+        from splitrt.edge.calibration import calibrate, with_samples
+        from splitrt.imaging import load_rgb
+        from splitrt.policies.estimators import LinkEstimates
+        from splitrt.policies.policies import make_policy, with_best_hedges
+        from splitrt.policies.prefilter import Prefilter
+
+        policy, pipeline = self.config.policy, self.config.pipeline
+        # every action once (sessions loaded), then the parts of hedged ones: their remote part and their hedge
+        actions = {o.key: o.action for o in options}
+        parts = {o.remote_key: replace(o.action, hedge=None) for o in options if o.hedge is not None}
+        parts.update({o.hedge.key: o.hedge.action for o in options if o.hedge is not None})
+        runtime.warm_up([*actions.values(), *parts.values()])
+        if policy.calibrate_frames and policy.calibration_image:
+            link_up = runtime.link is not None and getattr(runtime.link, "is_up", True)
+            measure = [a for a in {**actions, **parts}.values()
+                       if getattr(a, "hedge", None) is None and (link_up or not isinstance(a, (Split, Offload)))]
+            fps = float(self.config.source.fps) if self.config.source.kind == "camera" else 5.0
+            rtt_ms = getattr(runtime.link, "heartbeat_rtt_ms", None) or policy.initial_rtt_ms
+            samples, after_link = calibrate(runtime, measure, load_rgb(policy.calibration_image),
+                                            policy.calibrate_frames, fps, rtt_ms)
+            options = with_samples(options, samples, after_link)
+            log.info("calibrated %d actions on this device%s", len(samples),
+                     "" if link_up else " (the cloud is away: remote actions keep the file's costs)",
+                     extra={"event": "calibrated", "edge_ms": {k: round(float(np.median(v)), 2)
+                                                              for k, v in samples.items() if v}})
+        else:
+            log.warning("device costs are the options file's, not measured on this device (set [policy] "
+                        "calibration_image)", extra={"event": "not_calibrated"})
+        if policy.hedges:  # hedges chosen here, from this device's times
+            options = with_best_hedges([o for o in options if o.hedge is None], pipeline.budget_ms)
+        prefilter = None
+        if policy.prefilter:
+            feature, _, threshold = policy.prefilter.partition(":")
+            prefilter = Prefilter(feature, float(threshold))
+        return AdaptiveRuntime(runtime, make_policy(policy.name), options, prefilter=prefilter,
+                               estimates=LinkEstimates(initial_bps=policy.initial_uplink_mbps * 1e6,
+                                                       initial_rtt_ms=policy.initial_rtt_ms),
+                               probe_interval_ms=policy.probe_interval_ms)
 
     def _metrics(self) -> Any:
         if not self.config.metrics.port:
@@ -265,6 +327,19 @@ class EdgeDaemon:
         if metrics is not None:
             metrics.cloud_up.set(0)
         return link.start()
+
+
+def check_options(bundle: "Bundle", options: "list[ActionOption]", origin: str) -> None:
+    """Raises ConfigError naming the first option (or hedge) that `bundle` cannot run."""
+    from splitrt.edge.config import ConfigError
+    from splitrt.edge.runtime import check_action
+
+    for option in options:
+        try:
+            check_action(bundle, option.action)
+        except Exception as exc:  # BundleError, UnknownCodec, ValueError: all mean this bundle cannot run it
+            raise ConfigError(f"{origin}: [policy] options: {option.key}: not in bundle {bundle.model_id}: "
+                              f"{exc}") from None
 
 
 def main(config: DaemonConfig, device: Any | None = None) -> int:

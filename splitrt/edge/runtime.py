@@ -19,8 +19,8 @@ import onnxruntime as ort
 
 from splitrt.clock import wall_clock_ms
 from splitrt.actions import Action, Local, Offload, Skip, Split
-from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, TAIL_INPUT_NAME, Bundle, BundleError
-from splitrt.codecs import CodecError, UnknownCodec, codec_for_point
+from splitrt.bundle import HEAD_INPUT_NAME, INPUT_POINT, TAIL_INPUT_NAME, Bundle, BundleError, SplitPoint
+from splitrt.codecs import Codec, CodecError, UnknownCodec, codec_for_point
 from splitrt.devices.dilation import DeviceSpeed, NativeSpeed
 from splitrt.devices.ort import create_session
 from splitrt.edge.link import NOT_SENT, Link, LinkError
@@ -66,6 +66,28 @@ class _StopSignal:
 
 class _FallBack(Exception):
     """The cloud path cannot deliver this frame in time; run the fallback action instead."""
+
+
+def remote_point_and_codec(bundle: Bundle, action: Split | Offload) -> tuple[SplitPoint, Codec]:
+    """The split point and codec a remote action sends; raises BundleError, UnknownCodec or ValueError when
+    `bundle` has no such point or the codec cannot carry it."""
+    point = bundle.manifest.split(INPUT_POINT if isinstance(action, Offload) else action.point)
+    codec = codec_for_point(bundle, point.name, action.codec)  # a bottleneck's encoder is its head
+    if (codec.kind == "image") != (point.name == INPUT_POINT):
+        raise ValueError(f"codec {codec.codec_id} ({codec.kind}) cannot carry split {point.name}")
+    return point, codec
+
+
+def check_action(bundle: Bundle, action: Action) -> None:
+    """Raises (BundleError, UnknownCodec, ValueError) when `bundle` cannot run `action`: an exit, split point or
+    codec it does not have, its hedge's included. Nothing is loaded."""
+    if isinstance(action, Local):
+        if action.exit is not None:
+            bundle.manifest.exit(action.exit)
+    elif isinstance(action, (Split, Offload)):
+        remote_point_and_codec(bundle, action)
+        if action.hedge is not None:
+            check_action(bundle, action.hedge)
 
 
 def needs_cloud(action: Action) -> bool:
@@ -287,10 +309,7 @@ class EdgeRuntime:
                 self._record_fallback_ms(sum(trace.values()))
             return
 
-        point = manifest.split(INPUT_POINT if isinstance(action, Offload) else action.point)
-        codec = codec_for_point(self.bundle, point.name, action.codec)  # a bottleneck's encoder is its head
-        if (codec.kind == "image") != (point.name == INPUT_POINT):
-            raise ValueError(f"codec {codec.codec_id} ({codec.kind}) cannot carry split {point.name}")
+        point, codec = remote_point_and_codec(self.bundle, action)
         if point.head_file is None:
             activation = image
         else:

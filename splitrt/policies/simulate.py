@@ -105,7 +105,7 @@ class _FrameCosts:
     action."""
 
     def __init__(self, options: Sequence[ActionOption], frames: int, seed: int,
-                 frame_edge_ms: Mapping[int, tuple[str, float]] | None) -> None:
+                 frame_edge_ms: Mapping[int, Mapping[str, float]] | None) -> None:
         rng = np.random.default_rng(seed)
         unhedged = [o for o in options if o.hedge is None]  # a hedged option meets its remote part's times
         self._edge = {o.key: rng.choice(o.edge_samples_ms, frames) for o in unhedged if o.edge_samples_ms}
@@ -124,9 +124,9 @@ class _FrameCosts:
     def of(self, option: ActionOption, frame_id: int) -> tuple[float, float]:
         """(device ms, cloud ms) of `option` on frame `frame_id` (of its remote part, for a hedged one)."""
         key = option.remote_key
-        measured = self._measured.get(frame_id)
-        if measured is not None and measured[0] == key:
-            edge_ms = measured[1]
+        measured = self._measured.get(frame_id, {}).get(key)
+        if measured is not None:
+            edge_ms = measured
         else:
             edge = self._edge.get(key)
             edge_ms = option.edge_ms if edge is None else float(edge[frame_id])
@@ -168,12 +168,13 @@ def simulate(
     trace: UplinkTrace,
     config: SimConfig,
     payload_bytes: Mapping[str, np.ndarray] | None = None,
-    frame_edge_ms: Mapping[int, tuple[str, float]] | None = None,
+    frame_edge_ms: Mapping[int, Mapping[str, float]] | None = None,
 ) -> list[FrameRecord]:
     """Run `policy` over the trace; `correctness[key][i]` says whether action `key` is right on image i, and
     `payload_bytes[key][i]`, where given, what it sends for image i (an image codec's size depends on the image;
-    otherwise every frame sends the option's `payload_bytes`). `frame_edge_ms[i]`, where given, is (action key,
-    device ms) of frame i in a measured run: the device time of frame i when the simulator picks that action."""
+    otherwise every frame sends the option's `payload_bytes`). `frame_edge_ms[i]`, where given, holds the device ms
+    of what ran in frame i of a measured run, by action key (a hedged frame: its remote part's, and its hedge's where
+    the hedge ran to the end): the device time of frame i when the simulator runs that action (or part)."""
     duration_ms = (config.duration_s or trace.duration_s) * 1000.0
     frame_gap_ms = 1000.0 / config.fps
     captures = config.first_frame_ms + np.arange(0.0, duration_ms, frame_gap_ms)
