@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from splitrt.actions import Local, Split
@@ -329,3 +330,55 @@ def test_the_daemon_runs_the_deadline_policy_over_an_options_file(
     else:
         assert set(measured) == {"local"}  # the remote action keeps the file's costs
         assert actions == {"local"}
+
+
+def test_hedged_options_in_the_file_are_hedged_again_on_the_device(tmp_path: Path, tiny_bundle: Bundle) -> None:
+    from PIL import Image
+
+    from splitrt.edge.config import policy_options
+    from splitrt.edge.daemon import EdgeDaemon
+    from splitrt.edge.runtime import EdgeRuntime
+
+    image = tmp_path / "calibration.png"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
+    local, split = OPTIONS
+    hedged_only = [local, {**split, "action": "split@res/fp16/hedge:local", "hedge": local}]  # no plain split
+    config = load_config(policy_config(tmp_path, str(tiny_bundle.root), hedged_only, "tcp://127.0.0.1:1",
+                                       calibration_image=str(image), calibrate_frames=1))
+    runtime = EdgeRuntime(tiny_bundle, None)  # no cloud: only the local action is measured
+    try:
+        adaptive = EdgeDaemon(config)._adaptive(runtime, policy_options(config), lambda: False)
+        assert [o.key for o in adaptive.options] == ["local", "split@res/fp16", "split@res/fp16/hedge:local"]
+        assert adaptive.options[0].edge_samples_ms and not adaptive.options[1].edge_samples_ms
+        # Stopped (SIGTERM) before calibrating: nothing is measured, the file's costs stay.
+        stopped = EdgeDaemon(config)._adaptive(runtime, policy_options(config), lambda: True)
+        assert not any(o.edge_samples_ms for o in stopped.options)
+    finally:
+        runtime.close()
+
+
+def test_calibration_leaves_out_frames_that_ran_something_else(tiny_bundle: Bundle) -> None:
+    from splitrt.edge.calibration import calibrate
+    from splitrt.edge.runtime import EdgeRuntime
+
+    runtime = EdgeRuntime(tiny_bundle, None)  # the split's frames fall back to local: not the split's samples
+    try:
+        device, after_link = calibrate(runtime, [Local(), Split("res", "fp16")], np.zeros((40, 40, 3), np.uint8),
+                                       2, 50.0, 0.0)
+    finally:
+        runtime.close()
+    assert len(device["local"]) == 2 and device["split@res/fp16"] == [] and after_link == {}
+
+
+def test_check_runs_the_policy_s_actions_against_the_bundle(tmp_path: Path, tiny_bundle: Bundle) -> None:
+    not_an_image = tmp_path / "calibration.png"
+    not_an_image.write_text("no pixels here")
+    config = policy_config(tmp_path, str(tiny_bundle.root), OPTIONS, "tcp://127.0.0.1:1",
+                           calibration_image=str(not_an_image))
+    with pytest.raises(ConfigError, match=r"\[policy\] calibration_image: .*calibration\.png: not an image"):
+        load_config(config)
+    config = policy_config(tmp_path, str(tiny_bundle.root),
+                           [*OPTIONS, {"action": "split@b4/fp16", "edge_ms": 1, "accuracy": 0.9}], "tcp://127.0.0.1:1")
+    result = subprocess.run([*SPLITRT, "edge", "daemon", "--config", str(config), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "[policy] options: split@b4/fp16: not in bundle tiny-cnn" in result.stderr

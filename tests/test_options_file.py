@@ -30,7 +30,8 @@ def test_what_bench_policy_wrote_loads() -> None:
 
 
 @pytest.mark.parametrize(("item", "message"), [
-    ({"action": "local"}, r"edge_ms: expected a finite number >= 0, got None"),
+    ({"action": "local"}, r"edge_ms: missing"),
+    ({"action": "local", "edge_ms": 10**400, "accuracy": 0.5}, r"edge_ms: expected a finite number >= 0, got 1000"),
     ({"action": "local", "edge_ms": -1, "accuracy": 0.5}, r"edge_ms: expected a finite number >= 0, got -1"),
     ({"action": "local", "edge_ms": 1, "accuracy": 1.5}, r"accuracy: expected at most 1"),
     ({"action": "local", "edge_ms": 1, "accuracy": 0.5, "payload_bytes": 1.5}, r"payload_bytes: expected an integer"),
@@ -40,7 +41,11 @@ def test_what_bench_policy_wrote_loads() -> None:
     ({"action": "skip", "edge_ms": 0, "accuracy": 0.5}, r"action: skip is the prefilter's"),
     ({"action": 7}, r"action: expected an action key"),
     ({"action": "offload/jpeg-q25", "edge_ms": 1, "accuracy": 0.5,
-      "hedge": {"action": "split@pool/fp16", "edge_ms": 1, "accuracy": 0.5}}, r"hedge: a hedge runs on the device"),
+      "hedge": {"action": "local@skip6", "edge_ms": 1, "accuracy": 0.5}}, r"hedge: the action names none"),
+    ({"action": "offload/jpeg-q25/hedge:local@skip6", "edge_ms": 1, "accuracy": 0.5}, r"hedge: missing"),
+    ({"action": "offload/jpeg-q25/hedge:local@skip6", "edge_ms": 1, "accuracy": 0.5,
+      "hedge": {"action": "local@skip9", "edge_ms": 1, "accuracy": 0.5}},
+     r"hedge: the action names local@skip6, the hedge's costs are local@skip9's"),
 ])
 def test_a_bad_option_is_refused_with_its_index_action_and_key(item: dict[str, object], message: str) -> None:
     good = option_to_json(SKIP6)

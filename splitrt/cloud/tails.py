@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from splitrt.bundle import HEAD_INPUT_NAME, TAIL_INPUT_NAME, Bundle, SplitPoint
-from splitrt.devices.ort import create_session
+from splitrt.devices.ort import CPU_PROVIDER, create_session
 
 CAST_MODEL = "cast_f16_f32.onnx"
 CAST_INPUT_NAME = "half"  # as splitrt.partition.cast_model writes it
@@ -47,7 +47,8 @@ class TailExecutor:
             with self._lock:
                 if self._cast is None:
                     with resources.as_file(resources.files("splitrt").joinpath(f"data/{CAST_MODEL}")) as path:
-                        self._cast = create_session(path, self.intra_op_threads)
+                        # on the CPU whatever the tails run on: a GPU would copy the batch there and back
+                        self._cast = create_session(path, self.intra_op_threads, providers=[CPU_PROVIDER])
         return self._cast
 
     def warm_up(self) -> None:
@@ -59,6 +60,7 @@ class TailExecutor:
 
     def close(self) -> None:
         self._sessions.clear()
+        self._cast = None
 
     def run(self, bundle_hash: str, split: str, activation: np.ndarray) -> np.ndarray:
         """Run the tail of `split` on a batch (N, ...) and return its output (N, ...). A float32 tail also takes a

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,16 +79,21 @@ def frame_times_ms(outcomes: list[dict[str, object]]) -> list[FrameTimes]:
 
 
 def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, frames: int, fps: float,
-              rtt_ms: float) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+              rtt_ms: float, stopped: Callable[[], bool] = lambda: False
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Each action `frames` paced frames through `runtime` (the first after a change of action left out):
-    (device ms, after-link ms) samples per action; the latter only for remote actions answered in time."""
+    (device ms, after-link ms) samples per action; the latter only for remote actions answered in time. A frame
+    that ran something else (a remote action's fallback, the cloud being away) is not the action's sample.
+    `stopped` is asked before each action: once it says so, the actions measured so far are returned."""
     device: dict[str, list[float]] = {}
     after_link: dict[str, list[float]] = {}
     for action in actions:
+        if stopped():
+            break
         ran = paced_outcomes(runtime, action, image, frames + 1, 1000.0 / fps, budget_ms=1000.0)
         outcomes = [o.to_json() for o in ran]
         first = ran[0].frame_id if ran else 0
-        times = [t for t in frame_times_ms(outcomes) if t.frame != first]
+        times = [t for t in frame_times_ms(outcomes) if t.frame != first and t.action == action.describe()]
         device[action.describe()] = [t.edge_ms for t in times]
         after = [max(0.0, t.after_send_ms - rtt_ms) for t in times if t.after_send_ms is not None]
         if after:

@@ -58,6 +58,16 @@ def _daemon(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if args.check:
+        if config.policy.options:  # the policy's actions against the bundle, as the daemon checks them at start
+            from splitrt.bundle import Bundle, BundleError
+            from splitrt.edge.config import ConfigError, policy_options
+            from splitrt.edge.daemon import check_options
+
+            try:
+                bundle = Bundle.load(config.pipeline.bundle, verify=False)
+            except (BundleError, OSError) as exc:
+                raise ConfigError(f"{args.config}: [pipeline] bundle: {exc}") from None
+            check_options(bundle, policy_options(config), config.origin)
         print(f"{args.config}: ok")
         return 0
     from splitrt.edge.daemon import main

@@ -320,8 +320,16 @@ def policy_options(config: DaemonConfig) -> "list[ActionOption]":
     if not config.policy.options:
         return []
     image = config.policy.calibration_image
-    if image and config.policy.calibrate_frames and not Path(image).is_file():
-        raise ConfigError(f"{config.origin}: [policy] calibration_image: {image}: no such file")
+    if image and config.policy.calibrate_frames:
+        from splitrt.imaging import load_rgb
+
+        if not Path(image).is_file():
+            raise ConfigError(f"{config.origin}: [policy] calibration_image: {image}: no such file")
+        try:
+            load_rgb(image)
+        except Exception as exc:  # PIL raises several kinds for a file that is not an image it can read
+            raise ConfigError(f"{config.origin}: [policy] calibration_image: {image}: not an image "
+                              f"({type(exc).__name__}: {exc})") from None
     try:
         options = load_options(config.policy.options)
     except OptionsError as exc:

@@ -19,7 +19,7 @@ import signal
 import sys
 from collections import Counter
 from dataclasses import replace
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from splitrt.policies.policies import ActionOption
 
 log = logging.getLogger("splitrt.edge.daemon")
+
+CALIBRATION_FPS = 5.0  # the pace of the calibration frames (each action's first is left out)
+CALIBRATION_LINK_WAIT_S = 5.0  # how long calibration waits for the cloud, when there are remote actions to measure
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -210,7 +213,10 @@ class EdgeDaemon:
                     None, link.wait_up, config.cloud.connect_timeout_ms / 1000.0)
             adaptive = None
             if options:
-                adaptive = await asyncio.get_running_loop().run_in_executor(None, self._adaptive, runtime, options)
+                adaptive = await asyncio.get_running_loop().run_in_executor(None, self._adaptive, runtime, options,
+                                                                            stop.is_set)
+                if stop.is_set():  # stopped while calibrating
+                    return 0
             source = open_source(config.source)
             runs = adaptive.policy.name if adaptive is not None else config.pipeline.action.describe()
             log.info("started: %s on %s, fallback %s, budget %.0f ms", runs,
@@ -244,10 +250,12 @@ class EdgeDaemon:
             log.info("stopped", extra={"event": "stopped", "frames": dict(self.counts)})
         return 0
 
-    def _adaptive(self, runtime: "EdgeRuntime", options: "list[ActionOption]") -> "AdaptiveRuntime":
+    def _adaptive(self, runtime: "EdgeRuntime", options: "list[ActionOption]",
+                  stopped: Callable[[], bool]) -> "AdaptiveRuntime":
         """The policy's runtime over `options`, their device costs measured here first when the config says so
         (`calibration_image`, `calibrate_frames`); with `hedges`, each remote option runs hedged by the local one
-        most likely right and in time. Runs before the source opens (it takes a few seconds per action)."""
+        most likely right and in time on this device. Runs before the source opens (`calibrate_frames` / 5 s per
+        action); `stopped` (SIGTERM) ends the calibration early."""
         from splitrt.edge.adaptive import AdaptiveRuntime
         from splitrt.edge.calibration import calibrate, with_samples
         from splitrt.imaging import load_rgb
@@ -256,29 +264,38 @@ class EdgeDaemon:
         from splitrt.policies.prefilter import Prefilter
 
         policy, pipeline = self.config.policy, self.config.pipeline
+        if policy.hedges:  # hedges are chosen here, from this device's times: the file's hedged options unhedged
+            options = list({o.remote_key: replace(o, action=replace(o.action, hedge=None), hedge=None)
+                            if o.hedge is not None else o for o in options}.values())
         # every action once (sessions loaded), then the parts of hedged ones: their remote part and their hedge
         actions = {o.key: o.action for o in options}
         parts = {o.remote_key: replace(o.action, hedge=None) for o in options if o.hedge is not None}
         parts.update({o.hedge.key: o.hedge.action for o in options if o.hedge is not None})
         runtime.warm_up([*actions.values(), *parts.values()])
+        link = runtime.link
+        remote = [a for a in {**actions, **parts}.values() if isinstance(a, (Split, Offload)) and a.hedge is None]
         if policy.calibrate_frames and policy.calibration_image:
-            link_up = runtime.link is not None and getattr(runtime.link, "is_up", True)
+            if remote and link is not None and not link.is_up:
+                link.wait_up(CALIBRATION_LINK_WAIT_S)  # so that the remote actions are measured too
+            link_up = link is not None and link.is_up
             measure = [a for a in {**actions, **parts}.values()
                        if getattr(a, "hedge", None) is None and (link_up or not isinstance(a, (Split, Offload)))]
-            fps = float(self.config.source.fps) if self.config.source.kind == "camera" else 5.0
-            rtt_ms = getattr(runtime.link, "heartbeat_rtt_ms", None) or policy.initial_rtt_ms
+            log.info("calibrating %d actions on this device, %d frames each (about %.0f s)", len(measure),
+                     policy.calibrate_frames, len(measure) * (policy.calibrate_frames + 1) / CALIBRATION_FPS,
+                     extra={"event": "calibrating", "actions": len(measure)})
+            rtt_ms = getattr(link, "heartbeat_rtt_ms", None) or policy.initial_rtt_ms
             samples, after_link = calibrate(runtime, measure, load_rgb(policy.calibration_image),
-                                            policy.calibrate_frames, fps, rtt_ms)
+                                            policy.calibrate_frames, CALIBRATION_FPS, rtt_ms, stopped)
             options = with_samples(options, samples, after_link)
-            log.info("calibrated %d actions on this device%s", len(samples),
-                     "" if link_up else " (the cloud is away: remote actions keep the file's costs)",
+            kept = "" if link_up or not remote else " (the cloud was away: remote actions keep the file's costs)"
+            log.info("calibrated %d actions on this device%s", len(samples), kept,
                      extra={"event": "calibrated", "edge_ms": {k: round(float(np.median(v)), 2)
                                                               for k, v in samples.items() if v}})
         else:
             log.warning("device costs are the options file's, not measured on this device (set [policy] "
                         "calibration_image)", extra={"event": "not_calibrated"})
-        if policy.hedges:  # hedges chosen here, from this device's times
-            options = with_best_hedges([o for o in options if o.hedge is None], pipeline.budget_ms)
+        if policy.hedges:
+            options = with_best_hedges(options, pipeline.budget_ms)
         prefilter = None
         if policy.prefilter:
             feature, _, threshold = policy.prefilter.partition(":")

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from splitrt.actions import Action, Local, Skip, parse_action
+from splitrt.actions import Action, Skip, parse_action
 from splitrt.policies.policies import ActionOption
 
 
@@ -39,9 +39,15 @@ def option_to_json(option: ActionOption) -> dict[str, object]:
 
 
 def _number(item: dict[str, Any], key: str, default: float | None = None, high: float | None = None) -> float:
+    if key not in item and default is None:
+        raise OptionsError(f"{key}: missing")
     value = item.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise OptionsError(f"{key}: expected a finite number >= 0, got {value!r}")
+    try:
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or value < 0:
+        raise OptionsError(f"{key}: expected a finite number >= 0, got {repr(value)[:40]}")
     if high is not None and value > high:
         raise OptionsError(f"{key}: expected at most {high:g}, got {value!r}")
     return float(value)
@@ -76,13 +82,17 @@ def option_from_json(item: object) -> ActionOption:
         raise OptionsError(f"payload_bytes: expected an integer, got {item['payload_bytes']!r}")
     hedge_item = item.get("hedge")
     hedge = None
+    named = getattr(action, "hedge", None)  # the hedge the action's key names, if any
+    if (hedge_item is None) != (named is None):
+        raise OptionsError("hedge: missing, the action names one" if hedge_item is None else
+                           "hedge: the action names none (a hedged action's key ends /hedge:<local action>)")
     if hedge_item is not None:
         try:
             hedge = option_from_json(hedge_item)
         except OptionsError as exc:
             raise OptionsError(f"hedge: {exc}") from None
-        if not isinstance(hedge.action, Local) or hedge.hedge is not None:
-            raise OptionsError(f"hedge: a hedge runs on the device, got {hedge.key}")
+        if hedge.action != named:
+            raise OptionsError(f"hedge: the action names {named.describe()}, the hedge's costs are {hedge.key}'s")
     return ActionOption(action, _number(item, "edge_ms"), int(payload_bytes), _number(item, "cloud_ms", 0.0),
                         _number(item, "accuracy", high=1.0), _samples(item, "edge_samples_ms"),
                         _samples(item, "cloud_samples_ms"), hedge)
