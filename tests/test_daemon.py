@@ -56,7 +56,7 @@ def test_a_minimal_config_gets_the_defaults() -> None:
         (with_("cloud", server_public_key="server.key"), r"\[cloud\] client_key: missing: CURVE needs"),
         (with_("cloud", client_key=1, server_public_key="s"), r"\[cloud\] client_key: expected a string, got 1"),
         (with_("cloud", client_keys="k"), r"\[cloud\] client_keys: unknown key; did you mean 'client_key'"),
-        (with_("policy", name="oracle"), r"\[policy\] name: expected one of static, deadline, deadline-uncalibrated"),
+        (with_("policy", name="oracle"), r"\[policy\] name: expected one of static, deadline, deadline-tracking, deadline-uncalibrated"),
         (with_("policy", name="deadline"), r"\[policy\] options: policy deadline needs a file of the actions"),
         (with_("policy", options="o.json"), r"\[policy\] options: the static policy runs \[pipeline\] action"),
         (with_("policy", name="deadline", options="o", prefilter="hist:0.1"), r"\[policy\] prefilter: expected FEATURE"),

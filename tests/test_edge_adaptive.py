@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from splitrt.actions import Local, Split
 from splitrt.bundle import Bundle
@@ -13,7 +14,7 @@ from splitrt.edge.link import CloudLink
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import Status
 from splitrt.policies.estimators import LinkEstimates
-from splitrt.policies.policies import ActionOption, DeadlinePolicy
+from splitrt.policies.policies import ActionOption, DeadlinePolicy, make_policy
 from splitrt.policies.prefilter import Prefilter
 from tests.conftest import start_service
 
@@ -89,3 +90,18 @@ def test_heartbeats_give_the_estimates_their_rtt(tiny_bundle: Bundle) -> None:
         link.close()
         running.service.stop()
         running.thread.join(10)
+
+
+def test_every_frame_tells_the_runtime_how_fast_the_device_runs(tiny_bundle: Bundle) -> None:
+    photo = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    # Options measured on a device a thousand times faster than this one: after a frame, the runtime knows better.
+    fast = ActionOption(Local(), edge_ms=0.001, accuracy=0.9)
+    adaptive = AdaptiveRuntime(EdgeRuntime(tiny_bundle), DeadlinePolicy(), [fast])
+    assert adaptive.estimates.device.factor == 1.0
+    outcome = adaptive.infer(photo, budget_ms=5000.0)
+    assert outcome.ok and adaptive.estimates.device.factor == pytest.approx(4.0 ** 0.1)  # one step to the cap
+    # A frame that failed (a split with no cloud configured) says nothing of the split's time.
+    split = ActionOption(Split("res", "fp16"), edge_ms=0.001, payload_bytes=2048, cloud_ms=1.0, accuracy=0.95)
+    alone = AdaptiveRuntime(EdgeRuntime(tiny_bundle), make_policy("static:split@res/fp16"), [split])
+    failed = alone.infer(photo, budget_ms=5000.0)
+    assert failed.status is Status.FAILED and alone.estimates.device.factor == 1.0

@@ -384,3 +384,48 @@ def test_the_past_oracle_knows_only_transfers_that_have_ended() -> None:
     outage = on_off_trace(8e6, on_ms=2000, off_ms=2000)  # nothing between 2 s and 4 s
     [waited] = _past_transfer_ms(outage, 3500.0, 200.0, 20_000)
     assert waited.size and np.all(waited > 200.0)  # only those that have waited longer than any deadline
+
+
+def test_device_slowdown_follows_the_ratio_of_observed_to_typical_times() -> None:
+    from splitrt.policies.estimators import DeviceSlowdown
+
+    device = DeviceSlowdown(alpha=0.5)
+    assert device.factor == 1.0
+    for _ in range(20):
+        device.observe(84.0, 60.0)
+    assert device.factor == pytest.approx(1.4, rel=1e-3)
+    device.observe(0.0, 60.0)  # nothing measured: ignored
+    assert device.factor == pytest.approx(1.4, rel=1e-3)
+    for _ in range(40):
+        device.observe(6000.0, 1.0)
+    assert device.factor == pytest.approx(4.0, rel=1e-3)  # capped
+
+
+SKIP6 = ActionOption(Local("skip6"), 60.0, accuracy=0.8, edge_samples_ms=(58.0, 60.0, 62.0))
+SKIP9 = ActionOption(Local("skip9"), 40.0, accuracy=0.5, edge_samples_ms=(39.0, 40.0, 41.0))
+
+
+def test_a_tracking_policy_takes_the_device_as_it_runs_now() -> None:
+    from dataclasses import replace
+
+    options = [SKIP6, SKIP9]
+    view = LinkView(1e6, 1e6, 20.0, 25.0)
+    plain, tracking = make_policy("deadline"), make_policy("deadline-tracking")
+    slow = replace(view, device_slowdown=1.3)  # skip6 now takes ~78 ms, past the 70 ms budget
+    assert plain.decide(70.0, options, slow).option is SKIP6
+    decision = tracking.decide(70.0, options, slow)
+    assert decision.option is SKIP9 and "device x1.28" in decision.reason  # the option as given, not a scaled copy
+    assert tracking.decide(70.0, options, replace(view, device_slowdown=1.04)).option is SKIP6  # under one step
+
+
+def test_in_the_simulator_a_tracking_policy_leaves_an_action_the_slowed_device_no_longer_finishes() -> None:
+    correct = {o.key: np.ones(10, dtype=bool) for o in (SKIP6, SKIP9)}
+    config = SimConfig(fps=5, deadline_ms=70, duration_s=6)
+    slowed = {i: {SKIP6.key: 84.0, SKIP9.key: 56.0} for i in range(30)}  # the run's device: 1.4x the samples
+    trace = UplinkTrace.constant("one-mbps", 1e6)
+    plain = simulate(make_policy("deadline"), [SKIP6, SKIP9], correct, trace, config, frame_edge_ms=slowed)
+    assert {r.action for r in plain} == {SKIP6.key} and all(r.status == "late" for r in plain)
+    tracking = simulate(make_policy("deadline-tracking"), [SKIP6, SKIP9], correct, trace, config,
+                        frame_edge_ms=slowed)
+    assert [r.action for r in tracking[-10:]] == [SKIP9.key] * 10 and all(r.status == "ok" for r in tracking[-10:])
+    assert tracking[0].action == SKIP6.key  # it learnt it from the frames

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 import numpy as np
 
 from splitrt.clock import wall_clock_ms
+from splitrt.edge.calibration import after_send
 from splitrt.edge.runtime import NO_REPLY, EdgeRuntime
 from splitrt.frame import Frame, FrameOutcome, Status
 from splitrt.policies.estimators import LinkEstimates
@@ -133,7 +134,9 @@ class AdaptiveRuntime:
         option = decision.option
         # what the policies' model gives a hedged option's reply now, which its outcome calibrates
         model_chance = on_time_probability(option, budget_ms, view) if option.hedge is not None else 0.0
+        started_ms = self.clock_ms()
         outcome = self.runtime.infer(pixels, option.action, budget_ms=budget_ms, source=source)
+        self._observe_device(option, outcome, self.clock_ms() - started_ms)
         outcome.predicted_ms = decision.predicted_ms
         reply_in_time = outcome.ok and not outcome.missed_deadline and not outcome.hedge_answered
         if decision.reason.startswith("probe"):
@@ -144,6 +147,19 @@ class AdaptiveRuntime:
         if outcome.ok:
             self.last = outcome
         return outcome
+
+    def _observe_device(self, option: ActionOption, outcome: FrameOutcome, took_ms: float) -> None:
+        """What the frame says of the device's speed: its device part (until its request left, for a remote
+        one) against the option's typical time, and a hedge's own time where it answered. A frame that ran
+        something else (a fallback) or ended otherwise says nothing."""
+        if outcome.action != option.key or outcome.status not in (Status.OK, Status.TIMEOUT):
+            return
+        sent_ms, hedge_ms = after_send(outcome.trace_ms, outcome.hedge_answered)
+        if sent_ms is None and outcome.status is not Status.OK:
+            return
+        self.estimates.device.observe(took_ms - (sent_ms or 0.0), option.typical_edge_ms)
+        if hedge_ms is not None and option.hedge is not None:
+            self.estimates.device.observe(hedge_ms, option.hedge.typical_edge_ms)
 
     def run(
         self, source: "FrameSource", budget_ms: float = 1000.0, stop: "asyncio.Event | None" = None, max_queue: int = 4

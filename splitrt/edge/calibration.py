@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -61,21 +61,26 @@ def frame_times_ms(outcomes: list[dict[str, object]]) -> list[FrameTimes]:
         start_ms, previous_done_ms = max(capture_ms, previous_done_ms), done_ms  # busy until any frame ends
         if o["status"] not in ("ok", "timeout"):
             continue
-        stages: dict[str, float] = o["trace_ms"]  # type: ignore[assignment]
-        after_send_ms: float | None = None
-        hedge_ms: float | None = None
-        if o.get("hedge_answered") and "hedge" in stages:
-            hedge_ms = stages["hedge"] + stages.get("hedge_tail", 0.0)
-            after_send_ms = max(stages.get("network", 0.0), hedge_ms) + stages.get("merge", 0.0)
-        elif "network" in stages:
-            after_send_ms = sum(stages.get(k, 0.0) for k in ("network", "cloud_queue", "cloud_compute", "merge"))
-        elif o["status"] != "ok":
+        after_send_ms, hedge_ms = after_send(o["trace_ms"], bool(o.get("hedge_answered")))  # type: ignore[arg-type]
+        if after_send_ms is None and o["status"] != "ok":
             continue
         edge_ms = max(0.0, done_ms - (after_send_ms or 0.0) - start_ms)
         answered = after_send_ms if o["status"] == "ok" and hedge_ms is None else None
         times.append(FrameTimes(int(o["frame_id"]), str(o["action"]), edge_ms, answered,  # type: ignore[arg-type]
                                 hedge_ms))
     return times
+
+
+def after_send(stages: Mapping[str, float], hedge_answered: bool) -> tuple[float | None, float | None]:
+    """(ms from the request leaving to the frame's end, or None for a frame that sent nothing; the hedge's own
+    device time where it answered, else None), from a frame's `trace_ms`: the round trip, the cloud's part and the
+    merge; for a frame its hedge answered, the merge after the longer of the wait for the reply and the hedge."""
+    if hedge_answered and "hedge" in stages:
+        hedge_ms = stages["hedge"] + stages.get("hedge_tail", 0.0)
+        return max(stages.get("network", 0.0), hedge_ms) + stages.get("merge", 0.0), hedge_ms
+    if "network" in stages:
+        return sum(stages.get(k, 0.0) for k in ("network", "cloud_queue", "cloud_compute", "merge")), None
+    return None, None
 
 
 def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, frames: int, fps: float,

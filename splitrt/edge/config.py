@@ -41,7 +41,7 @@ class PipelineConfig:
 
 # Policies the daemon runs: `static` runs [pipeline] action (with its fallback); the others choose every frame's
 # action among [policy] options (`make_policy`). The oracles know the future link: benchmarks only.
-POLICIES = ("static", "deadline", "deadline-uncalibrated", "latency")
+POLICIES = ("static", "deadline", "deadline-tracking", "deadline-uncalibrated", "latency")
 
 
 @dataclass(frozen=True)

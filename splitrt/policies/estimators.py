@@ -109,6 +109,28 @@ class DeviceLatencyEstimator:
 
 
 @dataclass
+class DeviceSlowdown:
+    """How much slower the device runs now than its options' measured times say: an EWMA of
+    ln(observed / typical) over every frame's device part (the action it ran, and a hedge that ran to the end),
+    whatever the action. The host's speed moves all actions alike (thermal throttling, other processes, a shared
+    machine), so every frame tells about all of them. Capped at `max_factor` either way."""
+
+    alpha: float = 0.1
+    max_factor: float = 4.0
+    _log: float = 0.0
+
+    @property
+    def factor(self) -> float:
+        return math.exp(self._log)
+
+    def observe(self, observed_ms: float, typical_ms: float) -> None:
+        if observed_ms <= 0.0 or typical_ms <= 0.0:
+            return
+        cap = math.log(self.max_factor)
+        self._log += self.alpha * (min(max(math.log(observed_ms / typical_ms), -cap), cap) - self._log)
+
+
+@dataclass
 class OnTimeCalibration:
     """How far to trust the model's on-time chance of a remote action, learnt from its hedged frames' outcomes.
 
@@ -172,6 +194,7 @@ class LinkEstimates:
     unreachable_since_ms: float | None = None
     queue_ms: EwmaEstimator = field(default_factory=EwmaEstimator)
     on_time: OnTimeCalibration = field(default_factory=OnTimeCalibration)
+    device: DeviceSlowdown = field(default_factory=DeviceSlowdown)
     _network_ms: collections.deque[float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -201,6 +224,7 @@ class LinkEstimates:
             cloud_up=cloud_up and self.reachable(now_ms),
             bandwidth_log_sd=self.throughput.log_sd,
             on_time_calibration=self.on_time.scalings(now_ms),
+            device_slowdown=self.device.factor,
         )
 
     def observe_reply(self, now_ms: float, size_bytes: int, network_ms: float, queue_ms: float) -> None:

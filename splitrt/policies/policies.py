@@ -59,6 +59,11 @@ class ActionOption:
         return bisect.bisect_right(self._sorted_edge_samples_ms, budget_ms) / len(self.edge_samples_ms)
 
     @functools.cached_property
+    def typical_edge_ms(self) -> float:
+        """The median of its device times (the point estimate without samples)."""
+        return float(np.median(self.edge_samples_ms)) if self.edge_samples_ms else self.edge_ms
+
+    @functools.cached_property
     def cautious_edge_ms(self) -> float:
         """The edge time exceeded only one frame in ten (p90 of the samples); the point estimate without them."""
         return float(np.percentile(self.edge_samples_ms, 90)) if self.edge_samples_ms else self.edge_ms
@@ -90,6 +95,13 @@ def with_best_hedges(options: Sequence[ActionOption], budget_ms: float) -> list[
         if value > 0.0:
             extra.append(hedged(option, best))
     return [*options, *extra]
+
+
+def on_slower_device(option: ActionOption, factor: float) -> ActionOption:
+    """`option` on a device `factor` times slower than its measured times (its hedge likewise)."""
+    return replace(option, edge_ms=option.edge_ms * factor,
+                   edge_samples_ms=tuple(v * factor for v in option.edge_samples_ms),
+                   hedge=None if option.hedge is None else on_slower_device(option.hedge, factor))
 
 
 def hedge_on_time_probability(option: ActionOption, budget_ms: float) -> float:
@@ -126,6 +138,9 @@ class LinkView:
     # Per remote part (`ActionOption.remote_key`), its on-time calibration, learnt from its hedged frames
     # (`OnTimeCalibration`); a key not here is taken as the model gives it.
     on_time_calibration: Mapping[str, PlattScaling] = field(default_factory=dict, hash=False)
+    # How much slower the device runs now than the options' measured times (`DeviceSlowdown`); policies that
+    # track the device scale those times by it.
+    device_slowdown: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +270,9 @@ class LatencyPolicy:
         return Decision(best, predicted, "least expected latency")
 
 
+DEVICE_STEP = 0.05  # ln of the device slowdown a tracking policy scales by: 5% steps, nothing below the first
+
+
 @dataclass(frozen=True)
 class DeadlinePolicy:
     """The action with the highest expected accuracy at the deadline; else the fastest local fallback.
@@ -279,6 +297,11 @@ class DeadlinePolicy:
     uses_link_estimates: bool = True
     rule: str = "expected"
     calibrated: bool = True
+    # Scale the options' device times by the view's `device_slowdown` (in steps of DEVICE_STEP, once it is a step
+    # away from 1): a device that slowed since its options were measured is taken as it is now.
+    tracks_device: bool = False
+    _on_device: dict[int, tuple[Sequence[ActionOption], list[ActionOption]]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False)
 
     def chance(self, option: ActionOption, budget_ms: float, link: LinkView) -> float:
         """The probability that `option`'s own answer is in time, as this policy takes it."""
@@ -288,6 +311,20 @@ class DeadlinePolicy:
         return chance
 
     def decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
+        steps = int(math.log(link.device_slowdown) / DEVICE_STEP) if self.tracks_device else 0
+        if steps == 0:
+            return self._decide(budget_ms, options, link)
+        cached = self._on_device.get(steps)
+        if cached is None or cached[0] is not options:  # scaled once per step and options list
+            cached = (options, [on_slower_device(o, math.exp(steps * DEVICE_STEP)) for o in options])
+            self._on_device[steps] = cached
+        scaled = cached[1]
+        decision = self._decide(budget_ms, scaled, link)
+        chosen = next(i for i, o in enumerate(scaled) if o is decision.option)
+        return replace(decision, option=options[chosen],  # the option as given: its samples are the device's own
+                       reason=f"{decision.reason}; device x{math.exp(steps * DEVICE_STEP):.2f}")
+
+    def _decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         usable = _usable(options, link)
         budget = budget_ms - self.margin_ms
         if self.rule == "expected":
@@ -405,7 +442,8 @@ class OraclePolicy:
 
 def make_policy(name: str) -> Policy:
     """`static:<action key>`, `latency`, `deadline` (`deadline-uncalibrated`: without the on-time calibration of
-    hedged actions), or an oracle (`ORACLE_KNOWLEDGE`)."""
+    hedged actions; `deadline-tracking`: with the device's times scaled to how fast it runs now), or an oracle
+    (`ORACLE_KNOWLEDGE`)."""
     if name.startswith("static:"):
         return StaticPolicy(name.removeprefix("static:"))
     if name == "latency":
@@ -414,7 +452,10 @@ def make_policy(name: str) -> Policy:
         return DeadlinePolicy()
     if name == "deadline-uncalibrated":
         return DeadlinePolicy(name=name, calibrated=False)
+    if name == "deadline-tracking":
+        return DeadlinePolicy(name=name, tracks_device=True)
     if name in ORACLE_KNOWLEDGE:
         return OraclePolicy(ORACLE_KNOWLEDGE[name])
-    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline, deadline-uncalibrated or "
+    raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline, deadline-uncalibrated, "
+                     f"deadline-tracking or "
                      f"{', '.join(ORACLE_KNOWLEDGE)}")

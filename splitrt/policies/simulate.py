@@ -207,6 +207,7 @@ def simulate(
         # the chance the policies' model gives a hedged option's reply now, which its outcome will calibrate
         model_chance = on_time_probability(option, deadline_ms - start_ms, view) if option.hedge is not None else 0.0
         edge_ms, cloud_ms = costs.of(option, frame_id)
+        seen.estimates.device.observe(edge_ms, option.typical_edge_ms)  # as the edge does at the frame's end
         image = frame_id % images
         bytes_sent, hedge_answered = 0, False
         if not option.remote:
@@ -228,7 +229,9 @@ def simulate(
                 if option.hedge is None:
                     end_ms, status, correct = deadline_ms, "timeout", False
                 else:  # the hedge ran after the send; its answer is taken once the reply is given up on
-                    hedge_end_ms = start_ms + edge_ms + costs.of(option.hedge, frame_id)[0]
+                    hedge_ms = costs.of(option.hedge, frame_id)[0]
+                    seen.estimates.device.observe(hedge_ms, option.hedge.typical_edge_ms)
+                    hedge_end_ms = start_ms + edge_ms + hedge_ms
                     end_ms = max(deadline_ms, hedge_end_ms)
                     status = "ok" if hedge_end_ms <= deadline_ms else "late"
                     correct, hedge_answered = bool(correctness[option.hedge.key][image]), True
