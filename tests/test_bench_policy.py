@@ -37,3 +37,15 @@ def test_policy_bench_writes_a_row_per_policy(tiny_bundle: Bundle, tmp_path: Pat
     assert (tmp_path / "policy.png").stat().st_size > 10_000
     assert action_from_key("split@pool/fp16").describe() == "split@pool/fp16"
     assert action_from_key("split@b4/q8+zstd").describe() == "split@b4/q8+zstd"
+
+
+def test_a_slowed_device_replays_every_action_s_samples_stretched() -> None:
+    from splitrt.actions import Local
+    from splitrt.bench.policy import slowed_device
+    from splitrt.policies.policies import ActionOption
+
+    skip6 = ActionOption(Local("skip6"), 60.0, accuracy=0.8, edge_samples_ms=(50.0, 70.0))
+    full = ActionOption(Local(), 80.0, accuracy=0.9)  # no samples: its point estimate
+    device = slowed_device([skip6, full], 40, 1.25)
+    assert len(device) == 40 and {v["local@skip6"] for v in device.values()} == {62.5, 87.5}
+    assert {v["local"] for v in device.values()} == {100.0}

@@ -221,6 +221,7 @@ def run_policy_bench(
     edge_cost_samples: int = 30,
     device_emulation: str = "quota",
     hedges: bool = True,
+    device_slowdown: float = 1.0,
 ) -> dict[str, list[dict[str, object]]]:
     from splitrt.devices.profiles import get_profile
 
@@ -243,10 +244,13 @@ def run_policy_bench(
         policies = [StaticPolicy(o.key) for o in options] + [
             LatencyPolicy(), DeadlinePolicy(), DeadlinePolicy(name="deadline-cautious", rule="cautious"),
             *([DeadlinePolicy(name="deadline-uncalibrated", calibrated=False)] if hedges else []),
+            DeadlinePolicy(name="deadline-tracking", tracks_device=True),
             OraclePolicy(), OraclePolicy("past"), OraclePolicy("frame")]
+        device = (None if device_slowdown == 1.0 else
+                  slowed_device(options, int(trace.duration_s * fps) + 1, device_slowdown))
         rows = []
         for policy in policies:
-            records = simulate(policy, options, correctness, trace, config, sizes)
+            records = simulate(policy, options, correctness, trace, config, sizes, frame_edge_ms=device)
             rows.append({"trace": trace.name, **summarize(policy.name, records)})
             if policy.name == "deadline":
                 timelines[trace.name] = (trace, records)
@@ -266,11 +270,22 @@ def run_policy_bench(
                settings={"candidates": candidates, "device_profile": device_profile, "cpu_share": profile.cpu_share,
                          "dilation_share": profile.dilation_share, "edge_cost_model": cost_model,
                          "device_emulation": device_emulation, "deadline_ms": deadline_ms, "fps": fps,
-                         "rtt_ms": rtt_ms, "hedges": hedges,
+                         "rtt_ms": rtt_ms, "hedges": hedges, "device_slowdown": device_slowdown,
                          "evaluation_images": int(len(next(iter(correctness.values()))))})
     if plot:
         plot_timelines(timelines, options, plot, oracle=oracle_timelines)
     return results
+
+
+def slowed_device(options: Sequence[ActionOption], frames: int, slowdown: float,
+                  seed: int = 0) -> dict[int, dict[str, float]]:
+    """Each frame's device time of every action (`simulate(frame_edge_ms=)`), drawn from its measured samples and
+    `slowdown` times as long: a device slower (or faster) than when its options were measured, which the policies'
+    options do not say (a counterfactual, as `bench policy-sweep --uplink-scale` is for the link)."""
+    rng = np.random.default_rng(seed)
+    draws = {o.key: rng.choice(o.edge_samples_ms or (o.edge_ms,), frames) * slowdown
+             for o in options if o.hedge is None}
+    return {i: {key: float(values[i]) for key, values in draws.items()} for i in range(frames)}
 
 
 def plot_timelines(timelines: dict[str, tuple[UplinkTrace, list]], options: Sequence[ActionOption],
@@ -313,7 +328,7 @@ def _run(args: argparse.Namespace) -> int:
     traces = [t for t in args.trace.split(",") if t]
     run_policy_bench(traces, args.bundle, args.images, args.json, args.device_profile, args.deadline_ms, args.fps,
                      args.rtt_ms, args.plot, args.limit, args.candidates, args.edge_cost_samples, args.device_emulation,
-                     args.hedges)
+                     args.hedges, args.device_slowdown)
     return 0
 
 
@@ -348,6 +363,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                         "splitrt.devices.dilation")
     parser.add_argument("--edge-cost-samples", type=int, default=30,
                         help="device-time samples per action on the emulated device (0: CPU time / share instead)")
+    parser.add_argument("--device-slowdown", type=float, default=1.0,
+                        help="counterfactual: the device takes this many times its measured times in the replay "
+                             "(the policies' options still say the measured ones; deadline-tracking learns it)")
     parser.add_argument("--json", required=True)
 
 
