@@ -429,3 +429,19 @@ def test_in_the_simulator_a_tracking_policy_leaves_an_action_the_slowed_device_n
                         frame_edge_ms=slowed)
     assert [r.action for r in tracking[-10:]] == [SKIP9.key] * 10 and all(r.status == "ok" for r in tracking[-10:])
     assert tracking[0].action == SKIP6.key  # it learnt it from the frames
+
+
+def test_a_tracking_decision_says_what_device_it_judged_its_option_by() -> None:
+    from dataclasses import replace
+
+    from splitrt.actions import Offload
+    from splitrt.policies.policies import hedged
+
+    jpeg = ActionOption(Offload("jpeg-q25"), 10.0, 400_000, 5.0, 0.9, edge_samples_ms=(9.0, 10.0, 11.0))
+    option = hedged(jpeg, SKIP9)
+    view = replace(LinkView(1e6, 1e6, 20.0, 25.0), device_slowdown=1.3)
+    decision = make_policy("deadline-tracking").decide(400.0, [option], view)
+    assert decision.option is option and decision.device_slowdown == pytest.approx(1.284, rel=1e-3)
+    judged = decision.option_as_judged
+    assert judged.edge_ms == pytest.approx(12.84, rel=1e-3) and judged.hedge.edge_ms == pytest.approx(51.36, rel=1e-3)
+    assert make_policy("deadline").decide(400.0, [option], view).option_as_judged is option

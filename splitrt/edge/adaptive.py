@@ -132,8 +132,10 @@ class AdaptiveRuntime:
         decision, view = self._decide(budget_ms)
         self.decisions.append(decision)
         option = decision.option
-        # what the policies' model gives a hedged option's reply now, which its outcome calibrates
-        model_chance = on_time_probability(option, budget_ms, view) if option.hedge is not None else 0.0
+        # what the policies' model gives a hedged option's reply now (with the device times it judged it by), which
+        # its outcome calibrates
+        model_chance = (on_time_probability(decision.option_as_judged, budget_ms, view)
+                        if option.hedge is not None else 0.0)
         started_ms = self.clock_ms()
         outcome = self.runtime.infer(pixels, option.action, budget_ms=budget_ms, source=source)
         self._observe_device(option, outcome, self.clock_ms() - started_ms)

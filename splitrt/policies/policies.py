@@ -148,6 +148,12 @@ class Decision:
     option: ActionOption
     predicted_ms: float
     reason: str
+    device_slowdown: float = 1.0  # what the policy scaled the options' device times by (deadline-tracking)
+
+    @property
+    def option_as_judged(self) -> ActionOption:
+        """The option with the device times the policy judged it by (its on-time chance is of this one)."""
+        return self.option if self.device_slowdown == 1.0 else on_slower_device(self.option, self.device_slowdown)
 
 
 def on_time_probability(option: ActionOption, budget_ms: float, link: LinkView) -> float:
@@ -322,7 +328,8 @@ class DeadlinePolicy:
         decision = self._decide(budget_ms, scaled, link)
         chosen = next(i for i, o in enumerate(scaled) if o is decision.option)
         return replace(decision, option=options[chosen],  # the option as given: its samples are the device's own
-                       reason=f"{decision.reason}; device x{math.exp(steps * DEVICE_STEP):.2f}")
+                       reason=f"{decision.reason}; device x{math.exp(steps * DEVICE_STEP):.2f}",
+                       device_slowdown=math.exp(steps * DEVICE_STEP))
 
     def _decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         usable = _usable(options, link)
@@ -367,7 +374,7 @@ def probe_decision(policy: Policy, budget_ms: float, options: Sequence[ActionOpt
     decision = policy.decide(budget_ms, options, hopeful)
     if not decision.option.remote:
         return None
-    return Decision(decision.option, decision.predicted_ms, "probe: the link has not been measured lately")
+    return replace(decision, reason="probe: the link has not been measured lately")
 
 
 @dataclass

@@ -197,15 +197,18 @@ def simulate(
         if isinstance(policy, OraclePolicy):
             policy.outlook = functools.partial(_oracle_outlook, policy.knows, link, config, costs,
                                                payload_bytes, frame_id, capture_ms, start_ms)
-        option, probing = policy.decide(deadline_ms - start_ms, options, view).option, False
+        decision, probing = policy.decide(deadline_ms - start_ms, options, view), False
+        option = decision.option
         if not option.remote and policy.uses_link_estimates and probes.due(start_ms, throughput.last_sample_ms):
             probe = probe_decision(policy, deadline_ms - start_ms, options, view, config.initial_bps)
             if probe is not None:  # as the edge runtime does: this frame measures the link
-                option, probing = probe.option, True
+                decision, option, probing = probe, probe.option, True
                 throughput.last_sample_ms = start_ms
         key = option.key
-        # the chance the policies' model gives a hedged option's reply now, which its outcome will calibrate
-        model_chance = on_time_probability(option, deadline_ms - start_ms, view) if option.hedge is not None else 0.0
+        # the chance the policies' model gives a hedged option's reply now (with the device times it judged it by),
+        # which its outcome will calibrate
+        model_chance = (on_time_probability(decision.option_as_judged, deadline_ms - start_ms, view)
+                        if option.hedge is not None else 0.0)
         edge_ms, cloud_ms = costs.of(option, frame_id)
         seen.estimates.device.observe(edge_ms, option.typical_edge_ms)  # as the edge does at the frame's end
         image = frame_id % images
