@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -181,6 +182,31 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def run_daemon_until(config: Path, results: Path, count: int, timeout_s: float = 90.0,
+                     while_running: Callable[[], None] = lambda: None
+                     ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Start a daemon process, wait for `count` results, call `while_running`, SIGTERM it, and check that it exits
+    0; (result records, JSON log entries)."""
+    daemon = subprocess.Popen([*SPLITRT, "edge", "daemon", "--config", str(config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and daemon.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= count:
+                break
+            time.sleep(0.1)
+        assert daemon.poll() is None, daemon.stderr.read()  # type: ignore[union-attr]
+        while_running()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    logs = [json.loads(line) for line in daemon.stderr.read().splitlines() if line.startswith("{")]  # type: ignore[union-attr]
+    return [json.loads(line) for line in results.read_text().splitlines()], logs
+
+
 def test_daemon_streams_with_metrics_and_stops_cleanly_on_sigterm(
     service: RunningService, tiny_bundle: Bundle, tmp_path: Path
 ) -> None:
@@ -212,15 +238,7 @@ path = "{trace}"
 [metrics]
 port = {port}
 """)
-    daemon = subprocess.Popen([*SPLITRT, "edge", "daemon", "--config", str(config)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and daemon.poll() is None:
-            if results.exists() and len(results.read_text().splitlines()) >= 20:
-                break
-            time.sleep(0.1)
-        assert daemon.poll() is None, daemon.stderr.read()  # type: ignore[union-attr]
+    def scrape() -> None:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert 'splitrt_edge_frames_total{action="split@res/fp16",status="ok"}' in body
         assert "splitrt_edge_cloud_up 1.0" in body and "splitrt_edge_result_age_seconds_bucket" in body
@@ -229,18 +247,12 @@ port = {port}
 
         assert "splitrt_edge_cpu_percent " in body and "splitrt_edge_memory_used_bytes " in body
         assert ("splitrt_edge_temperature_celsius{" in body) == bool(read_thermal_zones())
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=20) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-    logs = [json.loads(line) for line in daemon.stderr.read().splitlines() if line.startswith("{")]  # type: ignore[union-attr]
+
+    records, logs = run_daemon_until(config, results, 20, timeout_s=60, while_running=scrape)
     events = [entry.get("event") for entry in logs]
     assert "started" in events and "stopping" in events and events[-1] == "stopped"
     assert all({"ts", "level", "logger", "msg"} <= set(entry) for entry in logs)
-    records = [json.loads(line) for line in results.read_text().splitlines()]  # every line is whole JSON
-    traces = [json.loads(line) for line in trace.read_text().splitlines()]
+    traces = [json.loads(line) for line in trace.read_text().splitlines()]  # every line is whole JSON
     assert len(records) == len(traces) >= 20
     ids = [r["frame_id"] for r in records]
     assert len(set(ids)) == len(ids)  # every frame ended exactly once
@@ -273,28 +285,6 @@ def test_results_on_a_zeromq_pub_socket() -> None:
     finally:
         subscriber.close()
         sink.close()
-
-
-def run_daemon_until(config: Path, results: Path, count: int, timeout_s: float = 90.0
-                     ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Start a daemon process, wait for `count` results, SIGTERM it; (result records, JSON log entries)."""
-    daemon = subprocess.Popen([*SPLITRT, "edge", "daemon", "--config", str(config)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and daemon.poll() is None:
-            if results.exists() and len(results.read_text().splitlines()) >= count:
-                break
-            time.sleep(0.1)
-        assert daemon.poll() is None, daemon.stderr.read()  # type: ignore[union-attr]
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=30) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-    logs = [json.loads(line) for line in daemon.stderr.read().splitlines() if line.startswith("{")]  # type: ignore[union-attr]
-    return [json.loads(line) for line in results.read_text().splitlines()], logs
 
 
 @pytest.mark.parametrize("cloud", ["up", "away"])

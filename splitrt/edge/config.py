@@ -180,20 +180,27 @@ def _fallback(value: Any) -> Action | None:
     return action
 
 
-def _prefilter(value: Any) -> str:
+def parse_prefilter(value: str) -> tuple[str, float] | None:
+    """(feature, threshold) of `[policy] prefilter` ("" is None: off); raises ValueError saying what is expected."""
     from splitrt.policies.prefilter import FEATURES
 
+    if not value:
+        return None
+    feature, _, threshold = value.partition(":")
+    try:
+        number = float(threshold)
+    except ValueError:
+        number = -1.0
+    if feature not in FEATURES or not number > 0:
+        raise ValueError(f"expected FEATURE:THRESHOLD with FEATURE one of {', '.join(FEATURES)} and a threshold "
+                         f"> 0, e.g. \"histogram:0.017\", got {value!r}")
+    return feature, number
+
+
+def _prefilter(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected \"\" or FEATURE:THRESHOLD such as \"histogram:0.017\", got {value!r}")
-    if value:
-        feature, _, threshold = value.partition(":")
-        try:
-            number = float(threshold)
-        except ValueError:
-            number = -1.0
-        if feature not in FEATURES or not number > 0:
-            raise ValueError(f"expected FEATURE:THRESHOLD with FEATURE one of {', '.join(FEATURES)} and a threshold "
-                             f"> 0, e.g. \"histogram:0.017\", got {value!r}")
+    parse_prefilter(value)
     return value
 
 

@@ -18,13 +18,12 @@ import logging
 import signal
 import sys
 from collections import Counter
-from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
 from splitrt.actions import Offload, Split
-from splitrt.edge.config import DaemonConfig, SourceConfig, curve_keys, policy_options
+from splitrt.edge.config import DaemonConfig, SourceConfig, curve_keys, parse_prefilter, policy_options
 from splitrt.frame import FrameOutcome
 
 if TYPE_CHECKING:
@@ -265,21 +264,20 @@ class EdgeDaemon:
 
         policy, pipeline = self.config.policy, self.config.pipeline
         if policy.hedges:  # hedges are chosen here, from this device's times: the file's hedged options unhedged
-            options = list({o.remote_key: replace(o, action=replace(o.action, hedge=None), hedge=None)
-                            if o.hedge is not None else o for o in options}.values())
-        # every action once (sessions loaded), then the parts of hedged ones: their remote part and their hedge
+            options = list({o.remote_key: o.unhedged for o in options}.values())
+        # every action once (sessions loaded), and the parts of hedged ones (their remote part and their hedge),
+        # which are what calibration measures
         actions = {o.key: o.action for o in options}
-        parts = {o.remote_key: replace(o.action, hedge=None) for o in options if o.hedge is not None}
-        parts.update({o.hedge.key: o.hedge.action for o in options if o.hedge is not None})
+        parts = {p.key: p.action for o in options if o.hedge is not None for p in (o.unhedged, o.hedge)}
         runtime.warm_up([*actions.values(), *parts.values()])
+        unhedged = [a for a in {**actions, **parts}.values() if getattr(a, "hedge", None) is None]
+        remote = [a for a in unhedged if isinstance(a, (Split, Offload))]
         link = runtime.link
-        remote = [a for a in {**actions, **parts}.values() if isinstance(a, (Split, Offload)) and a.hedge is None]
         if policy.calibrate_frames and policy.calibration_image:
             if remote and link is not None and not link.is_up:
                 link.wait_up(CALIBRATION_LINK_WAIT_S)  # so that the remote actions are measured too
             link_up = link is not None and link.is_up
-            measure = [a for a in {**actions, **parts}.values()
-                       if getattr(a, "hedge", None) is None and (link_up or not isinstance(a, (Split, Offload)))]
+            measure = [a for a in unhedged if link_up or a not in remote]
             log.info("calibrating %d actions on this device, %d frames each (about %.0f s)", len(measure),
                      policy.calibrate_frames, len(measure) * (policy.calibrate_frames + 1) / CALIBRATION_FPS,
                      extra={"event": "calibrating", "actions": len(measure)})
@@ -296,11 +294,9 @@ class EdgeDaemon:
                         "calibration_image)", extra={"event": "not_calibrated"})
         if policy.hedges:
             options = with_best_hedges(options, pipeline.budget_ms)
-        prefilter = None
-        if policy.prefilter:
-            feature, _, threshold = policy.prefilter.partition(":")
-            prefilter = Prefilter(feature, float(threshold))
-        return AdaptiveRuntime(runtime, make_policy(policy.name), options, prefilter=prefilter,
+        parsed = parse_prefilter(policy.prefilter)
+        return AdaptiveRuntime(runtime, make_policy(policy.name), options,
+                               prefilter=Prefilter(*parsed) if parsed else None,
                                estimates=LinkEstimates(initial_bps=policy.initial_uplink_mbps * 1e6,
                                                        initial_rtt_ms=policy.initial_rtt_ms),
                                probe_interval_ms=policy.probe_interval_ms)

@@ -46,7 +46,12 @@ class ActionOption:
     def remote_key(self) -> str:
         """The key without the hedge: what the device part, the bytes and the cloud's answer are of (an unhedged
         option and its hedged copy share it)."""
-        return self.key if self.hedge is None else replace(self.action, hedge=None).describe()
+        return self.unhedged.key
+
+    @property
+    def unhedged(self) -> "ActionOption":
+        """The option without its hedge (its remote part: the same costs and accuracy); itself if it has none."""
+        return self if self.hedge is None else replace(self, action=replace(self.action, hedge=None), hedge=None)
 
     @functools.cached_property
     def _sorted_edge_samples_ms(self) -> tuple[float, ...]:
@@ -320,16 +325,16 @@ class DeadlinePolicy:
         steps = int(math.log(link.device_slowdown) / DEVICE_STEP) if self.tracks_device else 0
         if steps == 0:
             return self._decide(budget_ms, options, link)
+        factor = math.exp(steps * DEVICE_STEP)
         cached = self._on_device.get(steps)
         if cached is None or cached[0] is not options:  # scaled once per step and options list
-            cached = (options, [on_slower_device(o, math.exp(steps * DEVICE_STEP)) for o in options])
+            cached = (options, [on_slower_device(o, factor) for o in options])
             self._on_device[steps] = cached
         scaled = cached[1]
         decision = self._decide(budget_ms, scaled, link)
         chosen = next(i for i, o in enumerate(scaled) if o is decision.option)
         return replace(decision, option=options[chosen],  # the option as given: its samples are the device's own
-                       reason=f"{decision.reason}; device x{math.exp(steps * DEVICE_STEP):.2f}",
-                       device_slowdown=math.exp(steps * DEVICE_STEP))
+                       reason=f"{decision.reason}; device x{factor:.2f}", device_slowdown=factor)
 
     def _decide(self, budget_ms: float, options: Sequence[ActionOption], link: LinkView) -> Decision:
         usable = _usable(options, link)
