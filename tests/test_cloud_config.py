@@ -16,7 +16,7 @@ def test_the_example_config_loads_with_paths_relative_to_it() -> None:
     assert config.bind == "tcp://0.0.0.0:5555" and config.curve_enabled()
     assert config.preferred_batch_sizes == (8, 16) and config.max_queue_delay_ms == 4.0
     assert config.curve.server_secret_key == str(DEPLOY.parent / "keys/server.key_secret")
-    assert config.limits.max_payload_bytes == 33554432
+    assert config.limits.max_payload_bytes == 33554432 and config.min_time_left_ms == 20.0
     assert config.batch_policy() == BatchPolicy(16, (8, 16), 4.0, 0.5)
 
 
@@ -31,6 +31,7 @@ def test_the_example_config_loads_with_paths_relative_to_it() -> None:
         ({"security": {"curve": "maybe"}}, r"\[security\]\.curve: 'maybe' is not one of auto, on, off"),
         ({"server": {"backend": "triton"}}, r"\[server\]\.backend: 'triton' is not one of local, ray"),
         ({"limits": {"max_queue_depth": -1}}, r"\[limits\]\.max_queue_depth"),
+        ({"limits": {"min_time_left_ms": "20"}}, r"\[limits\]\.min_time_left_ms: expected a non-negative number"),
         ({"metrics": {}}, r"unknown section \[metrics\]"),
         ({"server": 3}, r"\[server\] must be a table"),
     ],

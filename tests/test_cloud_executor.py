@@ -91,30 +91,45 @@ def test_a_tail_that_starts_past_the_deadline_is_counted_even_after_the_filter_p
 
 
 def test_a_request_that_cannot_finish_by_its_deadline_is_not_started(tiny_bundle: Bundle) -> None:
-    # At the check (50) frame 1 has 0.4 ms left, less than the 8 ms the batch is expected to take: under overload
-    # many requests arrive this close to their deadline, and the stacking before the tail would start them late.
-    ticks = iter([49.0, 50.0, 50.2, 50.5, 58.0])  # batch start, deadline check (decoded), recheck, tail start, finish
+    # At the check (50) frame 1 has 22 ms left, more than the 20 ms floor but less than the 25 ms the batch is
+    # expected to take.
+    ticks = iter([49.0, 50.0, 50.2, 50.5, 75.0])  # batch start, deadline check (decoded), recheck, tail start, finish
     tails = CountingTails([tiny_bundle])
-    batch = Batch(("k",), (_work(tiny_bundle, 1, 50.4), _work(tiny_bundle, 2, 150.0)), 10.0, 8.0)
+    batch = Batch(("k",), (_work(tiny_bundle, 1, 72.0), _work(tiny_bundle, 2, 150.0)), 10.0, 25.0)
     outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
     assert outcome.executed == 1 and outcome.expired_executed == 0
     replies = {work.infer.frame_id: reply.message for work, reply in outcome.replies}
     assert isinstance(replies[1], Reject) and replies[1].reason == RejectReason.EXPIRED
-    assert "expected to take 8.0 ms" in replies[1].detail
+    assert "expected to take 25.0 ms" in replies[1].detail
     assert isinstance(replies[2], Result)
 
 
 def test_a_deadline_that_passes_after_the_check_is_caught_before_the_tail_starts(tiny_bundle: Bundle) -> None:
-    # The check at 50 leaves frame 1 ten ms (more than the margin), then the thread is descheduled until 70.
+    # The check at 50 leaves frame 1 thirty ms (more than the 20 ms floor), then the thread is descheduled until 70.
     ticks = iter([10.0, 50.0, 70.0, 70.1, 72.0])  # batch start, deadline check, recheck, tail start, finish
     tails = CountingTails([tiny_bundle])
-    batch = Batch(("k",), (_work(tiny_bundle, 1, 60.0), _work(tiny_bundle, 2, 150.0)), 10.0, 1.0)
+    batch = Batch(("k",), (_work(tiny_bundle, 1, 80.0), _work(tiny_bundle, 2, 150.0)), 10.0, 1.0)
     outcome = run_batch(batch, tails, lambda: next(ticks), lambda: 0)
     assert tails.rows == [1] and outcome.executed == 1 and outcome.expired_executed == 0
     replies = {work.infer.frame_id: reply.message for work, reply in outcome.replies}
     assert isinstance(replies[1], Reject) and replies[1].reason == RejectReason.EXPIRED
     assert "when the tail could start" in replies[1].detail
     assert isinstance(replies[2], Result) and replies[2].tail_started_ms == 70.1
+
+
+def test_a_request_with_less_than_the_floor_left_is_answered_expired_and_the_floor_is_a_setting(
+        tiny_bundle: Bundle) -> None:
+    # Frame 1 has 15 ms left at the check: its Result could not reach a device in time, so by default it is not run.
+    def run(**floor: float) -> dict[int, object]:
+        ticks = iter([10.0, 50.0, 50.1, 50.2, 52.0])  # batch start, deadline check, recheck, tail start, finish
+        batch = Batch(("k",), (_work(tiny_bundle, 1, 65.0), _work(tiny_bundle, 2, 150.0)), 10.0, 1.0)
+        outcome = run_batch(batch, CountingTails([tiny_bundle]), lambda: next(ticks), lambda: 0, **floor)
+        return {work.infer.frame_id: reply.message for work, reply in outcome.replies}
+
+    default = run()
+    assert isinstance(default[1], Reject) and default[1].reason is RejectReason.EXPIRED
+    assert "15.0 ms left" in default[1].detail and isinstance(default[2], Result)
+    assert all(isinstance(m, Result) for m in run(min_time_left_ms=5.0).values())
 
 
 class QueueingReplicaTails(CountingTails):

@@ -22,7 +22,8 @@ def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                        ("max_queue", "max_queue_depth"), ("max_inflight", "max_inflight_per_client"),
                        ("backend", "backend"), ("ray_address", "ray_address"), ("max_batch", "max_batch_size"),
                        ("max_delay_ms", "max_queue_delay_ms"), ("metrics_port", "metrics_port"),
-                       ("batching", "batching"), ("drain_timeout_s", "drain_timeout_s")):
+                       ("batching", "batching"), ("drain_timeout_s", "drain_timeout_s"),
+                       ("min_time_left_ms", "min_time_left_ms")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[name] = value
@@ -60,7 +61,8 @@ def _serve(args: argparse.Namespace) -> int:
         from splitrt.cloud.ray_backend import RayTailRunner
 
         runner = RayTailRunner(bundles, address=config.ray_address, intra_op_threads=config.intra_op_threads,
-                               max_batch_size=config.max_batch_size if config.batching else 1)
+                               max_batch_size=config.max_batch_size if config.batching else 1,
+                               min_time_left_ms=config.min_time_left_ms)
     service = TailService(bundles, config, runner=runner)
     if args.warm_up:
         service.tails.warm_up()
@@ -111,6 +113,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", type=int, help="largest batch")
     serve.add_argument("--preferred-batch", help="comma-separated preferred batch sizes")
     serve.add_argument("--max-delay-ms", type=float, help="longest a request waits for a batch to fill")
+    serve.add_argument("--min-time-left-ms", type=float,
+                       help="a request with less than this left before its deadline is answered expired, not run "
+                            "(default 20)")
     serve.add_argument("--curve", choices=("auto", "on", "off"), help="CURVE encryption + auth (auto: off on loopback)")
     serve.add_argument("--server-key", help="server *.key_secret file (from `splitrt cloud keygen`)")
     serve.add_argument("--allowed-clients", help="folder of allowed client *.key files (rescanned while serving)")

@@ -2,7 +2,7 @@
 
     [server]    bind, bundles, backend, workers, intra_op_threads, ray_address, drain_timeout_s, server_id
     [batching]  enabled, max_batch_size, preferred_batch_sizes, max_queue_delay_ms, safety_margin_ms
-    [limits]    max_queue_depth, max_inflight_per_client, max_message_bytes
+    [limits]    max_queue_depth, max_inflight_per_client, max_message_bytes, min_time_left_ms
     [security]  curve (auto|on|off), server_secret_key, allowed_clients_dir, reload_interval_s
     [ops]       metrics_bind, metrics_port, log_format (text|json), log_level
 
@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from splitrt.cloud.batcher import BatchPolicy
+from splitrt.cloud.executor import DEFAULT_MIN_TIME_LEFT_MS
 from splitrt.protocol import DEFAULT_LIMITS, Limits
 
 
@@ -53,6 +54,9 @@ class ServiceConfig:
     safety_margin_ms: float = 0.5
     max_queue_depth: int = 256
     max_inflight_per_client: int = 64
+    # A request with less than this left before its deadline when its tail would start is answered `expired`
+    # (see splitrt.cloud.executor.DEFAULT_MIN_TIME_LEFT_MS).
+    min_time_left_ms: float = DEFAULT_MIN_TIME_LEFT_MS
     limits: Limits = DEFAULT_LIMITS
     curve: CurveSettings = field(default_factory=CurveSettings)
     metrics_bind: str = "127.0.0.1"
@@ -104,7 +108,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
                  "preferred_batch_sizes": "preferred_batch_sizes", "max_queue_delay_ms": "max_queue_delay_ms",
                  "safety_margin_ms": "safety_margin_ms"},
     "limits": {"max_queue_depth": "max_queue_depth", "max_inflight_per_client": "max_inflight_per_client",
-               "max_message_bytes": "limits.max_payload_bytes"},
+               "max_message_bytes": "limits.max_payload_bytes", "min_time_left_ms": "min_time_left_ms"},
     "security": {"curve": "curve.mode", "server_secret_key": "curve.server_secret_key",
                  "allowed_clients_dir": "curve.allowed_clients_dir", "reload_interval_s": "curve.reload_interval_s"},
     "ops": {k: k for k in ("metrics_bind", "metrics_port", "log_format", "log_level")},

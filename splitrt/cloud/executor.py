@@ -12,7 +12,6 @@ carries, check the filter instead of restating it.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
@@ -26,10 +25,14 @@ from splitrt.codecs import CodecError, get_codec
 from splitrt.protocol import RejectReason, Result, tensor_payload
 
 
-# The least time a request must have left when its batch's tail is about to start: between the deadline check and
-# the tail's start the worker may wait up to one interpreter switch interval for the GIL (other threads of the
-# service hold it), so less than that left means the tail may start after the deadline.
-FINISH_MARGIN_FLOOR_MS = sys.getswitchinterval() * 1000.0
+# The least time a request must have left when its batch's tail is about to start (`min_time_left_ms`, set by the
+# service's config). Two reasons. The deadline is when the device needs the Result, so a reply that leaves the cloud
+# a few ms before it arrives late over any real network. And the deadline check and the tail's start are separate
+# moments: on a loaded host the worker thread can be descheduled between them. Measured in the conv_head benchmark
+# past saturation (16 clients on 2 cores, ~40,000 batches): 26 gaps over 5 ms between the last check and the
+# start, 1 over 10 ms (15.7), none over 20. A floor of one interpreter switch interval (5 ms) let 14 of ~190,000
+# requests start after their deadline in one run.
+DEFAULT_MIN_TIME_LEFT_MS = 20.0
 
 
 @dataclass
@@ -67,7 +70,10 @@ def run_batch(
     runner: TailRunner,
     clock_ms: Callable[[], float],
     queue_depth: Callable[[], int],
+    min_time_left_ms: float = DEFAULT_MIN_TIME_LEFT_MS,
 ) -> BatchOutcome:
+    """Every request of `batch` ends with one reply. A request is run only if, at both checks before the tail, it has
+    at least `min_time_left_ms` left before its deadline (and at the first, the batch's expected time, if more)."""
     outcome = BatchOutcome(started_ms=clock_ms())
     decoded: list[tuple[Work, np.ndarray]] = []
     for pending in batch.requests:
@@ -78,13 +84,13 @@ def run_batch(
             outcome.replies.append((work, Reply(reject(work.infer.frame_id, RejectReason.BAD_PAYLOAD, str(exc)))))
     check_ms = clock_ms()
     # The last check before the tail: a request that cannot finish by its deadline (less time left than the batch is
-    # expected to take, and never less than FINISH_MARGIN_FLOOR_MS) is answered `expired`, not run. Without the
-    # margin, under overload many requests reach this point just before their deadline, and the wait for the GIL
-    # between this reading and the tail's start would let some of them start after it.
+    # expected to take, and never less than `min_time_left_ms`) is answered `expired`, not run. Without the
+    # margin, under overload many requests reach this point just before their deadline, and a wait for the GIL or
+    # the CPU between this reading and the tail's start would let some of them start after it.
     # The expectation is learnt from the batch's start, so it covers decoding, which is done by now: the margin is
     # on the safe side by that much. Taking it off (measured) let 20-33 requests per overloaded row start late on
-    # a 2-core host, where the worker can wait longer than the floor for the GIL between its last check and the tail.
-    margin_ms = max(batch.expected_compute_ms, FINISH_MARGIN_FLOOR_MS)
+    # a 2-core host.
+    margin_ms = max(batch.expected_compute_ms, min_time_left_ms)
     live: list[tuple[Work, np.ndarray]] = []
     for work, activation in decoded:
         left_ms = work.infer.deadline_ms - check_ms
@@ -108,12 +114,12 @@ def run_batch(
     else:
         stacked = _stack(live)
         # Once more, as late as can be: the thread may have been descheduled for longer than the margin since the
-        # check (an overloaded host). A request left with less than the floor margin is answered `expired`.
+        # check (an overloaded host). A request left with less than `min_time_left_ms` is answered `expired`.
         recheck_ms = clock_ms()
         kept: list[tuple[Work, np.ndarray]] = []
         for work, activation in live:
             left_ms = work.infer.deadline_ms - recheck_ms
-            if left_ms >= FINISH_MARGIN_FLOOR_MS:
+            if left_ms >= min_time_left_ms:
                 kept.append((work, activation))
             else:
                 _expire(outcome, work, f"{left_ms:.1f} ms left before its deadline when the tail could start")

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from splitrt.bundle import Bundle
-from splitrt.cloud.executor import FINISH_MARGIN_FLOOR_MS
+from splitrt.cloud.executor import DEFAULT_MIN_TIME_LEFT_MS
 
 log = logging.getLogger("splitrt.cloud.ray")
 
@@ -48,11 +48,13 @@ def _require_ray() -> None:
 class TailReplica:
     """One replica: ONNX Runtime sessions for one bundle's tails. Wrapped by `serve.deployment` below."""
 
-    def __init__(self, bundle_dir: str, intra_op_threads: int) -> None:
+    def __init__(self, bundle_dir: str, intra_op_threads: int,
+                 min_time_left_ms: float = DEFAULT_MIN_TIME_LEFT_MS) -> None:
         from splitrt.cloud.tails import TailExecutor
 
         self.tails = TailExecutor([Bundle.load(bundle_dir, verify=False)], intra_op_threads)
         self.bundle_hash = next(iter(self.tails.bundles))
+        self.min_time_left_ms = min_time_left_ms
 
     async def __call__(self, request: tuple[str, np.ndarray, np.ndarray]) -> tuple[np.ndarray, float, np.ndarray]:
         return await self.run_batch(request)
@@ -61,7 +63,7 @@ class TailReplica:
         self, requests: list[tuple[str, np.ndarray, np.ndarray]],
     ) -> list[tuple[np.ndarray, float, np.ndarray]]:
         """Requests for the same split are stacked into one session call. Each request is (split, rows, each row's
-        deadline in unix epoch ms). A row with less than FINISH_MARGIN_FLOOR_MS left when its call is about to start
+        deadline in unix epoch ms). A row with less than `min_time_left_ms` left when its call is about to start
         is skipped (a batch may have queued here). Each request gets back the outputs of its rows that ran, when the
         call started, and which of its rows ran."""
         outputs: list[tuple[np.ndarray, float, np.ndarray] | None] = [None] * len(requests)
@@ -72,7 +74,7 @@ class TailReplica:
             arrays = [requests[i][1] for i in indices]
             stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
             check_ms = time.time() * 1000.0  # as late as can be: the batch may have queued, the process paused
-            ran = {i: requests[i][2] - check_ms >= FINISH_MARGIN_FLOOR_MS for i in indices}
+            ran = {i: requests[i][2] - check_ms >= self.min_time_left_ms for i in indices}
             if not all(bool(np.all(mask)) for mask in ran.values()):  # some expired: stack only the others
                 arrays = [requests[i][1][ran[i]] for i in indices]
                 stacked = np.concatenate(arrays)
@@ -113,7 +115,8 @@ class RayTailRunner:
     """A TailRunner whose tails run as Ray Serve deployments (one application per bundle)."""
 
     def __init__(self, bundles: Iterable[Bundle], address: str = "", intra_op_threads: int = 1,
-                 max_batch_size: int = 16, max_replicas: int | None = None, replica_cpus: float = 1.0) -> None:
+                 max_batch_size: int = 16, max_replicas: int | None = None, replica_cpus: float = 1.0,
+                 min_time_left_ms: float = DEFAULT_MIN_TIME_LEFT_MS) -> None:
         _require_ray()
         import ray
 
@@ -138,7 +141,8 @@ class RayTailRunner:
         self._handles = {}
         self.app_names: list[str] = []
         for bundle_hash, bundle in self.bundles.items():
-            app = _deployment(max_batch_size, replicas, replica_cpus).bind(str(bundle.root.resolve()), intra_op_threads)
+            app = _deployment(max_batch_size, replicas, replica_cpus).bind(str(bundle.root.resolve()), intra_op_threads,
+                                                                       min_time_left_ms)
             name = f"splitrt-{bundle_hash.split(':')[-1][:12]}"
             self._handles[bundle_hash] = serve.run(app, name=name, route_prefix=None)
             self.app_names.append(name)

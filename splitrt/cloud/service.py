@@ -94,7 +94,8 @@ class TailService:
         self._batcher: Batcher[Work] = Batcher(config.batch_policy(), CostModel(default_fixed_ms=0.5,
                                                                                  default_item_ms=0.5))
         self._running_requests = 0
-        self._free_workers = config.worker_count
+        self.worker_count = config.worker_count  # read once: the property asks the OS for the core count
+        self._free_workers = self.worker_count
         self._batches: queue.SimpleQueue[Batch[Work] | None] = queue.SimpleQueue()
         # Gateway-only state.
         self.inflight: dict[bytes, int] = {}
@@ -172,7 +173,7 @@ class TailService:
             self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
             threads = [threading.Thread(target=self._dispatcher, name="dispatcher", daemon=True)]
             threads += [threading.Thread(target=self._worker, name=f"tail-worker-{i}", daemon=True)
-                        for i in range(self.config.worker_count)]
+                        for i in range(self.worker_count)]
             for thread in threads:
                 thread.start()
             if self.config.metrics_port:
@@ -180,7 +181,7 @@ class TailService:
                                      self.config.metrics_port)
                 self.ops.start()
             log.info("serving %s on %s (%d workers, batching %s, CURVE %s)",
-                     ", ".join(b.model_id for b in self.bundles.values()), self.endpoint, self.config.worker_count,
+                     ", ".join(b.model_id for b in self.bundles.values()), self.endpoint, self.worker_count,
                      "on" if self.config.batching else "off", "on" if self.authenticator else "off",
                      extra={"event": "serving", "endpoint": self.endpoint})
             self._ready.set()
@@ -359,7 +360,7 @@ class TailService:
         if isinstance(decision, Work):
             with self._cond:  # checked under the lock, so the dispatcher never exits with this request queued
                 key = (infer.bundle_hash, infer.split, infer.codec)
-                finish_ms = self._batcher.expected_finish_ms(key, now_ms, self.queue_depth, self.config.worker_count)
+                finish_ms = self._batcher.expected_finish_ms(key, now_ms, self.queue_depth, self.worker_count)
                 if self._stop.is_set():
                     decision = reject(infer.frame_id, RejectReason.OVERLOADED,
                                       "the service is shutting down; try another replica")
@@ -407,7 +408,7 @@ class TailService:
                 ])
                 self.cpu_s["dispatcher"] = time.thread_time()
         finally:
-            for _ in range(self.config.worker_count):
+            for _ in range(self.worker_count):
                 self._batches.put(None)
             push.close(linger=1000)
 
@@ -446,7 +447,8 @@ class TailService:
                     return
                 cpu_start_s = time.thread_time()
                 try:
-                    outcome = run_batch(batch, self.tails, self.clock_ms, lambda: self.queue_depth)
+                    outcome = run_batch(batch, self.tails, self.clock_ms, lambda: self.queue_depth,
+                                        self.config.min_time_left_ms)
                     replies = outcome.replies
                 except Exception as exc:  # a tail that fails must not take the service down
                     log.exception("batch of %d for %s failed", len(batch), batch.key[1])
