@@ -49,3 +49,31 @@ def test_a_slowed_device_replays_every_action_s_samples_stretched() -> None:
     device = slowed_device([skip6, full], 40, 1.25)
     assert len(device) == 40 and {v["local@skip6"] for v in device.values()} == {62.5, 87.5}
     assert {v["local"] for v in device.values()} == {100.0}
+
+
+def test_on_a_slowed_device_the_oracle_knows_the_device_as_it_runs_and_the_policies_do_not() -> None:
+    """Measured, the full model (80 ms) fits a 90 ms deadline; replayed 1.25x slower it takes 100 ms and only skip6
+    (62.5 ms) is in time. An oracle told the measurements would run the full model on every frame and score 0."""
+    import numpy as np
+
+    from splitrt.actions import Local
+    from splitrt.bench.policy import options_told_to, slowed_device
+    from splitrt.policies.policies import ActionOption, DeadlinePolicy, OraclePolicy
+    from splitrt.policies.simulate import SimConfig, simulate, summarize
+    from splitrt.policies.trace import UplinkTrace
+
+    options = [ActionOption(Local(), 80.0, accuracy=0.9), ActionOption(Local("skip6"), 50.0, accuracy=0.7)]
+    correctness = {o.key: np.ones(50, dtype=bool) for o in options}
+    trace = UplinkTrace.from_opportunities("steady", list(range(1, 1001)))
+    config = SimConfig(fps=5, deadline_ms=90, rtt_ms=20, duration_s=10)
+    device = slowed_device(options, 60, 1.25)
+
+    def score(policy: object, told: list[ActionOption] | object) -> float:
+        records = simulate(policy, told, correctness, trace, config, frame_edge_ms=device)  # type: ignore[arg-type]
+        return float(summarize("p", records)["accuracy_at_deadline"])
+
+    assert options_told_to(DeadlinePolicy(), options, 1.25) is options
+    assert options_told_to(OraclePolicy(), options, 1.0) is options
+    assert [o.edge_ms for o in options_told_to(OraclePolicy(), options, 1.25)] == [100.0, 62.5]
+    assert score(OraclePolicy(), options) == 0.0
+    assert score(OraclePolicy(), options_told_to(OraclePolicy(), options, 1.25)) == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from splitrt.bench.serve import (
     FIELDS,
@@ -13,6 +14,8 @@ from splitrt.bench.serve import (
     compare_outputs,
     executed_after_deadline,
     measured_load,
+    median_rows,
+    run_serve_bench,
     summarise,
 )
 from splitrt.protocol import Reject, RejectReason, Result
@@ -84,6 +87,35 @@ def test_summary_compares_batch1_saturation_with_the_best_batching_row_at_no_hig
     assert summary["batched_row"] == 5 and summary["done_when_met"] is True
     rows[0]["expired_executed"] = 1
     assert summarise(rows)["local"]["done_when_met"] is False
+
+
+def test_passes_merge_into_one_row_per_load_step_with_medians_of_rates_and_sums_of_counts() -> None:
+    def step(batching: bool, offered: float, rps: float, p99: float, expired: int, index: int) -> dict[str, object]:
+        return {**row(batching, offered, rps, p99, expired), "sent_rps": offered, "latency_p50_ms": p99 / 4,
+                "reply_p99_ms": p99, "results": int(rps * 5), "late": 1, "rejected": 2, "timeouts": 0,
+                "reject_reasons": {"overloaded": 2}, "ray_replicas": None, "pass": index}
+
+    pass_rows = [step(False, 100, 100, 20.0, 0, 0), step(False, 200, 150, 180.0, 0, 0),
+                 step(True, 100, 100, 10.0, 0, 1), step(True, 200, 200, 60.0, 0, 1),
+                 step(True, 100, 90, 12.0, 0, 2), step(True, 200, 100, 900.0, 1, 2),
+                 step(False, 100, 98, 25.0, 0, 2), step(False, 200, 60, math.nan, 0, 2),
+                 step(True, 100, 95, 11.0, 0, 0), step(True, 200, 190, 70.0, 0, 0)]
+    rows = median_rows(pass_rows)
+    assert [(r["batching"], r["offered_rps"]) for r in rows] == [(False, 100), (False, 200), (True, 100), (True, 200)]
+    unbatched_200, batched_200 = rows[1], rows[3]
+    assert unbatched_200["throughput_rps"] == 105.0 and unbatched_200["latency_p99_ms"] == 180.0, "NaN left out"
+    assert batched_200["throughput_rps"] == 190.0 and batched_200["latency_p99_ms"] == 70.0, "one bad pass is outvoted"
+    assert batched_200["expired_executed"] == 1, "a late start in any pass stays in the row"
+    assert batched_200["rejected"] == 6 and batched_200["reject_reasons"] == {"overloaded": 6}
+    assert all(r["passes"] == (3 if r["batching"] else 2) for r in rows) and all("pass" not in r for r in rows)
+    assert summarise(rows)["local"]["done_when_met"] is False
+
+
+def test_an_unknown_mode_or_no_pass_is_refused_before_anything_starts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="--modes: batching; choose from unbatched, batched"):
+        run_serve_bench(str(tmp_path), 1, 1.0, str(tmp_path / "out.json"), modes=["batching"])
+    with pytest.raises(ValueError, match="--passes must be at least 1"):
+        run_serve_bench(str(tmp_path), 1, 1.0, str(tmp_path / "out.json"), passes=0)
 
 
 def test_outputs_are_identical_only_if_every_request_got_equal_results_from_both() -> None:

@@ -42,7 +42,7 @@ from splitrt.devices.timing import time_calls_ms
 from splitrt.edge.commands import DEFAULT_BUNDLE
 from splitrt.imaging import crop_for_model, load_rgb
 from splitrt.policies.policies import (ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy,
-                                       with_best_hedges)
+                                       on_slower_device, with_best_hedges)
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 from splitrt.protocol import TensorSpec
@@ -250,7 +250,8 @@ def run_policy_bench(
                   slowed_device(options, int(trace.duration_s * fps) + 1, device_slowdown))
         rows = []
         for policy in policies:
-            records = simulate(policy, options, correctness, trace, config, sizes, frame_edge_ms=device)
+            records = simulate(policy, options_told_to(policy, options, device_slowdown), correctness, trace, config,
+                               sizes, frame_edge_ms=device)
             rows.append({"trace": trace.name, **summarize(policy.name, records)})
             if policy.name == "deadline":
                 timelines[trace.name] = (trace, records)
@@ -275,6 +276,15 @@ def run_policy_bench(
     if plot:
         plot_timelines(timelines, options, plot, oracle=oracle_timelines)
     return results
+
+
+def options_told_to(policy: object, options: Sequence[ActionOption], device_slowdown: float
+                    ) -> Sequence[ActionOption]:
+    """The options as `policy` is told them when the replayed device runs `device_slowdown` times as long as
+    measured (`slowed_device`): an oracle knows the device as it runs, every other policy sees the measurements."""
+    if device_slowdown == 1.0 or not isinstance(policy, OraclePolicy):
+        return options
+    return [on_slower_device(o, device_slowdown) for o in options]
 
 
 def slowed_device(options: Sequence[ActionOption], frames: int, slowdown: float,

@@ -70,16 +70,25 @@ FIELDS: dict[str, str] = {
     "timeouts": "requests with no reply by their deadline + 1 s",
     "mean_batch": "mean requests per executed batch",
     "ray_replicas": "Ray Serve replicas running at the end of the load step (None: not the Ray backend)",
+    "passes": "load steps behind the row: with --passes N, each mode ran the whole grid N times (modes in "
+              "alternating order); the row's rates, latencies and mean batch are the medians over them, its counts "
+              "(results, late, expired, unverified, rejected, timeouts) the sums",
 }
 
 COLUMNS = ("backend", "batching", "offered_rps", "sent_rps", "throughput_rps", "goodput_rps", "latency_p50_ms",
            "latency_p99_ms", "reply_p99_ms", "late", "expired_executed", "expired_executed_service",
-           "unverified_results", "rejected", "timeouts", "mean_batch", "ray_replicas")
+           "unverified_results", "rejected", "timeouts", "mean_batch", "ray_replicas", "passes")
 
 SELECTION_RULE = ("batch size 1 at its saturation point: its row with the highest throughput_rps; batching: its row "
                   "with the highest throughput_rps among those whose latency_p99_ms (over every Result, on time or "
                   "late) is no higher than that row's")
 DONE_WHEN_RATIO = 1.5
+SERVICE_MODES = ("unbatched", "batched")  # batch size 1, and deadline-aware batching
+# How `median_rows` merges the passes of one (backend, mode, offered load): medians of these, sums of the counts.
+MEDIAN_FIELDS = ("sent_rps", "throughput_rps", "goodput_rps", "latency_p50_ms", "latency_p99_ms", "reply_p99_ms",
+                 "mean_batch")
+SUMMED_FIELDS = ("results", "late", "expired_executed", "expired_executed_service", "unverified_results", "rejected",
+                 "timeouts")
 
 CLIENT_NICENESS = 10
 
@@ -216,7 +225,10 @@ def _client(index: int, workload: Workload, commands: Connection) -> None:
                 deadline_ms = time.time() * 1000.0 + budget_ms
                 infer = Infer(frame_id, workload.bundle_hash, workload.split, workload.codec, spec, deadline_ms)
                 try:
-                    socket.send_multipart(encode(infer, [payload]), zmq.NOBLOCK, copy=False)
+                    # Copied: a zero-copy send of a frame over 64 KB has pyzmq's garbage-collector thread release
+                    # it, a second thread and GIL hand-off per request (measured: 0.69 against 0.59 ms of client
+                    # CPU per conv_head request), and the clients share the service's cores.
+                    socket.send_multipart(encode(infer, [payload]), zmq.NOBLOCK, copy=True)
                     sent[frame_id] = Sent(now, now + budget_ms / 1e3, deadline_ms)
                 except zmq.Again:  # the service's inbound buffer for us is full: backpressure, counted as rejected
                     tally.reject("backpressure")
@@ -422,6 +434,31 @@ def _run_mode(label: str, service: ServiceProcess, workload: Workload, clients: 
     return rows
 
 
+def median_rows(pass_rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """One row per (backend, batching, offered load) from the rows of every pass, in first-seen order: see FIELDS
+    ["passes"]. A pass's NaN (a step with no Result) is left out of the median; all NaN gives NaN."""
+    groups: dict[tuple[object, object, object], list[dict[str, object]]] = {}
+    for row in pass_rows:
+        groups.setdefault((row["backend"], row["batching"], row["offered_rps"]), []).append(row)
+    merged: list[dict[str, object]] = []
+    for members in groups.values():
+        row = {k: v for k, v in members[0].items() if k != "pass"}
+        for name in MEDIAN_FIELDS:
+            values = [float(m[name]) for m in members if not math.isnan(float(m[name]))]
+            row[name] = float(np.median(values)) if values else math.nan
+        for name in SUMMED_FIELDS:
+            row[name] = sum(int(m.get(name, 0)) for m in members)
+        reasons: dict[str, int] = {}
+        for m in members:
+            for reason, count in dict(m.get("reject_reasons", {})).items():
+                reasons[reason] = reasons.get(reason, 0) + int(count)
+        row["reject_reasons"] = reasons
+        row["ray_replicas"] = members[-1].get("ray_replicas")
+        row["passes"] = len(members)
+        merged.append(row)
+    return merged
+
+
 def summarise(rows: list[dict[str, object]]) -> dict[str, object]:
     """Per backend: batch size 1 at its saturation point against batching's best row at a p99 no higher.
 
@@ -621,13 +658,20 @@ def legend(columns: Sequence[str] = COLUMNS) -> str:
 def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: str, backend: str = "local",
                     rates: Sequence[float] = (100, 200, 400, 800, 1200, 1600), split: str = "conv_head",
                     codec: str = "fp16", budget_ms: float = 100.0, max_batch: int = 16, max_delay_ms: float = 4.0,
-                    workers: int = 0, modes: Sequence[str] = ("unbatched", "batched"), ray_address: str = "",
-                    gateway_cost_rps: float = 0.0, check_outputs: int = 8,
+                    workers: int = 0, modes: Sequence[str] = SERVICE_MODES, ray_address: str = "",
+                    gateway_cost_rps: float = 0.0, check_outputs: int = 8, passes: int = 1,
                     command: str = "") -> dict[str, object]:
-    """`check_outputs`: with the Ray backend, how many fixed requests to compare with the local executor (0: none)."""
+    """`check_outputs`: with the Ray backend, how many fixed requests to compare with the local executor (0: none).
+    `passes`: how many times each mode runs the whole grid, the modes' order reversed every other pass, so that a
+    spell of other work on a shared host falls on both modes; the rows are then the medians (`median_rows`)."""
+    if passes < 1:
+        raise ValueError(f"--passes must be at least 1, got {passes}")
+    unknown = [mode for mode in modes if mode not in SERVICE_MODES]
+    if unknown or not modes:
+        raise ValueError(f"--modes: {', '.join(unknown) or 'none given'}; choose from {', '.join(SERVICE_MODES)}")
     if not 0 <= check_outputs <= 2 * len(CHECK_PHOTOS):
         raise ValueError(f"--check-outputs must lie in [0, {2 * len(CHECK_PHOTOS)}], got {check_outputs}")
-    rows: list[dict[str, object]] = []
+    pass_rows: list[dict[str, object]] = []
     gateway: dict[str, object] | None = None
     output_check: dict[str, object] = {}
     print(f"{clients} client processes; what each column is:\n{legend()}", flush=True)
@@ -636,21 +680,27 @@ def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: 
         folder = Path(tmp)
         path, dtype, shape, bundle_hash = _payload(bundle_dir, split, codec, folder)
         payload_bytes = path.stat().st_size
-        for mode in modes:
-            batching = mode == "batched"
-            service = ServiceProcess(bundle_dir, backend, batching, workers, max_batch, max_delay_ms,
-                                     folder / f"stats-{mode}.json", ray_address)
-            try:
-                if backend == "ray" and check_outputs:
-                    output_check[mode] = check_against_local(bundle_dir, folder, service, batching, workers,
-                                                             max_batch, max_delay_ms, split, codec, check_outputs)
-                    print(f"{mode}: Ray against the local executor: {json.dumps(output_check[mode])}", flush=True)
-                workload = Workload(service.endpoint, bundle_hash, split, codec, dtype, shape, str(path))
-                rows += _run_mode(mode, service, workload, clients, rates, duration_s, budget_ms, backend, batching)
-            finally:
-                service.stop()
+        for index in range(passes):
+            for mode in modes if index % 2 == 0 else tuple(reversed(modes)):
+                if passes > 1:
+                    print(f"pass {index + 1} of {passes}: {mode}", flush=True)
+                batching = mode == "batched"
+                service = ServiceProcess(bundle_dir, backend, batching, workers, max_batch, max_delay_ms,
+                                         folder / f"stats-{mode}-{index}.json", ray_address)
+                try:
+                    if backend == "ray" and check_outputs and mode not in output_check:
+                        output_check[mode] = check_against_local(bundle_dir, folder, service, batching, workers,
+                                                                 max_batch, max_delay_ms, split, codec, check_outputs)
+                        print(f"{mode}: Ray against the local executor: {json.dumps(output_check[mode])}",
+                              flush=True)
+                    workload = Workload(service.endpoint, bundle_hash, split, codec, dtype, shape, str(path))
+                    pass_rows += [{**row, "pass": index} for row in _run_mode(
+                        mode, service, workload, clients, rates, duration_s, budget_ms, backend, batching)]
+                finally:
+                    service.stop()
         if gateway_cost_rps > 0:
             gateway = measure_gateway_cost(bundle_dir, folder, gateway_cost_rps, duration_s, clients, budget_ms)
+    rows = median_rows(pass_rows)
     summary = summarise(rows)
     if output_check and isinstance(summary.get(backend), dict):
         checks = list(output_check.values())
@@ -661,12 +711,13 @@ def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: 
               "payload_bytes": payload_bytes, "budget_ms": budget_ms, "duration_s": duration_s,
               "max_batch": max_batch, "max_delay_ms": max_delay_ms,
               "workers": ServiceConfig(backend=backend, workers=workers).worker_count, "rates": list(rates),
-              "modes": list(modes), "check_outputs": check_outputs if backend == "ray" else 0}
+              "modes": list(modes), "passes": passes, "check_outputs": check_outputs if backend == "ray" else 0}
     write_json(json_out, "serve", rows, params=params, fields=FIELDS, summary=summary, gateway_cost=gateway,
-               output_check=output_check or None)
+               output_check=output_check or None, pass_rows=pass_rows if passes > 1 else None)
     png = Path(json_out).with_suffix(".png")
     plot(rows, png, f"{clients} client processes, split {split}/{codec}, deadline {budget_ms:.0f} ms, "
-                    f"{os.cpu_count()} CPU cores shared with the clients")
+                    f"{os.cpu_count()} CPU cores shared with the clients"
+                    + (f"; medians of {passes} passes" if passes > 1 else ""))
     print(format_table(rows, COLUMNS))
     print(json.dumps({"summary": summary, "gateway_cost": gateway}, indent=2))
     print(f"wrote {json_out} and {png}")
@@ -694,6 +745,7 @@ def _run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         gateway_cost_rps=args.gateway_cost_rps,
         check_outputs=args.check_outputs,
+        passes=args.passes,
         command=shlex.join(["splitrt", *sys.argv[1:]]),
     )
     return 0
@@ -715,7 +767,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", type=int, default=16)
     serve.add_argument("--max-delay-ms", type=float, default=4.0)
     serve.add_argument("--workers", type=int, default=0, help="service workers (0 = one per core)")
-    serve.add_argument("--modes", default="unbatched,batched", help="which service modes to run")
+    serve.add_argument("--modes", default=",".join(SERVICE_MODES),
+                       help=f"which service modes to run, comma-separated: {', '.join(SERVICE_MODES)}")
+    serve.add_argument("--passes", type=int, default=1,
+                       help="run each mode's whole grid this many times, modes in alternating order, and report "
+                            "the median per load step (a shared host's noise falls on both modes)")
     serve.add_argument("--gateway-cost-rps", type=float, default=0.0,
                        help="also measure the gateway's CPU per request at this rate of tiny (pool/fp16) requests")
     serve.add_argument("--check-outputs", type=int, default=8,
