@@ -114,6 +114,8 @@ def test_passes_merge_into_one_row_per_load_step_with_medians_of_rates_and_sums_
 def test_an_unknown_mode_or_no_pass_is_refused_before_anything_starts(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="--modes: batching; choose from unbatched, batched"):
         run_serve_bench(str(tmp_path), 1, 1.0, str(tmp_path / "out.json"), modes=["batching"])
+    with pytest.raises(ValueError, match="must not repeat a value"):
+        run_serve_bench(str(tmp_path), 1, 1.0, str(tmp_path / "out.json"), rates=(100, 200, 100))
     with pytest.raises(ValueError, match="--passes must be at least 1"):
         run_serve_bench(str(tmp_path), 1, 1.0, str(tmp_path / "out.json"), passes=0)
 

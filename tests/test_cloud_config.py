@@ -55,3 +55,13 @@ def test_loopback_detection_and_unbatched_policy() -> None:
     assert not is_loopback("tcp://0.0.0.0:5555") and not is_loopback("tcp://10.0.0.2:5555")
     assert ServiceConfig(batching=False).batch_policy() == BatchPolicy.unbatched()
     assert ServiceConfig(workers=0).worker_count >= 1
+
+
+def test_the_floor_is_a_finite_non_negative_number_of_ms() -> None:
+    assert config_from_mapping({"limits": {"min_time_left_ms": 5}}).min_time_left_ms == 5.0
+    assert isinstance(config_from_mapping({"limits": {"min_time_left_ms": 5}}).min_time_left_ms, float)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="min_time_left_ms"):
+            config_from_mapping({"limits": {"min_time_left_ms": bad}})
+        with pytest.raises(ConfigError, match="min_time_left_ms"):
+            ServiceConfig(min_time_left_ms=bad)

@@ -213,3 +213,19 @@ def test_the_committed_cast_model_is_what_its_generator_writes() -> None:
     committed = resources.files("splitrt").joinpath(f"data/{CAST_MODEL}").read_bytes()
     assert committed == cast_model_bytes(), "run: python -m splitrt.partition.cast_model splitrt/data/cast_f16_f32.onnx"
     assert CAST_INPUT_NAME == WRITTEN_INPUT_NAME
+
+
+def test_a_ray_replica_skips_the_rows_left_with_less_than_its_floor(tiny_bundle: Bundle) -> None:
+    """The replica's own check, without Ray Serve: a row with 10 ms left is skipped at a 20 ms floor, run at 5."""
+    import asyncio
+    import time
+
+    from splitrt.cloud.ray_backend import TailReplica
+
+    rows = np.zeros((2, 16, 8, 8), np.float32)
+    for floor_ms, expected in ((20.0, [False, True]), (5.0, [True, True])):
+        replica = TailReplica(str(tiny_bundle.root), 1, min_time_left_ms=floor_ms)
+        now = time.time() * 1000.0
+        request = ("res", rows, np.array([now + 10, now + 5000]))
+        ((output, started_ms, ran),) = asyncio.run(replica.run_batch_impl([request]))
+        assert list(ran) == expected and output.shape[0] == sum(expected) and started_ms >= now

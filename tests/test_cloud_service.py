@@ -129,6 +129,24 @@ def test_an_expired_request_is_answered_expired_and_never_executed(tiny_bundle: 
         stop(running)
 
 
+def test_a_request_arriving_with_less_than_the_floor_left_is_expired_at_once(tiny_bundle: Bundle,
+                                                                             activation: np.ndarray) -> None:
+    tails = SlowTails([tiny_bundle], delay_s=0.0)
+    running = start(tiny_bundle, tails, workers=1)
+    socket = dealer(running.endpoint)
+    try:
+        socket.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=1, deadline_ms=now_ms() + 10))
+        socket.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=2, deadline_ms=now_ms() + 5000))
+        replies = collect(socket, 2)
+        reply = replies[1].message
+        assert isinstance(reply, Reject) and reply.reason is RejectReason.EXPIRED, reply
+        assert isinstance(replies[2].message, Result)
+        assert tails.batch_rows == [1], "the request with 10 ms left must not reach the tail"
+    finally:
+        socket.close()
+        stop(running)
+
+
 def test_overload_is_rejected_at_once_not_queued(tiny_bundle: Bundle, activation: np.ndarray) -> None:
     tails = SlowTails([tiny_bundle], delay_s=0.05)
     running = start(tiny_bundle, tails, workers=1, batching=False, max_queue_depth=3, max_inflight_per_client=100)

@@ -444,7 +444,7 @@ def median_rows(pass_rows: Sequence[dict[str, object]]) -> list[dict[str, object
     for members in groups.values():
         row = {k: v for k, v in members[0].items() if k != "pass"}
         for name in MEDIAN_FIELDS:
-            values = [float(m[name]) for m in members if not math.isnan(float(m[name]))]
+            values = [float(m.get(name, math.nan)) for m in members if not math.isnan(float(m.get(name, math.nan)))]
             row[name] = float(np.median(values)) if values else math.nan
         for name in SUMMED_FIELDS:
             row[name] = sum(int(m.get(name, 0)) for m in members)
@@ -669,6 +669,9 @@ def run_serve_bench(bundle_dir: str, clients: int, duration_s: float, json_out: 
     unknown = [mode for mode in modes if mode not in SERVICE_MODES]
     if unknown or not modes:
         raise ValueError(f"--modes: {', '.join(unknown) or 'none given'}; choose from {', '.join(SERVICE_MODES)}")
+    if len(set(modes)) < len(modes) or len(set(rates)) < len(rates):
+        raise ValueError("--modes and --rates must not repeat a value: the rows of one load step are merged by it "
+                         "(use --passes to repeat)")
     if not 0 <= check_outputs <= 2 * len(CHECK_PHOTOS):
         raise ValueError(f"--check-outputs must lie in [0, {2 * len(CHECK_PHOTOS)}], got {check_outputs}")
     pass_rows: list[dict[str, object]] = []

@@ -79,8 +79,10 @@ def admit(
     max_batch: int = 64,
     client_inflight: int = 0,
     max_inflight_per_client: int | None = None,
+    min_time_left_ms: float = 0.0,
 ) -> Work | Reject:
-    """Check an Infer against what the service holds; a request is never guessed at, it is rejected with a reason."""
+    """Check an Infer against what the service holds; a request is never guessed at, it is rejected with a reason.
+    One that arrives with less than `min_time_left_ms` before its deadline would never be run: it is `expired` now."""
     infer = envelope.message
     assert isinstance(infer, Infer)
     frame_id = infer.frame_id
@@ -120,6 +122,10 @@ def admit(
         return reject(frame_id, RejectReason.BAD_PAYLOAD, f"batch size {shape[:1]} is not allowed")
     if now_ms >= infer.deadline_ms:
         return reject(frame_id, RejectReason.EXPIRED, f"arrived {now_ms - infer.deadline_ms:.1f} ms after its deadline")
+    if infer.deadline_ms - now_ms < min_time_left_ms:
+        return reject(frame_id, RejectReason.EXPIRED,
+                      f"arrived {infer.deadline_ms - now_ms:.1f} ms before its deadline, less than the "
+                      f"{min_time_left_ms:g} ms a tail needs left to start")
     if queue_depth >= max_queue_depth:
         return reject(frame_id, RejectReason.OVERLOADED, f"queue is full ({queue_depth} requests)")
     if max_inflight_per_client is not None and client_inflight >= max_inflight_per_client:

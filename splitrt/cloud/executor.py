@@ -20,19 +20,12 @@ import numpy as np
 from splitrt.bundle import INPUT_POINT
 from splitrt.cloud.admission import Reply, Work, reject
 from splitrt.cloud.batcher import Batch
+from splitrt.cloud.config import DEFAULT_MIN_TIME_LEFT_MS
 from splitrt.cloud.tails import TailRunner
 from splitrt.codecs import CodecError, get_codec
 from splitrt.protocol import RejectReason, Result, tensor_payload
 
 
-# The least time a request must have left when its batch's tail is about to start (`min_time_left_ms`, set by the
-# service's config). Two reasons. The deadline is when the device needs the Result, so a reply that leaves the cloud
-# a few ms before it arrives late over any real network. And the deadline check and the tail's start are separate
-# moments: on a loaded host the worker thread can be descheduled between them. Measured in the conv_head benchmark
-# past saturation (16 clients on 2 cores, ~40,000 batches): 26 gaps over 5 ms between the last check and the
-# start, 1 over 10 ms (15.7), none over 20. A floor of one interpreter switch interval (5 ms) let 14 of ~190,000
-# requests start after their deadline in one run.
-DEFAULT_MIN_TIME_LEFT_MS = 20.0
 
 
 @dataclass
@@ -165,8 +158,10 @@ def _keep_rows_that_ran(live: list[tuple[Work, np.ndarray]], ran: np.ndarray, st
         if bool(np.all(ran[row : row + rows])):
             kept.append((work, activation))
         else:
-            _expire(outcome, work, f"deadline passed {started_ms - work.infer.deadline_ms:.1f} ms before the "
-                                   "replica took the batch up")
+            left_ms = work.infer.deadline_ms - started_ms
+            _expire(outcome, work, f"deadline passed {-left_ms:.1f} ms before the replica took the batch up"
+                    if left_ms <= 0 else f"{left_ms:.1f} ms left before its deadline when the replica took the batch "
+                                         "up, less than its floor (min_time_left_ms)")
         row += rows
     return kept
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from splitrt.bundle import Bundle
-from splitrt.cloud.executor import DEFAULT_MIN_TIME_LEFT_MS
+from splitrt.cloud.config import DEFAULT_MIN_TIME_LEFT_MS
 
 log = logging.getLogger("splitrt.cloud.ray")
 

@@ -356,7 +356,8 @@ class TailService:
         now_ms = self.clock_ms()
         decision = admit(envelope, client, self.bundles, now_ms, self.queue_depth, self.config.max_queue_depth,
                          client_inflight=self.inflight.get(client, 0),
-                         max_inflight_per_client=self.config.max_inflight_per_client)
+                         max_inflight_per_client=self.config.max_inflight_per_client,
+                         min_time_left_ms=self.config.min_time_left_ms)
         if isinstance(decision, Work):
             with self._cond:  # checked under the lock, so the dispatcher never exits with this request queued
                 key = (infer.bundle_hash, infer.split, infer.codec)
