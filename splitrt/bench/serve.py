@@ -444,7 +444,7 @@ def median_rows(pass_rows: Sequence[dict[str, object]]) -> list[dict[str, object
     for members in groups.values():
         row = {k: v for k, v in members[0].items() if k != "pass"}
         for name in MEDIAN_FIELDS:
-            values = [float(m.get(name, math.nan)) for m in members if not math.isnan(float(m.get(name, math.nan)))]
+            values = [v for v in (float(m.get(name, math.nan)) for m in members) if not math.isnan(v)]
             row[name] = float(np.median(values)) if values else math.nan
         for name in SUMMED_FIELDS:
             row[name] = sum(int(m.get(name, 0)) for m in members)

@@ -76,7 +76,7 @@ def run_batch(
         except CodecError as exc:
             outcome.replies.append((work, Reply(reject(work.infer.frame_id, RejectReason.BAD_PAYLOAD, str(exc)))))
     check_ms = clock_ms()
-    # The last check before the tail: a request that cannot finish by its deadline (less time left than the batch is
+    # The first check before the tail: a request that cannot finish by its deadline (less time left than the batch is
     # expected to take, and never less than `min_time_left_ms`) is answered `expired`, not run. Without the
     # margin, under overload many requests reach this point just before their deadline, and a wait for the GIL or
     # the CPU between this reading and the tail's start would let some of them start after it.
@@ -159,9 +159,12 @@ def _keep_rows_that_ran(live: list[tuple[Work, np.ndarray]], ran: np.ndarray, st
             kept.append((work, activation))
         else:
             left_ms = work.infer.deadline_ms - started_ms
-            _expire(outcome, work, f"deadline passed {-left_ms:.1f} ms before the replica took the batch up"
-                    if left_ms <= 0 else f"{left_ms:.1f} ms left before its deadline when the replica took the batch "
-                                         "up, less than its floor (min_time_left_ms)")
+            if left_ms <= 0:
+                why = f"deadline passed {-left_ms:.1f} ms before the replica took the batch up"
+            else:
+                why = (f"{left_ms:.1f} ms left before its deadline when the replica took the batch up, less than its "
+                       "floor (min_time_left_ms)")
+            _expire(outcome, work, why)
         row += rows
     return kept
 

@@ -469,5 +469,4 @@ def make_policy(name: str) -> Policy:
     if name in ORACLE_KNOWLEDGE:
         return OraclePolicy(ORACLE_KNOWLEDGE[name])
     raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline, deadline-uncalibrated, "
-                     f"deadline-tracking or "
-                     f"{', '.join(ORACLE_KNOWLEDGE)}")
+                     f"deadline-tracking or {', '.join(ORACLE_KNOWLEDGE)}")
