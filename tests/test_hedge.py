@@ -4,7 +4,6 @@ real service, a silent cloud and a refused request."""
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Iterator
 
 import numpy as np
@@ -199,13 +198,26 @@ def photo(rng: np.random.Generator) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def silent_cloud() -> Iterator[str]:
-    """A real ROUTER socket that takes requests and never answers."""
+def silent_cloud_link(bundle_hash: str) -> Iterator[CloudLink]:
+    """A CloudLink connected to a real ROUTER socket that takes requests and never answers.
+
+    The link's socket refuses to queue a send until its connection is up (zmq.IMMEDIATE), so a request sent too
+    soon ends at once as "not connected", another case. This waits until a heartbeat has reached the cloud.
+    """
     socket = zmq.Context.instance().socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     port = socket.bind_to_random_port("tcp://127.0.0.1")
     try:
-        yield f"tcp://127.0.0.1:{port}"
+        with CloudLink(f"tcp://127.0.0.1:{port}", bundle_hash) as link:
+            for seq in range(500):
+                link.ping(seq, timeout_ms=10.0)
+                if socket.poll(0):
+                    break
+            else:
+                raise AssertionError("the link never connected to the silent cloud")
+            while socket.poll(0):
+                socket.recv_multipart()
+            yield link
     finally:
         socket.close()
 
@@ -223,7 +235,7 @@ def test_a_reply_in_time_is_the_answer(service: RunningService, tiny_bundle: Bun
 
 
 def test_a_silent_cloud_leaves_the_hedges_answer_before_the_deadline(tiny_bundle: Bundle, photo: np.ndarray) -> None:
-    with silent_cloud() as endpoint, CloudLink(endpoint, tiny_bundle.content_hash) as link:
+    with silent_cloud_link(tiny_bundle.content_hash) as link:
         runtime = EdgeRuntime(tiny_bundle, link)
         local = runtime.infer(photo, Local())
         outcome = runtime.infer(photo, Offload("jpeg-q90", hedge=Local()), budget_ms=300.0)
@@ -231,7 +243,6 @@ def test_a_silent_cloud_leaves_the_hedges_answer_before_the_deadline(tiny_bundle
         # It stops waiting just before the deadline (a loaded host may overshoot by a scheduling delay, never by
         # waiting for the silent cloud).
         assert outcome.done_ms < outcome.deadline_ms + 100.0
-        # (It failed once in a full run on a loaded host, reason unknown: the message now says.)
         assert "no reply from the cloud" in outcome.reason and "answered by the hedge local" in outcome.reason, (
             outcome.reason, outcome.trace_ms)
         assert outcome.bytes_sent > 0 and "hedge" in outcome.trace_ms
@@ -284,9 +295,8 @@ def test_a_failing_hedge_does_not_lose_the_clouds_answer(service: RunningService
         outcome = runtime.infer(photo, Split("res", "fp16", hedge=Local("no-such-exit")), budget_ms=5000.0)
         assert outcome.ok and not outcome.hedge_answered, outcome.reason
         runtime.close()
-    with silent_cloud() as endpoint, CloudLink(endpoint, tiny_bundle.content_hash) as silent:
+    with silent_cloud_link(tiny_bundle.content_hash) as silent:
         runtime = EdgeRuntime(tiny_bundle, silent)
-        time.sleep(0.3)  # the TCP connection is up, so the request is sent (not refused as unconnected)
         failed = runtime.infer(photo, Split("res", "fp16", hedge=Local("no-such-exit")), budget_ms=200.0)
         assert failed.status is Status.FAILED and "no early exit" in failed.reason
         assert "network" in failed.trace_ms, "the request's wait is recorded"
@@ -339,8 +349,10 @@ def test_the_adaptive_runtime_teaches_the_calibration_whether_hedged_replies_cam
     # Initial rates at which the model gives the first frame's reply about even odds (33.6 kbit in ~5 s; in ~0.4 s).
     for endpoint, budget_ms, initial_bps in [(service.endpoint, 5000.0, 7e3), (None, 400.0, 8.5e4)]:
         with contextlib.ExitStack() as stack:
-            endpoint = endpoint or stack.enter_context(silent_cloud())
-            link = stack.enter_context(CloudLink(endpoint, tiny_bundle.content_hash))
+            if endpoint is None:
+                link = stack.enter_context(silent_cloud_link(tiny_bundle.content_hash))
+            else:
+                link = stack.enter_context(CloudLink(endpoint, tiny_bundle.content_hash))
             runtime = EdgeRuntime(tiny_bundle, link)
             runtime.infer(photo, Local())  # sessions loaded before the frames that count (a loaded host is slow)
             runtime.infer(photo, Split("res", "fp16"), budget_ms=100.0)
