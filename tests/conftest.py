@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny exported bundle and a tail service on a real loopback socket."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ import zmq
 
 from splitrt.bundle import Bundle
 from splitrt.cloud.service import ServiceConfig, TailService
+from splitrt.edge.link import CloudLink
 
 
 # Real data beside the repository (never committed); tests that need it skip when it is absent.
@@ -101,3 +103,28 @@ def write_labelled_images(folder: Path, count: int, classes: int) -> Path:
         lines.append(f"{i}.png,{2 * (i % classes) + 1}")
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+@contextlib.contextmanager
+def silent_cloud_link(bundle_hash: str) -> Iterator[CloudLink]:
+    """A CloudLink connected to a real ROUTER socket that takes requests and never answers.
+
+    The link's socket refuses to queue a send until its connection is up (zmq.IMMEDIATE), so a request sent too
+    soon ends at once as "not connected", another case. This waits until a heartbeat has reached the cloud.
+    """
+    socket = zmq.Context.instance().socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with CloudLink(f"tcp://127.0.0.1:{port}", bundle_hash) as link:
+            for seq in range(500):
+                link.ping(seq, timeout_ms=10.0)
+                if socket.poll(0):
+                    break
+            else:
+                raise AssertionError("the link never connected to the silent cloud")
+            while socket.poll(0):
+                socket.recv_multipart()
+            yield link
+    finally:
+        socket.close()

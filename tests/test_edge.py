@@ -19,7 +19,7 @@ from splitrt.edge.link import CloudLink, LinkError, max_reply_frame_bytes
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.frame import Status
 from splitrt.protocol import PROTOCOL_VERSION, Heartbeat, Limits, RejectReason, Welcome, encode
-from tests.conftest import RunningService, start_service
+from tests.conftest import RunningService, silent_cloud_link, start_service
 
 
 @pytest.fixture()
@@ -70,18 +70,11 @@ def test_no_cloud_fails_fast_instead_of_waiting(tiny_bundle: Bundle, photo: np.n
 
 
 def test_a_silent_cloud_ends_the_frame_at_its_deadline(tiny_bundle: Bundle, photo: np.ndarray) -> None:
-    silent = zmq.Context.instance().socket(zmq.ROUTER)  # accepts connections, never answers
-    silent.setsockopt(zmq.LINGER, 0)
-    port = silent.bind_to_random_port("tcp://127.0.0.1")
-    try:
-        with CloudLink(f"tcp://127.0.0.1:{port}", tiny_bundle.content_hash) as link:
-            time.sleep(0.2)  # let the connection come up
-            runtime = EdgeRuntime(tiny_bundle, link)
-            outcome = runtime.infer(photo, Split("res", "fp16"), budget_ms=150)
-            assert outcome.status is Status.TIMEOUT
-            assert 140 <= outcome.latency_ms < 1000
-    finally:
-        silent.close()
+    with silent_cloud_link(tiny_bundle.content_hash) as link:
+        runtime = EdgeRuntime(tiny_bundle, link)
+        outcome = runtime.infer(photo, Split("res", "fp16"), budget_ms=150)
+        assert outcome.status is Status.TIMEOUT
+        assert 140 <= outcome.latency_ms < 1000
 
 
 def test_a_reply_for_an_older_frame_is_not_taken_for_the_current_one(

@@ -4,11 +4,9 @@ real service, a silent cloud and a refused request."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 import numpy as np
 import pytest
-import zmq
 
 from splitrt.actions import Local, Offload, Split, parse_action
 from splitrt.policies.options_file import action_from_key
@@ -34,7 +32,7 @@ from splitrt.policies.policies import (
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import PACKET_BYTES, UplinkTrace
 from splitrt.protocol import Limits
-from tests.conftest import RunningService, start_service
+from tests.conftest import RunningService, silent_cloud_link, start_service
 from tests.test_policies import on_off_trace
 
 SKIP = ActionOption(Local("skip9"), edge_ms=40.0, accuracy=0.50)
@@ -195,31 +193,6 @@ def test_in_the_simulator_calibration_sends_a_hedged_action_that_the_model_under
 @pytest.fixture()
 def photo(rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 256, size=(48, 40, 3), dtype=np.uint8)
-
-
-@contextlib.contextmanager
-def silent_cloud_link(bundle_hash: str) -> Iterator[CloudLink]:
-    """A CloudLink connected to a real ROUTER socket that takes requests and never answers.
-
-    The link's socket refuses to queue a send until its connection is up (zmq.IMMEDIATE), so a request sent too
-    soon ends at once as "not connected", another case. This waits until a heartbeat has reached the cloud.
-    """
-    socket = zmq.Context.instance().socket(zmq.ROUTER)
-    socket.setsockopt(zmq.LINGER, 0)
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    try:
-        with CloudLink(f"tcp://127.0.0.1:{port}", bundle_hash) as link:
-            for seq in range(500):
-                link.ping(seq, timeout_ms=10.0)
-                if socket.poll(0):
-                    break
-            else:
-                raise AssertionError("the link never connected to the silent cloud")
-            while socket.poll(0):
-                socket.recv_multipart()
-            yield link
-    finally:
-        socket.close()
 
 
 def test_a_reply_in_time_is_the_answer(service: RunningService, tiny_bundle: Bundle, photo: np.ndarray) -> None:
