@@ -429,3 +429,39 @@ def test_sigterm_drains_in_flight_requests_before_exit(tiny_bundle: Bundle, acti
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_a_burst_is_admitted_request_by_request(tiny_bundle: Bundle, activation: np.ndarray) -> None:
+    """The gateway admits what one read brings in together (one lock, one wake-up): each request still sees the
+    queue and the in-flight counts the ones before it left."""
+    service = TailService([tiny_bundle], ServiceConfig(bind="inproc://unused", max_queue_depth=3,
+                                                       max_inflight_per_client=2))
+    context = zmq.Context.instance()
+    router = context.socket(zmq.ROUTER)
+    router.bind("inproc://splitrt-test-burst")
+    greedy, polite = context.socket(zmq.DEALER), context.socket(zmq.DEALER)
+    try:
+        for name, socket in ((b"greedy", greedy), (b"polite", polite)):
+            socket.setsockopt(zmq.IDENTITY, name)
+            socket.connect("inproc://splitrt-test-burst")
+        for frame_id in range(4):
+            greedy.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=frame_id))
+        for frame_id in (10, 11):
+            polite.send_multipart(infer_frames(tiny_bundle, "res", activation, frame_id=frame_id))
+        deadline = time.monotonic() + 5
+        while router.get(zmq.EVENTS) & zmq.POLLIN == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        service._receive(router)  # one burst: all six were waiting
+        assert service.counters["requests"] == 6
+        # Judged against the state before the burst, all six would be queued. (The ROUTER interleaves the two
+        # clients, so which ones are refused, and why, depends on the order they are read in.)
+        assert service.queue_depth == 3 and sum(service.inflight.values()) == 3
+        assert all(count <= 2 for count in service.inflight.values())
+        refusals = [*collect(greedy, 4, timeout_s=0.3).values(), *collect(polite, 2, timeout_s=0.3).values()]
+        assert len(refusals) == 3 and service.counters["reject_overloaded"] == 3
+        for reply in refusals:
+            assert isinstance(reply.message, Reject) and reply.message.reason is RejectReason.OVERLOADED
+            assert "queue is full" in reply.message.detail or "in flight" in reply.message.detail
+    finally:
+        for socket in (greedy, polite, router):
+            socket.close(linger=0)

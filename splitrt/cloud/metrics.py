@@ -45,6 +45,23 @@ class ServiceMetrics:
         self.service_ms = Histogram("splitrt_service_ms", "Time from arrival to reply sent (ms)",
                                     buckets=_LATENCY_BUCKETS_MS, registry=r)
 
+        # Label children looked up once: `labels()` takes a lock and builds a key, on every request otherwise.
+        self._children: dict[tuple[str, str], Counter] = {}
+
+    def message_counter(self, kind: str) -> Counter:
+        """`splitrt_messages{type=kind}`."""
+        return self._child(self.messages, "messages", kind)
+
+    def reject_counter(self, reason: str) -> Counter:
+        """`splitrt_rejects{reason=reason}`."""
+        return self._child(self.rejects, "rejects", reason)
+
+    def _child(self, metric: Counter, name: str, label: str) -> Counter:
+        child = self._children.get((name, label))
+        if child is None:
+            child = self._children[(name, label)] = metric.labels(label)
+        return child
+
     def track_inflight_clients(self, count: Callable[[], float]) -> None:
         """`splitrt_inflight_clients` is `count()` at each scrape: nothing is added to the request path."""
         self.inflight_clients.set_function(count)

@@ -37,6 +37,7 @@ from splitrt.cloud.metrics import OpsServer, ServiceMetrics
 from splitrt.cloud.tails import TailExecutor, TailRunner
 from splitrt.protocol import (
     PROTOCOL_VERSION,
+    Envelope,
     Heartbeat,
     Hello,
     Infer,
@@ -261,27 +262,40 @@ class TailService:
         self._count(reply)
         router.send_multipart([client, *encode(reply.message, reply.payloads)], copy=False)
 
-    def _count(self, reply: Reply) -> None:
-        message = reply.message
-        if isinstance(message, Reject):
-            key = f"reject_{message.reason.value}"
-            self.metrics.rejects.labels(message.reason.value).inc()
-        else:
-            key = type(message).__name__.lower()
-            if isinstance(message, Result):
-                self.metrics.results.inc()
+    def _count(self, *replies: Reply) -> None:
+        """Count replies in the metrics and `counters` (a batch's at once: one lock, one increment per kind)."""
+        keys: Counter[str] = Counter()
+        for reply in replies:
+            message = reply.message
+            if isinstance(message, Reject):
+                keys[f"reject_{message.reason.value}"] += 1
+                self.metrics.reject_counter(message.reason.value).inc()
+            else:
+                keys[type(message).__name__.lower()] += 1
+        if keys["result"]:
+            self.metrics.results.inc(keys["result"])
         with self._counters_lock:
-            self.counters[key] += 1
+            self.counters.update(keys)
 
     def _receive(self, router: zmq.Socket) -> None:
-        for _ in range(256):  # bounded per poll, so replies keep flowing under load
+        """Read what has arrived (at most 256 messages, so replies keep flowing under load) and admit its Infers
+        together: one lock and one wake-up of the dispatcher per burst, not per request."""
+        infers: list[tuple[bytes, Envelope]] = []
+        received = 0
+        for _ in range(256):
             if not router.get(zmq.EVENTS) & zmq.POLLIN:
-                return
+                break
             frames = router.recv_multipart(copy=False)
+            received += 1
             client, body = frames[0].bytes, frames[1:]
+            envelope = self._handle(router, client, body)
+            if envelope is not None:
+                infers.append((client, envelope))
+        if received:
             with self._counters_lock:
-                self.counters["requests"] += 1
-            self._handle(router, client, body)
+                self.counters["requests"] += received
+        if infers:
+            self._admit(router, infers)
 
     def _connection_events(self, monitor: zmq.Socket) -> None:
         """Log and count closed connections and failed handshakes (at most 256 per poll, like `_receive`).
@@ -326,18 +340,19 @@ class TailService:
                                "reason": RejectReason.VERSION_MISMATCH.value})
         return reply
 
-    def _handle(self, router: zmq.Socket, client: bytes, body: list[zmq.Frame]) -> None:
+    def _handle(self, router: zmq.Socket, client: bytes, body: list[zmq.Frame]) -> Envelope | None:
+        """Answer a message at once, or return an Infer's envelope for `_admit`."""
         try:
             envelope = decode(body, self.config.limits)
         except ProtocolError as exc:
             frame_id = peek_frame_id(body)
-            self.metrics.messages.labels("invalid").inc()
+            self.metrics.message_counter("invalid").inc()
             log.warning("client %s: rejected frame %d: %s", client.hex(), frame_id, exc,
                         extra={"event": "reject", "client": client.hex(), "reason": exc.reason.value})
             self._send(router, client, Reply(reject(frame_id, exc.reason, exc.detail)))
-            return
+            return None
         message = envelope.message
-        self.metrics.messages.labels(type(message).__name__.lower()).inc()
+        self.metrics.message_counter(type(message).__name__.lower()).inc()
         if isinstance(message, Hello):
             reply = self._answer_hello(client, message)
             log.info("client %s (%s): hello -> %s", client.hex(), message.client_id, type(reply.message).__name__,
@@ -346,41 +361,59 @@ class TailService:
         elif isinstance(message, Heartbeat):
             self._send(router, client, heartbeat_reply(message))
         elif isinstance(message, Infer):
-            self._admit(router, client, envelope)
+            return envelope
         else:
             detail = f"{type(message).__name__} is not a request"
             self._send(router, client, Reply(reject(peek_frame_id(body), RejectReason.MALFORMED, detail)))
+        return None
 
-    def _admit(self, router: zmq.Socket, client: bytes, envelope) -> None:  # type: ignore[no-untyped-def]
-        infer = envelope.message
+    def _admit(self, router: zmq.Socket, infers: list[tuple[bytes, Envelope]]) -> None:
+        """Queue the Infers that pass admission, in arrival order, and answer the others with their Reject.
+
+        Decided under the batcher's lock, so each sees the queue the ones before it left, and the dispatcher
+        never exits with one of them queued."""
         now_ms = self.clock_ms()
+        refused: list[tuple[bytes, Reject]] = []
+        queued = 0
+        with self._cond:
+            for client, envelope in infers:
+                decision = self._decide(client, envelope, now_ms)
+                if isinstance(decision, Reject):
+                    refused.append((client, decision))
+                    continue
+                infer = decision.infer
+                self._batcher.add((infer.bundle_hash, infer.split, infer.codec), decision, infer.deadline_ms, now_ms)
+                self.inflight[client] = self.inflight.get(client, 0) + 1
+                queued += 1
+            if queued:
+                self.metrics.queue_depth.set(self.queue_depth)
+                self._cond.notify()
+        for client, decision in refused:
+            log.debug("client %s: rejected frame %d: %s (%s)", client.hex(), decision.frame_id,
+                      decision.reason.value, decision.detail)
+            self._send(router, client, Reply(decision))
+
+    def _decide(self, client: bytes, envelope: Envelope, now_ms: float) -> Work | Reject:
+        """Admission (see `admit`), then the batcher's estimate: a request expected to finish after its deadline
+        is refused as overloaded now rather than expired later. Called under `_cond`."""
         decision = admit(envelope, client, self.bundles, now_ms, self.queue_depth, self.config.max_queue_depth,
                          client_inflight=self.inflight.get(client, 0),
                          max_inflight_per_client=self.config.max_inflight_per_client,
                          min_time_left_ms=self.config.min_time_left_ms)
-        if isinstance(decision, Work):
-            with self._cond:  # checked under the lock, so the dispatcher never exits with this request queued
-                key = (infer.bundle_hash, infer.split, infer.codec)
-                finish_ms = self._batcher.expected_finish_ms(key, now_ms, self.queue_depth, self.worker_count)
-                if self._stop.is_set():
-                    decision = reject(infer.frame_id, RejectReason.OVERLOADED,
-                                      "the service is shutting down; try another replica")
-                elif finish_ms > infer.deadline_ms:
-                    if self.queue_depth == 0:  # refused on the estimate alone: let it relax (see CostModel.relax)
-                        self._batcher.cost.relax(key)
-                    decision = reject(infer.frame_id, RejectReason.OVERLOADED,
-                                      f"{self.queue_depth} requests ahead: expected to finish "
-                                      f"{finish_ms - infer.deadline_ms:.1f} ms after the deadline")
-                else:
-                    self._batcher.add(key, decision, infer.deadline_ms, now_ms)
-                    self.metrics.queue_depth.set(self.queue_depth)
-                    self._cond.notify()
         if isinstance(decision, Reject):
-            log.debug("client %s: rejected frame %d: %s (%s)", client.hex(), decision.frame_id,
-                      decision.reason.value, decision.detail)
-            self._send(router, client, Reply(decision))
-            return
-        self.inflight[client] = self.inflight.get(client, 0) + 1
+            return decision
+        infer = decision.infer
+        if self._stop.is_set():
+            return reject(infer.frame_id, RejectReason.OVERLOADED, "the service is shutting down; try another replica")
+        key = (infer.bundle_hash, infer.split, infer.codec)
+        finish_ms = self._batcher.expected_finish_ms(key, now_ms, self.queue_depth, self.worker_count)
+        if finish_ms > infer.deadline_ms:
+            if self.queue_depth == 0:  # refused on the estimate alone: let it relax (see CostModel.relax)
+                self._batcher.cost.relax(key)
+            return reject(infer.frame_id, RejectReason.OVERLOADED,
+                          f"{self.queue_depth} requests ahead: expected to finish "
+                          f"{finish_ms - infer.deadline_ms:.1f} ms after the deadline")
+        return decision
 
     # -- dispatcher ------------------------------------------------------------------------------------------
     def _dispatcher(self) -> None:
@@ -423,8 +456,8 @@ class TailService:
         now_ms = self.clock_ms()
         counts = bytearray()
         packed: list[object] = [b""]
+        self._count(*(reply for _, reply in replies))
         for work, reply in replies:
-            self._count(reply)
             if not isinstance(reply.message, Result):
                 log.debug("frame %d: %s (%s)", work.infer.frame_id, reply.message.reason.value,
                           reply.message.detail)
