@@ -434,9 +434,9 @@ def test_sigterm_drains_in_flight_requests_before_exit(tiny_bundle: Bundle, acti
 def test_a_burst_is_admitted_request_by_request(tiny_bundle: Bundle, activation: np.ndarray) -> None:
     """The gateway admits what one read brings in together (one lock, one wake-up): each request still sees the
     queue and the in-flight counts the ones before it left."""
+    context = zmq.Context()
     service = TailService([tiny_bundle], ServiceConfig(bind="inproc://unused", max_queue_depth=3,
-                                                       max_inflight_per_client=2))
-    context = zmq.Context.instance()
+                                                       max_inflight_per_client=2), context=context)
     router = context.socket(zmq.ROUTER)
     router.bind("inproc://splitrt-test-burst")
     greedy, polite = context.socket(zmq.DEALER), context.socket(zmq.DEALER)
@@ -465,3 +465,4 @@ def test_a_burst_is_admitted_request_by_request(tiny_bundle: Bundle, activation:
     finally:
         for socket in (greedy, polite, router):
             socket.close(linger=0)
+        context.term()
