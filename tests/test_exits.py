@@ -66,3 +66,16 @@ def test_temperature_scaling_lowers_calibration_error_of_overconfident_logits() 
     before = expected_calibration_error(torch.softmax(logits, 1).numpy(), labels.numpy())
     after = expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), labels.numpy())
     assert after < before / 3
+
+
+def test_the_policy_benchmark_compares_a_bundle_s_exits_and_warns_when_it_has_none(
+        bundle_with_exit: Bundle, tiny_bundle: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+    from splitrt.bench.policy import candidate_set
+
+    with caplog.at_level("WARNING", logger="splitrt.bench.policy"):
+        with_exit = candidate_set(bundle_with_exit, "base")
+    assert Local("down") in with_exit and not caplog.records
+    with caplog.at_level("WARNING", logger="splitrt.bench.policy"):
+        without = candidate_set(tiny_bundle, "base")
+    assert not any(isinstance(a, Local) and a.exit for a in without)
+    assert "no early exits" in caplog.text and "splitrt train exits" in caplog.text

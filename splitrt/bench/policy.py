@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -46,6 +47,8 @@ from splitrt.policies.policies import (ActionOption, DeadlinePolicy, LatencyPoli
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 from splitrt.protocol import TensorSpec
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("policy", "frames", "deadline_hit", "accuracy", "accuracy_at_deadline", "latency_p50_ms",
            "latency_p95_ms", "bytes_mean", "hedge_answered")
@@ -103,6 +106,10 @@ def candidate_set(bundle: Bundle, name: str) -> list[Action]:
     if name not in CANDIDATE_SETS:
         raise ValueError(f"unknown candidate set {name!r}: use one of {', '.join(CANDIDATE_SETS)}")
     spec = CANDIDATE_SETS[name]
+    if not bundle.manifest.exits:
+        log.warning("bundle %s has no early exits or block-skipping variants, so the actions compared are the whole "
+                    "model, splits and offload only: add them with `splitrt train exits --bundle DIR` and "
+                    "`splitrt train skips --bundle DIR` (before `splitrt codecs add-bottleneck`)", bundle.root)
     return candidate_actions(bundle, spec["splits"], spec["offload"], spec["split_codecs"], bottlenecks=name != "base")
 
 
