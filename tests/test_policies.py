@@ -418,6 +418,21 @@ def test_a_tracking_policy_takes_the_device_as_it_runs_now() -> None:
     assert tracking.decide(70.0, options, replace(view, device_slowdown=1.04)).option is SKIP6  # under one step
 
 
+def test_a_tracking_policy_rounds_the_slowdown_to_the_nearest_step_not_below() -> None:
+    from dataclasses import replace
+
+    from splitrt.policies.policies import device_steps
+
+    assert [device_steps(f) for f in (1.04, 1 / 1.04, 1.06, 1.1, 1.2, 1 / 1.2)] == [0, 0, 1, 2, 4, -4]
+    # At 1.2x, 76-78 ms takes 91-94 ms: past a 90 ms deadline. Truncated to 1.16x it looked in time on two frames in
+    # three, worth more than the faster, less accurate action.
+    edge = ActionOption(Local("skip9"), 77.0, accuracy=0.5, edge_samples_ms=(76.0, 77.0, 78.0))
+    fast = ActionOption(Local("b4"), 50.0, accuracy=0.3, edge_samples_ms=(49.0, 50.0, 51.0))
+    view = replace(LinkView(1e6, 1e6, 20.0, 25.0), device_slowdown=1.2)
+    decision = make_policy("deadline-tracking").decide(90.0, [edge, fast], view)
+    assert decision.option is fast and "device x1.22" in decision.reason
+
+
 def test_in_the_simulator_a_tracking_policy_leaves_an_action_the_slowed_device_no_longer_finishes() -> None:
     correct = {o.key: np.ones(10, dtype=bool) for o in (SKIP6, SKIP9)}
     config = SimConfig(fps=5, deadline_ms=70, duration_s=6)
