@@ -65,7 +65,7 @@ class ServiceConfig:
     max_queue_depth: int = 256
     max_inflight_per_client: int = 64
     # A request with less than this left before its deadline when its tail would start is answered `expired`
-    # (see splitrt.cloud.executor.DEFAULT_MIN_TIME_LEFT_MS).
+    # (see DEFAULT_MIN_TIME_LEFT_MS above).
     min_time_left_ms: float = DEFAULT_MIN_TIME_LEFT_MS
     limits: Limits = DEFAULT_LIMITS
     curve: CurveSettings = field(default_factory=CurveSettings)

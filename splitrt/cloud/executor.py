@@ -26,8 +26,6 @@ from splitrt.codecs import CodecError, get_codec
 from splitrt.protocol import RejectReason, Result, tensor_payload
 
 
-
-
 @dataclass
 class BatchOutcome:
     replies: list[tuple[Work, Reply]] = field(default_factory=list)

@@ -46,20 +46,20 @@ class ServiceMetrics:
                                     buckets=_LATENCY_BUCKETS_MS, registry=r)
 
         # Label children looked up once: `labels()` takes a lock and builds a key, on every request otherwise.
-        self._children: dict[tuple[str, str], Counter] = {}
+        self._children: dict[tuple[Counter, str], Counter] = {}
 
     def message_counter(self, kind: str) -> Counter:
         """`splitrt_messages{type=kind}`."""
-        return self._child(self.messages, "messages", kind)
+        return self._child(self.messages, kind)
 
     def reject_counter(self, reason: str) -> Counter:
         """`splitrt_rejects{reason=reason}`."""
-        return self._child(self.rejects, "rejects", reason)
+        return self._child(self.rejects, reason)
 
-    def _child(self, metric: Counter, name: str, label: str) -> Counter:
-        child = self._children.get((name, label))
+    def _child(self, metric: Counter, label: str) -> Counter:
+        child = self._children.get((metric, label))
         if child is None:
-            child = self._children[(name, label)] = metric.labels(label)
+            child = self._children[(metric, label)] = metric.labels(label)
         return child
 
     def track_inflight_clients(self, count: Callable[[], float]) -> None:

@@ -57,11 +57,10 @@ log = logging.getLogger("splitrt.cloud")
 UNREAD_MESSAGES_PER_CLIENT = 16
 QUIET_BEFORE_EXIT_S = 0.1
 RECEIVE_BUFFER_BYTES = 256 * 1024
-# Connection events the gateway logs and counts (`splitrt_disconnects{event}`), read from a socket monitor.
 # Infers the gateway decodes before it admits them together (see `_receive`): a 125 KB request takes ~0.1 ms to
 # read and check, so the first of a group waits ~1.6 ms at most for the others.
 ADMIT_AT_ONCE = 16
-
+# Connection events the gateway logs and counts (`splitrt_disconnects{event}`), read from a socket monitor.
 CONNECTION_EVENTS: dict[int, str] = {
     zmq.EVENT_DISCONNECTED: "disconnected",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
