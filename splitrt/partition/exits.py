@@ -1,37 +1,41 @@
 """Early exits: small heads attached at a few depths, trained by self-distillation, calibrated, exported.
 
 An exit head maps the activation at its point to the model's own pooled feature (the input of its final
-classifier) and reuses that classifier, frozen: it learns a feature mapping rather than 1000 class
-boundaries, so what it learns on some classes carries over to others. The loss is the feature error plus
+classifier) and reuses that classifier, frozen: it learns a feature mapping rather than class boundaries,
+so that what it learns on some classes may carry over to others. The loss is the feature error plus
 the KL divergence to the full model's softened logits (no labels). A temperature fitted on held-out
 images makes a confidence threshold mean what it says. Each exit is exported as ONNX: uint8 image in,
 the activation at its point (to continue locally when it is not confident) and calibrated logits out.
+Any staged or traced model works: EfficientNet-Lite0 on ImageNet images, the CIFAR-10 ResNets on CIFAR.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
-import random
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import nn
+from torch import fx, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from splitrt.bundle import HEAD_INPUT_NAME, MANIFEST_NAME, TAIL_INPUT_NAME, Bundle, content_hash, sha256_file
-from splitrt.imaging import Preprocess, crop_for_model, load_rgb
-from splitrt.partition.models import StagedModel
+from splitrt.partition.exit_data import ExitImages, load_exit_images
+from splitrt.partition.models import PartitionedModel, StagedModel
 
 EXIT_OUTPUT_NAME = "exit_logits"
-DEFAULT_EXIT_POINTS = {"efficientnet-lite0": ("b4", "b7", "b10", "b14")}
+DEFAULT_EXIT_POINTS = {
+    "efficientnet-lite0": ("b4", "b7", "b10", "b14"),
+    # the end of stage 1, the middle and end of stage 2, the middle of stage 3 (of 27 residual blocks)
+    "resnet56-cifar10": ("layer1.8", "layer2.4", "layer2.8", "layer3.4"),
+}
+CONFIDENCE_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 # Shallower variants: identity-residual blocks dropped. EfficientNet is trained with stochastic depth
 # (drop-connect), so it degrades gracefully when such blocks are skipped at inference; no training needed.
 DEFAULT_SKIP_VARIANTS = {
@@ -44,12 +48,12 @@ DEFAULT_SKIP_VARIANTS = {
 }
 
 
-POOLED_SIDE = 7  # exit heads first average-pool their input to 7x7: cheap on the device and to train
+POOLED_SIDES = (7, 8)  # exit heads first average-pool their input to 7x7 or 8x8: cheap on the device and to train
 
 
 def pooled_side(side: int) -> int:
-    """7 where the activation's side is a multiple of 7 (exportable as a plain average pool), else unpooled."""
-    return POOLED_SIDE if side % POOLED_SIDE == 0 else side
+    """7 or 8 where the activation's side is a multiple of it (exportable as a plain average pool), else unpooled."""
+    return next((p for p in POOLED_SIDES if side % p == 0), side)
 
 
 class ExitHead(nn.Module):
@@ -97,53 +101,77 @@ class ExitModel(nn.Module):
         return activation, self.exit_head(activation)[1] / self.temperature
 
 
-@dataclass(frozen=True)
-class ExitReport:
-    name: str
-    point: str
-    temperature: float
-    accuracy: float  # top-1 against labels on the evaluation images
-    agreement: float  # top-1 equal to the full model's
-    ece_before: float
-    ece_after: float
-    file: str
+def feature_point(model: PartitionedModel) -> str:
+    """The last split point: the pooled feature that the model's final classifier takes."""
+    return model.split_names[-1]
 
 
-def augmented_crops(paths: Sequence[Path], copies: int, prep: Preprocess, seed: int) -> list[np.ndarray]:
-    """The center crop of each image plus `copies - 1` random resized crops with flips (uint8 HWC)."""
-    rng = random.Random(seed)
-    out = []
-    for path in paths:
-        pixels = load_rgb(path)
-        image = Image.fromarray(pixels)
-        out.append(crop_for_model(pixels, prep))
-        for _ in range(copies - 1):
-            width, height = image.size
-            scale = rng.uniform(0.35, 1.0)
-            side = int(min(width, height) * math.sqrt(scale))
-            left, top = rng.randint(0, width - side), rng.randint(0, height - side)
-            patch = image.crop((left, top, left + side, top + side)).resize((prep.crop, prep.crop), Image.BILINEAR)
-            if rng.random() < 0.5:
-                patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
-            out.append(np.asarray(patch, dtype=np.uint8))
-    return out
+def final_classifier(model: PartitionedModel) -> nn.Module:
+    """The model after its feature point (a linear layer for the models here); exit heads reuse it, frozen."""
+    return model.tail(feature_point(model))
+
+
+class _ValueRecorder(fx.Interpreter):
+    """Runs a traced graph and keeps the values of the named nodes."""
+
+    def __init__(self, graph_module: fx.GraphModule, nodes: set[str]) -> None:
+        super().__init__(graph_module)
+        self.nodes, self.values = nodes, {}
+
+    def run_node(self, node: fx.Node) -> object:
+        value = super().run_node(node)
+        if node.name in self.nodes:
+            self.values[node.name] = value
+        return value
+
+
+def activation_recorder(model: PartitionedModel, points: Sequence[str]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """uint8 image batch -> the activation at each of `points`, in one pass of the model."""
+    normalize = model.normalizer()
+    wanted = set(points)
+    unknown = wanted - set(model.split_names)
+    if unknown:
+        raise KeyError(f"{model.model_id} has no split point(s) {', '.join(sorted(unknown))}; "
+                       f"split points: {', '.join(model.split_names)}")
+    if isinstance(model, StagedModel):
+        def staged(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            x, out = normalize(images), {}
+            for name, stage in model.stages[:-1]:
+                x = stage(x)
+                if name in wanted:
+                    out[name] = x
+            return out
+        return staged
+    cut = getattr(model, "cut", None)
+    graph_module = getattr(model, "graph_module", None)
+    if cut is None or graph_module is None:
+        raise TypeError(f"{type(model).__name__} is neither staged nor traced: cannot record its activations")
+    node_of = {p: cut(p).node for p in points}
+
+    def traced(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        recorder = _ValueRecorder(graph_module, set(node_of.values()))
+        recorder.run(normalize(images))
+        return {p: recorder.values[node] for p, node in node_of.items()}
+    return traced
 
 
 @torch.no_grad()
-def teacher_pass(model: StagedModel, crops: Sequence[np.ndarray], points: Sequence[str], batch: int = 32,
+def teacher_pass(model: PartitionedModel, crops: Sequence[np.ndarray], points: Sequence[str], batch: int = 32,
                  desc: str = "teacher") -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Activations at `points` pooled to 7x7 (fp16, to save memory), pooled features and logits of the full model."""
-    normalize = model.normalizer()
+    """Activations at `points` pooled to 7x7 or 8x8 (fp16, to save memory), pooled features and logits of the
+    full model."""
+    features_at = feature_point(model)
+    record = activation_recorder(model, [*points, features_at])
+    classifier = final_classifier(model)
     stored: dict[str, list[torch.Tensor]] = {p: [] for p in points}
     features, logits = [], []
     for start in tqdm(range(0, len(crops), batch), desc=desc, unit="batch"):
-        x = normalize(torch.from_numpy(np.stack(crops[start : start + batch])))
-        for name, stage in model.stages[:-1]:
-            x = stage(x)
-            if name in stored:
-                stored[name].append(F.adaptive_avg_pool2d(x, pooled_side(x.shape[-1])).half())
-        features.append(x)
-        logits.append(model.stages[-1][1](x))
+        values = record(torch.from_numpy(np.stack(crops[start : start + batch])))
+        for point in points:
+            x = values[point]
+            stored[point].append(F.adaptive_avg_pool2d(x, pooled_side(x.shape[-1])).half())
+        features.append(values[features_at])
+        logits.append(classifier(values[features_at]))
     return {p: torch.cat(v) for p, v in stored.items()}, torch.cat(features), torch.cat(logits)
 
 
@@ -201,7 +229,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def export_exit(model: StagedModel, point: str, head: ExitHead, temperature: float, path: Path) -> None:
+def export_exit(model: PartitionedModel, point: str, head: ExitHead, temperature: float, path: Path) -> None:
     exit_model = ExitModel(model.head(point), head, temperature).eval()
     crop = model.preprocess.crop
     example = torch.zeros((1, crop, crop, 3), dtype=torch.uint8)
@@ -231,104 +259,139 @@ def add_exits_to_bundle(bundle_dir: Path, entries: list[dict[str, object]]) -> B
     return Bundle.load(bundle_dir)
 
 
-def _activation_sides(model: StagedModel) -> list[int]:
+def activation_shapes(model: PartitionedModel, points: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Each point's activation shape for one image (C, H, W); an exit needs a spatial activation."""
     crop = model.preprocess.crop
-    sides = []
     with torch.no_grad():
-        x = model.normalizer()(torch.zeros((1, crop, crop, 3), dtype=torch.uint8))
-        for _, stage in model.stages[:-1]:
-            x = stage(x)
-            sides.append(int(x.shape[-1]) if x.ndim == 4 else 1)
-    return sides
+        values = activation_recorder(model, points)(torch.zeros((1, crop, crop, 3), dtype=torch.uint8))
+    shapes = {p: tuple(values[p].shape[1:]) for p in points}
+    flat = [p for p, shape in shapes.items() if len(shape) != 3]
+    if flat:
+        raise ValueError(f"an exit needs a (C, H, W) activation; {', '.join(flat)} of {model.model_id} is not one")
+    return shapes
 
 
-def _split_labelled(images_dir: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """Even class_index: training (4 of 5) and calibration (1 of 5) images; odd class_index: evaluation."""
-    from splitrt.bench.common import read_labelled_images, select_parity
-
-    items = read_labelled_images(images_dir)
-    even = [(i.path, i.class_index) for i in select_parity(items, "even")]
-    odd = [(i.path, i.class_index) for i in select_parity(items, "odd")]
-    calibration = even[::5]
-    train = [item for index, item in enumerate(even) if index % 5 != 0]
-    return train, calibration, odd
-
-
-def measure_ms(path: Path, image: np.ndarray, runs: int = 30) -> float:
-    """Median ONNX Runtime time (one thread) of a model taking the uint8 image."""
+def median_ms_side_by_side(models: dict[str, tuple[Path, dict[str, np.ndarray]]], repeats: int = 30,
+                           min_sample_ms: float = 10.0) -> dict[str, float]:
+    """Median ONNX Runtime time (one thread) of each model on its feeds, timed in alternation (a sample of each
+    per round, each sample at least `min_sample_ms` of back-to-back calls), so that the host's swings touch
+    them all alike."""
     from splitrt.devices.ort import create_session
-    from splitrt.devices.timing import time_calls_ms
+    from splitrt.devices.timing import time_interleaved_ms
 
-    session = create_session(path)
-    return time_calls_ms(lambda: session.run(None, {HEAD_INPUT_NAME: image}), repeats=runs).p50_ms
+    sessions = {name: (create_session(path), feeds) for name, (path, feeds) in models.items()}
+    calls = {name: (lambda s=session, f=feeds: s.run(None, f)) for name, (session, feeds) in sessions.items()}
+    timings = time_interleaved_ms(calls, repeats=repeats, min_sample_ms=min_sample_ms)
+    return {name: timing.p50_ms for name, timing in timings.items()}
+
+
+def _teacher_cache(bundle_dir: Path, source: Path, copies: int, points: Sequence[str]) -> Path:
+    """Where the training crops' teacher outputs are kept: keyed by the images (the archive, or the folder's
+    labels.csv), the copies and the points."""
+    stamp = source / "labels.csv" if source.is_dir() else source
+    stat = stamp.stat()
+    key = hashlib.sha256(f"{stamp.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{copies}|{','.join(points)}".encode())
+    return bundle_dir.parent / f".{bundle_dir.name}-exit-teacher-{key.hexdigest()[:12]}.pt"
+
+
+def _training_targets(model: PartitionedModel, bundle_dir: Path, source: Path, images: ExitImages, copies: int,
+                      points: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    cache = _teacher_cache(bundle_dir, source, copies, points)
+    if cache.is_file():  # our own file of plain tensors: loaded without unpickling arbitrary objects
+        saved = torch.load(cache, weights_only=True)
+        return saved["acts"], saved["features"], saved["logits"]
+    acts, features, logits = teacher_pass(model, images.train, points, desc="teacher (training crops)")
+    torch.save({"acts": acts, "features": features, "logits": logits}, cache)
+    return acts, features, logits
+
+
+def threshold_rows(exit_name: str, probabilities: np.ndarray, final_top1: np.ndarray, labels: np.ndarray,
+                   exit_ms: float, tail_ms: float, thresholds: Sequence[float] = CONFIDENCE_THRESHOLDS,
+                   ) -> list[dict[str, object]]:
+    """What `EdgeRuntime(exit_threshold=t)` does with this exit: a frame whose calibrated confidence reaches t
+    ends there, any other finishes the model from the exit's point; its accuracy and mean device time."""
+    confidence, exit_top1 = probabilities.max(1), probabilities.argmax(1)
+    rows = []
+    for threshold in thresholds:
+        stops = confidence >= threshold
+        answer = np.where(stops, exit_top1, final_top1)
+        rows.append({
+            "exit": exit_name, "threshold": threshold, "stopped": float(stops.mean()),
+            "accuracy": float((answer == labels).mean()),
+            "accuracy_of_stopped": float((exit_top1[stops] == labels[stops]).mean()) if stops.any() else float("nan"),
+            "device_ms_mean": exit_ms + float(1.0 - stops.mean()) * tail_ms,
+        })
+    return rows
 
 
 def train_exits(
-    model: StagedModel,
+    model: PartitionedModel,
     bundle_dir: str | Path,
-    images_dir: str | Path,
+    images_source: str | Path,
     points: Sequence[str],
     copies: int = 8,
     epochs: int = 12,
-) -> tuple[Bundle, list[dict[str, object]]]:
-    """Train, calibrate, evaluate and export one exit per point into the bundle; returns the rows of the report."""
-    bundle_dir = Path(bundle_dir)
+) -> tuple[Bundle, list[dict[str, object]], list[dict[str, object]], str]:
+    """Train, calibrate, evaluate and export one exit per point into the bundle.
+
+    Returns the bundle, one row per exit (and the final classifier), the confidence-threshold rows, and which
+    images trained, calibrated and evaluated.
+    """
+    bundle_dir, images_source = Path(bundle_dir), Path(images_source)
     bundle = Bundle.load(bundle_dir)
     if bundle.model_id != model.model_id:
         raise ValueError(f"bundle {bundle_dir} holds {bundle.model_id}, not {model.model_id}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    prep = model.preprocess
-    train, calibration, evaluation = _split_labelled(Path(images_dir))
-    cache = bundle_dir.parent / f".{bundle_dir.name}-exit-teacher-{copies}-{'-'.join(points)}.pt"
-    if cache.is_file():  # our own file of plain tensors: loaded without unpickling arbitrary objects
-        saved = torch.load(cache, weights_only=True)
-        acts, features, logits = saved["acts"], saved["features"], saved["logits"]
-    else:
-        crops = augmented_crops([p for p, _ in train], copies, prep, seed=0)
-        acts, features, logits = teacher_pass(model, crops, points, desc="teacher (training crops)")
-        torch.save({"acts": acts, "features": features, "logits": logits}, cache)
-    calib_crops = [crop_for_model(load_rgb(p), prep) for p, _ in calibration]
-    calib_acts, _, _ = teacher_pass(model, calib_crops, points, desc="teacher (calibration)")
-    eval_crops = [crop_for_model(load_rgb(p), prep) for p, _ in evaluation]
-    eval_acts, _, eval_logits = teacher_pass(model, eval_crops, points, desc="teacher (evaluation)")
-    calib_labels = torch.tensor([c for _, c in calibration])
-    eval_labels = np.array([c for _, c in evaluation])
-    teacher_top1 = eval_logits.argmax(1).numpy()
-    classifier = model.stages[-1][1]
-    probe_image = eval_crops[0][None]
-    full_ms = measure_ms(bundle.path(bundle.manifest.full_file), probe_image)
+    shapes = activation_shapes(model, points)
+    images = load_exit_images(images_source, model.preprocess, copies)
+    acts, features, logits = _training_targets(model, bundle_dir, images_source, images, copies, points)
+    calib_acts, _, _ = teacher_pass(model, images.calibration, points, desc="teacher (calibration)")
+    eval_acts, _, eval_logits = teacher_pass(model, images.evaluation, points, desc="teacher (evaluation)")
+    eval_labels = images.evaluation_labels
+    final_top1 = eval_logits.argmax(1).numpy()
+    classifier = final_classifier(model)
+    probe = {HEAD_INPUT_NAME: images.evaluation[0][None]}
+    timed = {"final": (bundle.path(bundle.manifest.full_file), probe)}
     rows: list[dict[str, object]] = [{
         "exit": "final", "point": "-", "temperature": 1.0,
-        "accuracy": float((teacher_top1 == eval_labels).mean()), "agreement": 1.0,
+        "accuracy": float((final_top1 == eval_labels).mean()), "agreement": 1.0,
         "ece_before": expected_calibration_error(F.softmax(eval_logits, 1).numpy(), eval_labels),
-        "ece_after": float("nan"), "device_ms_p50": full_ms, "device_share": 1.0,
+        "ece_after": float("nan"),
     }]
+    calibrated: dict[str, np.ndarray] = {}
     entries = []
     for point in points:
-        side = dict(zip(model.split_names, _activation_sides(model)))[point]
-        head = train_exit(acts[point], features, logits, classifier, epochs, side, desc=f"train exit@{point}")
+        head = train_exit(acts[point], features, logits, classifier, epochs, shapes[point][-1], desc=f"train exit@{point}")
         with torch.no_grad():
             calib_logits = head.from_pooled(calib_acts[point].float())[1]
             raw_eval = head.from_pooled(eval_acts[point].float())[1]
-        temperature = fit_temperature(calib_logits, calib_labels)
+        temperature = fit_temperature(calib_logits, torch.from_numpy(images.calibration_labels))
         before = F.softmax(raw_eval, 1).numpy()
         after = F.softmax(raw_eval / temperature, 1).numpy()
         file_name = f"exit_{point}.onnx"
         export_exit(model, point, head, temperature, bundle_dir / file_name)
-        device_ms = measure_ms(bundle_dir / file_name, probe_image)
-        row = {
+        activation = np.zeros((1, *shapes[point]), dtype=np.float32)
+        timed[f"exit@{point}"] = (bundle_dir / file_name, probe)
+        timed[f"tail@{point}"] = (bundle.path(bundle.manifest.split(point).tail_file), {TAIL_INPUT_NAME: activation})
+        calibrated[point] = after
+        rows.append({
             "exit": f"exit@{point}", "point": point, "temperature": round(temperature, 4),
             "accuracy": float((before.argmax(1) == eval_labels).mean()),
-            "agreement": float((before.argmax(1) == teacher_top1).mean()),
+            "agreement": float((before.argmax(1) == final_top1).mean()),
             "ece_before": expected_calibration_error(before, eval_labels),
             "ece_after": expected_calibration_error(after, eval_labels),
-            "device_ms_p50": device_ms, "device_share": device_ms / full_ms,
-        }
-        rows.append(row)
+        })
         entries.append({"name": point, "point": point, "file": file_name, "temperature": temperature,
-                        "accuracy": row["accuracy"]})
+                        "accuracy": rows[-1]["accuracy"]})
+    device_ms = median_ms_side_by_side(timed)
+    thresholds: list[dict[str, object]] = []
+    for row in rows:
+        row["device_ms_p50"] = device_ms[str(row["exit"])]
+        row["device_share"] = device_ms[str(row["exit"])] / device_ms["final"]
+    for point in points:
+        thresholds += threshold_rows(f"exit@{point}", calibrated[point], final_top1, eval_labels,
+                                     device_ms[f"exit@{point}"], device_ms[f"tail@{point}"])
     kept = [e.to_json() for e in bundle.manifest.exits if not e.point]  # shallower variants stay
-    return add_exits_to_bundle(bundle_dir, kept + entries), rows
+    return add_exits_to_bundle(bundle_dir, kept + entries), rows, thresholds, images.split
 
 
 def skipped_model(model: StagedModel, skip: Sequence[str]) -> nn.Module:
@@ -356,13 +419,13 @@ def add_skip_variants(model: StagedModel, bundle_dir: str | Path, images_dir: st
     """Export each variant (a complete local model), measure it on the odd-class images, record it as an exit."""
     bundle_dir = Path(bundle_dir)
     bundle = Bundle.load(bundle_dir)
-    _, _, evaluation = _split_labelled(Path(images_dir))
-    crops = [crop_for_model(load_rgb(p), model.preprocess) for p, _ in evaluation]
-    labels = np.array([c for _, c in evaluation])
+    images = load_exit_images(images_dir, model.preprocess, copies=1)
+    crops, labels = images.evaluation, images.evaluation_labels
     batch = torch.from_numpy(np.stack(crops))
     with torch.no_grad():
         full_top1 = model.full()(batch).argmax(1).numpy()
-    full_ms = measure_ms(bundle.path(bundle.manifest.full_file), crops[0][None])
+    probe = {HEAD_INPUT_NAME: crops[0][None]}
+    timed = {"final": (bundle.path(bundle.manifest.full_file), probe)}
     entries = [e.to_json() for e in bundle.manifest.exits if e.point != ""]
     rows = []
     for name, skip in variants.items():
@@ -376,11 +439,14 @@ def add_skip_variants(model: StagedModel, bundle_dir: str | Path, images_dir: st
             torch.onnx.export(network, (example,), str(bundle_dir / file_name), dynamo=False, opset_version=17,
                               input_names=[HEAD_INPUT_NAME], output_names=[EXIT_OUTPUT_NAME],
                               dynamic_axes={HEAD_INPUT_NAME: {0: "batch"}, EXIT_OUTPUT_NAME: {0: "batch"}})
-        device_ms = measure_ms(bundle_dir / file_name, crops[0][None])
+        timed[name] = (bundle_dir / file_name, probe)
         accuracy = float((top1 == labels).mean())
         rows.append({"exit": name, "skipped": ",".join(skip), "accuracy": accuracy,
-                     "agreement": float((top1 == full_top1).mean()), "device_ms_p50": device_ms,
-                     "device_share": device_ms / full_ms})
+                     "agreement": float((top1 == full_top1).mean())})
         entries = [e for e in entries if e["name"] != name]
         entries.append({"name": name, "point": "", "file": file_name, "temperature": 1.0, "accuracy": accuracy})
+    device_ms = median_ms_side_by_side(timed)
+    for row in rows:
+        row["device_ms_p50"] = device_ms[str(row["exit"])]
+        row["device_share"] = device_ms[str(row["exit"])] / device_ms["final"]
     return add_exits_to_bundle(bundle_dir, entries), rows
