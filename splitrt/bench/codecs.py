@@ -16,7 +16,6 @@ import torch
 from tqdm import tqdm
 
 from splitrt.bench.common import (
-    PARITIES,
     LabelledImage,
     format_table,
     p50,

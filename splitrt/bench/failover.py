@@ -22,15 +22,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from splitrt.actions import Action, Local, Split, parse_action
+from splitrt.actions import Action, Local, parse_action
 from splitrt.bench.common import format_table, percentile, write_json
 from splitrt.bench.plot import save_figure
 from splitrt.bundle import Bundle
 from splitrt.frame import FrameOutcome, Status
+
+if TYPE_CHECKING:
+    from splitrt.edge.sources import PacedSource
 
 DEFAULT_BUNDLE = ".cache/bundles/efficientnet-lite0"
 
@@ -154,7 +157,7 @@ class CountingSource:
 
     realtime = True
 
-    def __init__(self, inner: "PacedSource") -> None:  # noqa: F821
+    def __init__(self, inner: PacedSource) -> None:
         self.inner = inner
         self.produced = 0
 

@@ -260,7 +260,7 @@ def cleanup_stale() -> list[str]:
     for name in leftovers():
         match = _NAME_RE.match(name)
         assert match
-        pid, kind, index = int(match.group(1)), match.group(2), int(match.group(3))
+        pid, kind = int(match.group(1)), match.group(2)
         if pid_alive(pid):
             continue
         if kind == "n":
