@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from splitrt.actions import Local
-from splitrt.bundle import Bundle
+from splitrt.bundle import HEAD_INPUT_NAME, Bundle
+from splitrt.devices.ort import create_session
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.imaging import Preprocess
 from splitrt.partition.exit_data import augmented, load_exit_images, read_cifar_archive
@@ -48,40 +49,62 @@ def write_archive(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def cifar_files(per_class: int, seed: int = 0) -> dict[str, bytes]:
+    """`per_class` random 32x32 JPEGs in each CIFAR-10 class folder, in the real archive's layout."""
+    rng = np.random.default_rng(seed)
+    files = {"test/README": b"not an image"}
+    for label in CLASSES:
+        for index in range(per_class):
+            files[f"test/{label}/{index:04d}.jpg"] = _jpeg(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return files
+
+
 @pytest.fixture(scope="module")
 def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 random 32x32 JPEGs in each of the classes cat and ship (a tenth of a real class, in its layout)."""
-    rng = np.random.default_rng(0)
-    files = {"test/README": b"not an image"}
-    for label in ("cat", "ship"):
-        for index in range(20):
-            files[f"test/{label}/{index:04d}.jpg"] = _jpeg(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    return write_archive(tmp_path_factory.mktemp("cifar") / "cifar10-test.tar", files)
+    return write_archive(tmp_path_factory.mktemp("cifar") / "cifar10-test.tar", cifar_files(10))
 
 
 def test_a_cifar_archive_splits_6_1_3_per_class_with_labels_and_augmented_training_crops(cifar_archive: Path) -> None:
     images = load_exit_images(cifar_archive, CIFAR_PREP, copies=3)
-    assert len(images.train) == 2 * 12 * 3  # 12 of 20 per class, 3 crops each
-    assert len(images.calibration) == 2 * 2 and len(images.evaluation) == 2 * 6
-    assert sorted(set(images.calibration_labels.tolist())) == [3, 8]  # cat, ship in CIFAR-10's order
-    assert (images.evaluation_labels == 3).sum() == 6
+    assert len(images.train) == 10 * 6 * 3  # 6 of 10 per class, 3 crops each
+    assert images.calibration_labels.tolist() == list(range(10))  # one per class, in CIFAR-10's order
+    assert len(images.evaluation) == 30 and (images.evaluation_labels == 3).sum() == 3
     assert all(crop.shape == (32, 32, 3) and crop.dtype == np.uint8 for crop in images.train)
+    first_image_crops = images.train[:3]  # its own crop, then two padded random crops
+    assert len({crop.tobytes() for crop in first_image_crops}) == 3
     assert "3 of 10 evaluate" in images.split
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"test/zebra/0001.jpg": b"x"}, "no CIFAR-10 class folder"),
-    ({"test/README": b"nothing here"}, "no <class>/<name>.jpg images"),
+def _with(files: dict[str, bytes], **changes: bytes) -> dict[str, bytes]:
+    return {**files, **{name.replace("__", "/"): data for name, data in changes.items()}}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"test__zebra__0001.jpg": b"x"}, "test/zebra/0001.jpg is in no CIFAR-10 class folder"),
+    ({"test__cat__0003.jpg": b"not a jpeg"}, "test/cat/0003.jpg is not a readable image"),
+    ({"test__cat__0004.jpg": _jpeg(np.zeros((600, 40, 3), dtype=np.uint8))}, "0004.jpg is 40x600, too large"),
+    ({"test__cat__0005.jpg": bytes(2 << 20)}, "0005.jpg is 2,097,152 bytes, too large"),
 ])
-def test_a_malformed_archive_is_refused_with_the_reason(tmp_path: Path, bad: dict[str, bytes], message: str) -> None:
+def test_a_malformed_archive_member_is_refused_with_its_name(
+        tmp_path: Path, changes: dict[str, bytes], message: str) -> None:
+    archive = write_archive(tmp_path / "bad.tar", _with(cifar_files(10), **changes))
     with pytest.raises(ValueError, match=message):
-        load_exit_images(write_archive(tmp_path / "bad.tar", bad), CIFAR_PREP, copies=1)
-
-
-def test_an_oversize_archive_member_is_refused_before_it_is_read(tmp_path: Path) -> None:
-    archive = write_archive(tmp_path / "big.tar", {"test/cat/0001.jpg": bytes(2 << 20)})
-    with pytest.raises(ValueError, match="too large for a CIFAR image"):
         load_exit_images(archive, CIFAR_PREP, copies=1)
+
+
+def test_an_archive_short_of_a_class_or_not_an_archive_at_all_is_refused(tmp_path: Path) -> None:
+    files = cifar_files(10)
+    short = {name: data for name, data in files.items() if not name.startswith("test/frog/000")}
+    with pytest.raises(ValueError, match=r"fewer than 10 images of frog \(0\)"):
+        load_exit_images(write_archive(tmp_path / "short.tar", short), CIFAR_PREP, copies=1)
+    with pytest.raises(ValueError, match="no CIFAR-10 test set here"):
+        load_exit_images(write_archive(tmp_path / "empty.tar", {"test/README": b"x"}), CIFAR_PREP, copies=1)
+    (tmp_path / "fake.tar").write_bytes(b"\x00not a tar" * 100)
+    with pytest.raises(ValueError, match="fake.tar: not a readable tar archive"):
+        load_exit_images(tmp_path / "fake.tar", CIFAR_PREP, copies=1)
 
 
 def test_a_source_that_is_neither_a_labelled_folder_nor_an_archive_says_what_it_expects(tmp_path: Path) -> None:
@@ -127,6 +150,31 @@ def test_a_traced_model_s_activations_come_from_one_pass_and_match_its_heads() -
         activation_shapes(staged, ["pool"])
 
 
+class _Doubler(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(2.0) + 1.0  # changes its input in place
+
+
+class _InPlaceNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.twice = _Doubler()
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.twice(self.conv(x))), 1))
+
+
+def test_a_recorded_activation_is_not_changed_by_a_later_in_place_op() -> None:
+    traced = TracedModel(model_id="in-place", reference=_InPlaceNet(), preprocess=CIFAR_PREP, labels=["a", "b"])
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    with torch.no_grad():
+        recorded = activation_recorder(traced, ["conv"])(images)["conv"]
+        torch.testing.assert_close(recorded, traced.head("conv")(images))
+
+
 def test_the_threshold_table_stops_confident_frames_and_finishes_the_others() -> None:
     probabilities = np.array([[0.95, 0.05], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
     final_top1 = np.array([0, 1, 1, 0])
@@ -144,16 +192,28 @@ def test_train_exits_end_to_end_exports_calibrated_exits_that_the_runtime_runs(
         tiny_bundle: Bundle, cifar_archive: Path, tmp_path: Path) -> None:
     root = tmp_path / "tiny"
     shutil.copytree(tiny_bundle.root, root)
-    bundle, rows, thresholds, split = train_exits(load_model("tiny-cnn"), root, cifar_archive, ["down", "res"],
-                                                  copies=2, epochs=1)
-    assert [r["exit"] for r in rows] == ["final", "exit@down", "exit@res"]
-    assert rows[0]["agreement"] == 1.0 and all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
-    assert {r["exit"] for r in thresholds} == {"exit@down", "exit@res"} and "6 of 10 train" in split
+    model = load_model("tiny-cnn")
+    report = train_exits(model, root, cifar_archive, ["down", "res"], copies=2, epochs=1)
+    assert [r["exit"] for r in report.rows] == ["final", "exit@down", "exit@res"]
+    assert report.rows[0]["agreement"] == 1.0 and report.rows[0]["device_share"] == 1.0
+    assert [(r["exit"], r["threshold"]) for r in report.thresholds][:2] == [("exit@down", 0.5), ("exit@down", 0.7)]
+    assert "6 of 10 train" in report.split
+    bundle = report.bundle
     assert [e.name for e in bundle.manifest.exits] == ["down", "res"]
-    assert list(root.parent.glob(".tiny-exit-teacher-*.pt"))  # the teacher's outputs are kept for a re-run
-    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    outcome = EdgeRuntime(bundle, exit_threshold=0.0).infer(image, Local("res"))
+    # What the exported exit answers is what the report judged: the calibrated exit's top-1 on an evaluation image.
+    images = load_exit_images(cifar_archive, model.preprocess, copies=1)
+    session = create_session(root / "exit_res.onnx")
+    exit_logits = session.run(None, {HEAD_INPUT_NAME: images.evaluation[0][None]})[1]
+    assert exit_logits.shape == (1, 10)
+    outcome = EdgeRuntime(bundle, exit_threshold=0.0).infer(images.evaluation[0], Local("res"))
     assert outcome.ok and outcome.action == "local@res" and "local_tail" not in outcome.trace_ms
+    assert int(np.argmax(outcome.logits)) == int(np.argmax(exit_logits))
+    # A second run reuses the teacher's outputs (one cache file) and, trained the same way, reports the same.
+    caches = list(root.parent.glob(".tiny-exit-teacher-*.pt"))
+    assert len(caches) == 1
+    again = train_exits(model, root, cifar_archive, ["down", "res"], copies=2, epochs=1)
+    assert list(root.parent.glob(".tiny-exit-teacher-*.pt")) == caches
+    assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in report.rows]
 
 
 def test_a_resnet56_exit_learns_from_real_cifar_images_what_the_model_answers() -> None:

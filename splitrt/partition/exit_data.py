@@ -23,7 +23,12 @@ from PIL import Image
 
 from splitrt.imaging import Preprocess, crop_for_model, load_rgb
 
-MAX_ARCHIVE_IMAGE_BYTES = 1 << 20  # a CIFAR image is ~1 KB; anything this large is not one
+# A CIFAR image is ~1 KB and 32x32; anything far larger is not one (and is not decoded: a small file can
+# decode to a huge image).
+MAX_ARCHIVE_IMAGE_BYTES = 1 << 20
+MAX_ARCHIVE_IMAGE_SIDE = 512
+MAX_ARCHIVE_MEMBERS = 200_000
+MIN_IMAGES_PER_CLASS = 10  # one of each slot of the 6/1/3 split
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,8 @@ def load_exit_images(source: str | Path, prep: Preprocess, copies: int, seed: in
 def augmented(pixels: np.ndarray, prep: Preprocess, copies: int, rng: random.Random) -> list[np.ndarray]:
     """The model's own crop of `pixels`, plus `copies - 1` random crops with flips.
 
-    An image larger than the crop gets random resized crops (35-100% of its area); an image already the
-    crop's size (CIFAR) gets the usual pad-by-an-eighth-and-crop.
+    An image larger than the crop gets random resized squares (35-100% of the area of the square on its short
+    side); an image already the crop's size (CIFAR) gets the usual pad-by-an-eighth-and-crop.
     """
     out = [crop_for_model(pixels, prep)]
     image = Image.fromarray(pixels)
@@ -103,12 +108,20 @@ def _from_labelled_folder(folder: Path, prep: Preprocess, copies: int, seed: int
 
 
 def read_cifar_archive(path: Path) -> dict[str, list[np.ndarray]]:
-    """Every `<class>/<name>.jpg` of the archive, by class, in name order; nothing is written to disk."""
+    """Every `<class>/<name>.jpg` of the archive, by class, in name order; nothing is written to disk. A member
+    that is not a CIFAR image (unknown class, too large, not a JPEG) is refused with its name, and so is an
+    archive with fewer than MIN_IMAGES_PER_CLASS images of a class (one cut short, say)."""
     from splitrt.partition.cifar import CIFAR10_CLASSES
 
     by_class: dict[str, list[tuple[str, np.ndarray]]] = {name: [] for name in CIFAR10_CLASSES}
-    with tarfile.open(path) as archive:
-        for member in archive:
+    try:
+        archive = tarfile.open(path)
+    except tarfile.TarError as exc:
+        raise ValueError(f"{path}: not a readable tar archive ({exc})") from exc
+    with archive:
+        for count, member in enumerate(archive):
+            if count >= MAX_ARCHIVE_MEMBERS:
+                raise ValueError(f"{path}: more than {MAX_ARCHIVE_MEMBERS:,} members, not a CIFAR-10 test set")
             if not (member.isfile() and member.name.endswith(".jpg")):
                 continue
             name = PurePosixPath(member.name)
@@ -118,11 +131,26 @@ def read_cifar_archive(path: Path) -> dict[str, list[np.ndarray]]:
                 raise ValueError(f"{path}: {member.name} is {member.size:,} bytes, too large for a CIFAR image")
             handle = archive.extractfile(member)
             assert handle is not None  # a regular file
-            pixels = np.asarray(Image.open(io.BytesIO(handle.read())).convert("RGB"), dtype=np.uint8)
-            by_class[name.parent.name].append((name.name, pixels))
-    if not any(by_class.values()):
-        raise ValueError(f"{path}: no <class>/<name>.jpg images in the archive")
+            by_class[name.parent.name].append((name.name, _decode_small_image(handle.read(), f"{path}: {member.name}")))
+    short = [f"{label} ({len(images)})" for label, images in by_class.items() if len(images) < MIN_IMAGES_PER_CLASS]
+    if len(short) == len(by_class):
+        raise ValueError(f"{path}: no CIFAR-10 test set here: fewer than {MIN_IMAGES_PER_CLASS} <class>/<name>.jpg "
+                         "images of every class")
+    if short:
+        raise ValueError(f"{path}: fewer than {MIN_IMAGES_PER_CLASS} images of {', '.join(short)}: "
+                         "an archive cut short, or not the whole test set")
     return {label: [p for _, p in sorted(images, key=lambda item: item[0])] for label, images in by_class.items()}
+
+
+def _decode_small_image(data: bytes, where: str) -> np.ndarray:
+    """RGB pixels of an encoded image, refused before decoding when either side exceeds MAX_ARCHIVE_IMAGE_SIDE."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        if max(image.size) > MAX_ARCHIVE_IMAGE_SIDE:
+            raise ValueError(f"{where} is {image.size[0]}x{image.size[1]}, too large for a CIFAR image")
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, Image.DecompressionBombError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{where} is not a readable image ({exc})") from exc
 
 
 def _from_cifar_archive(path: Path, prep: Preprocess, copies: int, seed: int) -> ExitImages:

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -57,7 +58,8 @@ def pooled_side(side: int) -> int:
 
 
 class ExitHead(nn.Module):
-    """activation (N, C, H, W) -> 7x7 average pool -> predicted pooled feature -> the model's classifier (frozen)."""
+    """activation (N, C, H, W) -> 7x7 or 8x8 average pool -> predicted pooled feature -> the model's classifier
+    (frozen)."""
 
     def __init__(
         self, in_channels: int, side: int, feature_dim: int, classifier: nn.Module, hidden: int = 256
@@ -120,8 +122,8 @@ class _ValueRecorder(fx.Interpreter):
 
     def run_node(self, node: fx.Node) -> object:
         value = super().run_node(node)
-        if node.name in self.nodes:
-            self.values[node.name] = value
+        if node.name in self.nodes:  # a copy: a later in-place op (x += y, relu_) would change the value kept
+            self.values[node.name] = value.clone()
         return value
 
 
@@ -139,7 +141,7 @@ def activation_recorder(model: PartitionedModel, points: Sequence[str]) -> Calla
             for name, stage in model.stages[:-1]:
                 x = stage(x)
                 if name in wanted:
-                    out[name] = x
+                    out[name] = x.clone()  # as below: safe from a later stage's in-place ops
             return out
         return staged
     cut = getattr(model, "cut", None)
@@ -158,8 +160,8 @@ def activation_recorder(model: PartitionedModel, points: Sequence[str]) -> Calla
 @torch.no_grad()
 def teacher_pass(model: PartitionedModel, crops: Sequence[np.ndarray], points: Sequence[str], batch: int = 32,
                  desc: str = "teacher") -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Activations at `points` pooled to 7x7 or 8x8 (fp16, to save memory), pooled features and logits of the
-    full model."""
+    """Activations at `points` pooled to 7x7 or 8x8, pooled features and logits of the full model. The pooled
+    activations are kept in fp16 to save memory (the exported exit runs in fp32; the difference is rounding)."""
     features_at = feature_point(model)
     record = activation_recorder(model, [*points, features_at])
     classifier = final_classifier(model)
@@ -285,21 +287,28 @@ def median_ms_side_by_side(models: dict[str, tuple[Path, dict[str, np.ndarray]]]
     return {name: timing.p50_ms for name, timing in timings.items()}
 
 
-def _teacher_cache(bundle_dir: Path, source: Path, copies: int, points: Sequence[str]) -> Path:
-    """Where the training crops' teacher outputs are kept: keyed by the images (the archive, or the folder's
-    labels.csv), the copies and the points."""
+TEACHER_CACHE_FORMAT = 2  # bump when what the teacher pass stores, or how the training crops are made, changes
+
+
+def _teacher_cache(bundle: Bundle, model: PartitionedModel, source: Path, copies: int, points: Sequence[str]) -> Path:
+    """Where the training crops' teacher outputs are kept, keyed by everything they depend on: the model (its
+    exported file's hash), its preprocessing, the images (the archive, or the folder's labels.csv), the copies,
+    the points and the format."""
     stamp = source / "labels.csv" if source.is_dir() else source
     stat = stamp.stat()
-    key = hashlib.sha256(f"{stamp.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{copies}|{','.join(points)}".encode())
-    return bundle_dir.parent / f".{bundle_dir.name}-exit-teacher-{key.hexdigest()[:12]}.pt"
+    parts = (TEACHER_CACHE_FORMAT, model.model_id, bundle.manifest.files[bundle.manifest.full_file], model.preprocess,
+             stamp.resolve(), stat.st_size, stat.st_mtime_ns, copies, ",".join(points))
+    key = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
+    return bundle.root.parent / f".{bundle.root.name}-exit-teacher-{key}.pt"
 
 
-def _training_targets(model: PartitionedModel, bundle_dir: Path, source: Path, images: ExitImages, copies: int,
+def _training_targets(model: PartitionedModel, bundle: Bundle, source: Path, images: ExitImages, copies: int,
                       points: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    cache = _teacher_cache(bundle_dir, source, copies, points)
+    cache = _teacher_cache(bundle, model, source, copies, points)
     if cache.is_file():  # our own file of plain tensors: loaded without unpickling arbitrary objects
         saved = torch.load(cache, weights_only=True)
-        return saved["acts"], saved["features"], saved["logits"]
+        if len(saved["features"]) == len(images.train):
+            return saved["acts"], saved["features"], saved["logits"]
     acts, features, logits = teacher_pass(model, images.train, points, desc="teacher (training crops)")
     torch.save({"acts": acts, "features": features, "logits": logits}, cache)
     return acts, features, logits
@@ -324,6 +333,14 @@ def threshold_rows(exit_name: str, probabilities: np.ndarray, final_top1: np.nda
     return rows
 
 
+@dataclass(frozen=True)
+class ExitsReport:
+    bundle: Bundle  # with the exits recorded
+    rows: list[dict[str, object]]  # the final classifier, then one per exit
+    thresholds: list[dict[str, object]]  # `threshold_rows` of each exit
+    split: str  # which images trained, calibrated and evaluated
+
+
 def train_exits(
     model: PartitionedModel,
     bundle_dir: str | Path,
@@ -331,19 +348,15 @@ def train_exits(
     points: Sequence[str],
     copies: int = 8,
     epochs: int = 12,
-) -> tuple[Bundle, list[dict[str, object]], list[dict[str, object]], str]:
-    """Train, calibrate, evaluate and export one exit per point into the bundle.
-
-    Returns the bundle, one row per exit (and the final classifier), the confidence-threshold rows, and which
-    images trained, calibrated and evaluated.
-    """
+) -> ExitsReport:
+    """Train, calibrate, evaluate and export one exit per point into the bundle."""
     bundle_dir, images_source = Path(bundle_dir), Path(images_source)
     bundle = Bundle.load(bundle_dir)
     if bundle.model_id != model.model_id:
         raise ValueError(f"bundle {bundle_dir} holds {bundle.model_id}, not {model.model_id}")
     shapes = activation_shapes(model, points)
     images = load_exit_images(images_source, model.preprocess, copies)
-    acts, features, logits = _training_targets(model, bundle_dir, images_source, images, copies, points)
+    acts, features, logits = _training_targets(model, bundle, images_source, images, copies, points)
     calib_acts, _, _ = teacher_pass(model, images.calibration, points, desc="teacher (calibration)")
     eval_acts, _, eval_logits = teacher_pass(model, images.evaluation, points, desc="teacher (evaluation)")
     eval_labels = images.evaluation_labels
@@ -391,7 +404,7 @@ def train_exits(
         thresholds += threshold_rows(f"exit@{point}", calibrated[point], final_top1, eval_labels,
                                      device_ms[f"exit@{point}"], device_ms[f"tail@{point}"])
     kept = [e.to_json() for e in bundle.manifest.exits if not e.point]  # shallower variants stay
-    return add_exits_to_bundle(bundle_dir, kept + entries), rows, thresholds, images.split
+    return ExitsReport(add_exits_to_bundle(bundle_dir, kept + entries), rows, thresholds, images.split)
 
 
 def skipped_model(model: StagedModel, skip: Sequence[str]) -> nn.Module:
@@ -416,7 +429,8 @@ def skipped_model(model: StagedModel, skip: Sequence[str]) -> nn.Module:
 
 def add_skip_variants(model: StagedModel, bundle_dir: str | Path, images_dir: str | Path,
                       variants: dict[str, Sequence[str]]) -> tuple[Bundle, list[dict[str, object]]]:
-    """Export each variant (a complete local model), measure it on the odd-class images, record it as an exit."""
+    """Export each variant (a complete local model), measure it on the evaluation images (`load_exit_images`),
+    record it as an exit."""
     bundle_dir = Path(bundle_dir)
     bundle = Bundle.load(bundle_dir)
     images = load_exit_images(images_dir, model.preprocess, copies=1)
@@ -426,7 +440,7 @@ def add_skip_variants(model: StagedModel, bundle_dir: str | Path, images_dir: st
         full_top1 = model.full()(batch).argmax(1).numpy()
     probe = {HEAD_INPUT_NAME: crops[0][None]}
     timed = {"final": (bundle.path(bundle.manifest.full_file), probe)}
-    entries = [e.to_json() for e in bundle.manifest.exits if e.point != ""]
+    entries = [e.to_json() for e in bundle.manifest.exits if e.point]  # trained exits stay
     rows = []
     for name, skip in variants.items():
         network = skipped_model(model, skip)

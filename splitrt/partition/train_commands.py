@@ -18,15 +18,15 @@ def _exits(args: argparse.Namespace) -> int:
     if not points:
         raise ValueError(f"no default exit points for {args.model}: pass --points a,b,c")
     images = args.images or (DEFAULT_CIFAR_IMAGES if args.model.endswith("-cifar10") else DEFAULT_IMAGES)
-    bundle, rows, thresholds, split = train_exits(model, args.bundle, images, points, copies=args.copies,
-                                                  epochs=args.epochs)
-    print(format_table(rows, list(rows[0])))
+    report = train_exits(model, args.bundle, images, points, copies=args.copies, epochs=args.epochs)
+    print(format_table(report.rows, list(report.rows[0])))
     print("\nwith EdgeRuntime(exit_threshold=t): a frame stops at the exit when its calibrated confidence reaches t, "
           "else the model finishes from the exit's point")
-    print(format_table(thresholds, list(thresholds[0])))
+    print(format_table(report.thresholds, list(report.thresholds[0])))
+    bundle = report.bundle
     if args.json:
-        write_json(args.json, "exits", rows, thresholds=thresholds, model=args.model, images=str(images),
-                   bundle_hash=bundle.content_hash, copies=args.copies, epochs=args.epochs, split=split)
+        write_json(args.json, "exits", report.rows, thresholds=report.thresholds, model=args.model, images=str(images),
+                   bundle_hash=bundle.content_hash, copies=args.copies, epochs=args.epochs, split=report.split)
     print(f"bundle {bundle.root} now carries exits {', '.join(e.name for e in bundle.manifest.exits)}; "
           f"new content hash {bundle.content_hash[:19]}")
     return 0
