@@ -260,6 +260,40 @@ def test_a_hedged_frame_teaches_the_estimates_a_timeout_not_a_slow_reply() -> No
     assert estimates.throughput.samples == 0, "a timeout is a bound, not a sample"
 
 
+def test_a_request_the_cloud_refuses_as_expired_bounds_the_rate_as_a_timeout_hedged_or_not(
+        tiny_bundle: Bundle, photo: np.ndarray) -> None:
+    """Real socket: a cloud that wants 10 s left refuses every request as expired. The frame's wait then bounds the
+    rate, as the simulator's timeout of the same frame does; a refusal for another reason teaches nothing."""
+    from splitrt.edge.adaptive import observe_outcome
+    from splitrt.frame import FrameOutcome
+
+    running = start_service([tiny_bundle], min_time_left_ms=10_000.0)
+    try:
+        with CloudLink(running.endpoint, tiny_bundle.content_hash) as link:
+            link.handshake()
+            runtime = EdgeRuntime(tiny_bundle, link)
+            plain = runtime.infer(photo, Offload("jpeg-q50"), budget_ms=2000.0)
+            hedged = runtime.infer(photo, Offload("jpeg-q50", hedge=Local()), budget_ms=2000.0)
+            runtime.close()
+    finally:
+        running.service.stop()
+        running.thread.join(10)
+    assert plain.status is Status.EXPIRED and hedged.hedge_answered, (plain.reason, hedged.reason)
+    for outcome in (plain, hedged):
+        estimates, as_timeout = LinkEstimates(initial_bps=1e9), LinkEstimates(initial_bps=1e9)
+        observe_outcome(estimates, 1000.0, outcome)
+        timed_out = FrameOutcome(9, "offload/jpeg-q50", Status.TIMEOUT, bytes_sent=outcome.bytes_sent,
+                                 trace_ms={"network": outcome.trace_ms["network"]})
+        observe_outcome(as_timeout, 1000.0, timed_out)
+        assert estimates.throughput.estimate_bps == as_timeout.throughput.estimate_bps < 1e9
+        assert estimates.throughput.samples == 0, "a bound, not a sample"
+    overloaded = FrameOutcome(3, "offload/jpeg-q50", Status.REJECTED, bytes_sent=5_000, reason="overloaded: queue full",
+                              trace_ms={"network": 60.0})
+    estimates = LinkEstimates(initial_bps=8e6, initial_rtt_ms=40.0)
+    observe_outcome(estimates, 1000.0, overloaded)
+    assert estimates.throughput.estimate_bps == pytest.approx(8e6) and estimates.unreachable_since_ms is None
+
+
 def test_a_failing_hedge_does_not_lose_the_clouds_answer(service: RunningService, tiny_bundle: Bundle,
                                                          photo: np.ndarray) -> None:
     with CloudLink(service.endpoint, tiny_bundle.content_hash) as link:

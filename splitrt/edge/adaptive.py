@@ -25,6 +25,7 @@ from splitrt.policies.estimators import LinkEstimates
 from splitrt.policies.policies import (ActionOption, Decision, LinkView, Policy, ProbeSchedule, on_time_probability,
                                        probe_decision)
 from splitrt.policies.prefilter import Prefilter
+from splitrt.protocol import RejectReason
 
 if TYPE_CHECKING:
     import asyncio
@@ -32,8 +33,16 @@ if TYPE_CHECKING:
     from splitrt.edge.sources import FrameSource
 
 
+# How a hedged frame's reason starts when the cloud refused its request as expired (`EdgeRuntime._take_reply`).
+EXPIRED_BY_CLOUD = f"cloud rejected it ({RejectReason.EXPIRED.value})"
+
+
 def observe_outcome(estimates: LinkEstimates, now_ms: float, outcome: FrameOutcome) -> None:
-    """What a frame's outcome tells the link estimates (nothing, for a frame that sent nothing)."""
+    """What a frame's outcome tells the link estimates (nothing, for a frame that sent nothing).
+
+    A request the cloud refused as expired (it arrived with too little time left to run) did not come back in
+    time either: its wait bounds the rate as a timeout's does. The simulator, which has no such refusal, sees
+    the same frame time out."""
     if not outcome.bytes_sent:
         return
     network = outcome.trace_ms.get("network")
@@ -42,16 +51,16 @@ def observe_outcome(estimates: LinkEstimates, now_ms: float, outcome: FrameOutco
     elif outcome.hedge_answered:  # its hedge answered: the reply was late or refused, or the link failed
         if network is None:
             estimates.observe_unreachable(now_ms)
-        elif outcome.reason.startswith(NO_REPLY):
+        elif outcome.reason.startswith((NO_REPLY, EXPIRED_BY_CLOUD)):
             estimates.observe_timeout(now_ms, outcome.bytes_sent, network)
         else:
             estimates.unreachable_since_ms = None
     elif outcome.status is Status.OK and network is not None:
         estimates.observe_reply(now_ms, outcome.bytes_sent, network, outcome.trace_ms.get("cloud_queue", 0.0))
-    elif outcome.status is Status.TIMEOUT and network is not None:
+    elif outcome.status in (Status.TIMEOUT, Status.EXPIRED) and network is not None:
         estimates.observe_timeout(now_ms, outcome.bytes_sent, network)
     else:
-        estimates.unreachable_since_ms = None  # it reached the cloud (a reject, say): the link is there
+        estimates.unreachable_since_ms = None  # it reached the cloud (another reject, say): the link is there
 
 
 class AdaptiveRuntime:
@@ -154,7 +163,7 @@ class AdaptiveRuntime:
         """What the frame says of the device's speed: its device part (until its request left, for a remote
         one) against the option's typical time, and a hedge's own time where it answered. A frame that ran
         something else (a fallback) or ended otherwise says nothing."""
-        if outcome.action != option.key or outcome.status not in (Status.OK, Status.TIMEOUT):
+        if outcome.action != option.key or outcome.status not in (Status.OK, Status.TIMEOUT, Status.EXPIRED):
             return
         sent_ms, hedge_ms = after_send(outcome.trace_ms, outcome.hedge_answered)
         if sent_ms is None and outcome.status is not Status.OK:
