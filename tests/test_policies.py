@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitrt.actions import Local, Offload, Split
-from splitrt.policies.estimators import DeviceLatencyEstimator, LinkEstimates, ThroughputEstimator
+from splitrt.policies.estimators import LinkEstimates, ThroughputEstimator
 from splitrt.policies.policies import (
     ActionOption,
     DeadlinePolicy,
@@ -123,14 +123,6 @@ def test_the_rtt_is_never_taken_from_a_frames_upload_alone() -> None:
     assert link.throughput.estimate_bps == pytest.approx(7_000 * 8 / 0.056, rel=0.01)
     link.observe_rtt(30.0)  # a heartbeat measured 30 ms: measured round trips replace the configured 20 ms
     assert link.rtt_ms == 30.0
-
-
-def test_device_estimator() -> None:
-    device = DeviceLatencyEstimator(profile_ms={"local": 100.0})
-    assert device.expected_ms("local") == 100.0
-    assert device.expected_ms("local", load_fraction=0.5) == pytest.approx(200.0)
-    device.observe("local", 240.0, load_fraction=0.5)  # 120 ms of work, unloaded
-    assert device.expected_ms("local") == pytest.approx(120.0)
 
 
 # -- policies --------------------------------------------------------------------------------------------------

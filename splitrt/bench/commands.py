@@ -12,6 +12,7 @@ SCENARIOS = (
     "splitrt.bench.policy",
     "splitrt.bench.failover",
     "splitrt.bench.e2e",
+    "splitrt.bench.device_load",
 )
 
 

@@ -9,11 +9,13 @@ When no remote frame has measured the link for `probe_interval_ms` (doubling whi
 and the policy keeps a frame local, the frame runs what the policy would choose if the link were as fast as first
 believed, when that is remote (`probe_decision`): this is how a link that came back is noticed, at the risk of one
 frame per probe. The simulator models the same probes.
+Every frame's device part tells `DeviceSlowdown` how fast the device runs now; with `cpu_contention`, the load
+that other processes put on the CPU (psutil) counts at once, before frames have run slow under it.
 """
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -31,6 +33,12 @@ if TYPE_CHECKING:
     import asyncio
 
     from splitrt.edge.sources import FrameSource
+
+
+class ContentionSampler(Protocol):
+    """How much other processes slow the device's runs now (`splitrt.edge.cpu_load.CpuContention`)."""
+
+    def sample(self) -> float: ...
 
 
 # How a hedged frame's reason starts when the cloud refused its request as expired (`EdgeRuntime._take_reply`).
@@ -76,6 +84,7 @@ class AdaptiveRuntime:
         estimates: LinkEstimates | None = None,
         probe_interval_ms: float = 1000.0,
         clock_ms: Callable[[], float] = wall_clock_ms,
+        cpu_contention: ContentionSampler | None = None,
     ) -> None:
         if not options:
             raise ValueError("the adaptive runtime needs at least one action option")
@@ -86,6 +95,7 @@ class AdaptiveRuntime:
         self.estimates = estimates or LinkEstimates()
         self.probes = ProbeSchedule(probe_interval_ms)
         self.clock_ms = clock_ms
+        self.cpu_contention = cpu_contention  # other processes' load: the device estimate counts it from the next frame
         self.last: FrameOutcome | None = None
         self.decisions: collections.deque[Decision] = collections.deque(maxlen=1000)  # the latest ones
         self._heartbeat_rtt_ms: float | None = None
@@ -138,6 +148,8 @@ class AdaptiveRuntime:
             )
         if self.prefilter is not None and self.last is None:
             self.prefilter.admit(image)  # the first frame becomes the reference
+        if self.cpu_contention is not None:
+            self.estimates.device.contention = self.cpu_contention.sample()
         decision, view = self._decide(budget_ms)
         self.decisions.append(decision)
         option = decision.option
@@ -147,7 +159,10 @@ class AdaptiveRuntime:
                         if option.hedge is not None else 0.0)
         started_ms = self.clock_ms()
         outcome = self.runtime.infer(pixels, option.action, budget_ms=budget_ms, source=source)
-        self._observe_device(option, outcome, self.clock_ms() - started_ms)
+        took_ms = self.clock_ms() - started_ms
+        # the run is netted by a reading whose window covers it, not by the one it was decided with
+        ran_under = self.cpu_contention.sample() if self.cpu_contention is not None else None
+        self._observe_device(option, outcome, took_ms, ran_under)
         outcome.predicted_ms = decision.predicted_ms
         reply_in_time = outcome.ok and not outcome.missed_deadline and not outcome.hedge_answered
         if decision.reason.startswith("probe"):
@@ -159,7 +174,8 @@ class AdaptiveRuntime:
             self.last = outcome
         return outcome
 
-    def _observe_device(self, option: ActionOption, outcome: FrameOutcome, took_ms: float) -> None:
+    def _observe_device(self, option: ActionOption, outcome: FrameOutcome, took_ms: float,
+                        contention: float | None) -> None:
         """What the frame says of the device's speed: its device part (until its request left, for a remote
         one) against the option's typical time, and a hedge's own time where it answered. A frame that ran
         something else (a fallback) or ended otherwise says nothing."""
@@ -168,9 +184,10 @@ class AdaptiveRuntime:
         sent_ms, hedge_ms = after_send(outcome.trace_ms, outcome.hedge_answered)
         if sent_ms is None and outcome.status is not Status.OK:
             return
-        self.estimates.device.observe(took_ms - (sent_ms or 0.0), option.typical_edge_ms)
+        device = self.estimates.device
+        device.observe(took_ms - (sent_ms or 0.0), option.typical_edge_ms, contention)
         if hedge_ms is not None and option.hedge is not None:
-            self.estimates.device.observe(hedge_ms, option.hedge.typical_edge_ms)
+            device.observe(hedge_ms, option.hedge.typical_edge_ms, contention)
 
     def run(
         self, source: "FrameSource", budget_ms: float = 1000.0, stop: "asyncio.Event | None" = None, max_queue: int = 4

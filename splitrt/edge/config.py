@@ -42,6 +42,7 @@ class PipelineConfig:
 # Policies the daemon runs: `static` runs [pipeline] action (with its fallback); the others choose every frame's
 # action among [policy] options (`make_policy`). The oracles know the future link: benchmarks only.
 POLICIES = ("static", "deadline", "deadline-tracking", "deadline-uncalibrated", "latency")
+CPU_LOAD_SETTINGS = ("auto", "on", "off")  # [policy] cpu_load_correction
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class PolicyConfig:
     probe_interval_ms: float = 1000.0  # while frames stay local, one frame this often tries the link
     initial_uplink_mbps: float = 2.0  # the link estimates before the first reply
     initial_rtt_ms: float = 40.0
+    # count other processes' CPU load (psutil) in the device's times from the next frame on: "auto" (for a policy
+    # that follows the device's speed, one inference thread on the CPU, no emulated device), "on" or "off"
+    # (`splitrt.edge.cpu_load.applies`)
+    cpu_load_correction: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Check], tuple[str, ...]]] = {
         "name": _string(POLICIES), "options": _string(), "calibrate_frames": _integer(0),
         "calibration_image": _string(), "hedges": _boolean, "prefilter": _prefilter,
         "probe_interval_ms": _number(0, low_open=True), "initial_uplink_mbps": _number(0, low_open=True),
-        "initial_rtt_ms": _number(0),
+        "initial_rtt_ms": _number(0), "cpu_load_correction": _string(CPU_LOAD_SETTINGS),
     }, ()),
     "cloud": (CloudConfig, {
         "endpoint": ENDPOINT, "heartbeat_interval_ms": _number(0, low_open=True),

@@ -15,6 +15,7 @@ import asyncio
 import datetime
 import json
 import logging
+import os
 import signal
 import sys
 from collections import Counter
@@ -189,6 +190,7 @@ class EdgeDaemon:
 
     async def run(self, stop: asyncio.Event) -> int:
         from splitrt.bundle import Bundle
+        from splitrt.edge.cpu_load import CpuContention
         from splitrt.edge.runtime import EdgeRuntime
 
         config = self.config
@@ -205,12 +207,12 @@ class EdgeDaemon:
                               fallback=config.pipeline.fallback)
         results = open_results_sink(config)
         trace = open(config.trace.path, "a", encoding="utf-8") if config.trace.path else None
+        adaptive: "AdaptiveRuntime | None" = None
         try:
             runtime.warm_up()
             if link is not None and config.cloud.connect_timeout_ms > 0:
                 await asyncio.get_running_loop().run_in_executor(
                     None, link.wait_up, config.cloud.connect_timeout_ms / 1000.0)
-            adaptive = None
             if options:
                 adaptive = await asyncio.get_running_loop().run_in_executor(None, self._adaptive, runtime, options,
                                                                             stop.is_set)
@@ -238,6 +240,8 @@ class EdgeDaemon:
                     trace.write(json.dumps(record) + "\n")
                     trace.flush()
         finally:
+            if adaptive is not None and isinstance(adaptive.cpu_contention, CpuContention):
+                adaptive.cpu_contention.close()
             runtime.close()
             results.close()
             if trace is not None:
@@ -257,6 +261,8 @@ class EdgeDaemon:
         action); `stopped` (SIGTERM) ends the calibration early."""
         from splitrt.edge.adaptive import AdaptiveRuntime
         from splitrt.edge.calibration import calibrate, with_samples
+        from splitrt.devices.ort import choose_providers
+        from splitrt.edge.cpu_load import CpuContention, applies
         from splitrt.imaging import load_rgb
         from splitrt.policies.estimators import LinkEstimates
         from splitrt.policies.policies import make_policy, with_best_hedges
@@ -295,11 +301,20 @@ class EdgeDaemon:
         if policy.hedges:
             options = with_best_hedges(options, pipeline.budget_ms)
         parsed = parse_prefilter(policy.prefilter)
-        return AdaptiveRuntime(runtime, make_policy(policy.name), options,
+        chosen = make_policy(policy.name)
+        # an emulated device (`self.device`, or `splitrt devices run`, which sets SPLITRT_THREADS) keeps its own
+        # speed whatever else runs on this machine
+        read_cpu, why = applies(policy.cpu_load_correction, getattr(chosen, "tracks_device", False),
+                                runtime.intra_op_threads,
+                                self.device is not None or "SPLITRT_THREADS" in os.environ, choose_providers())
+        log.info("CPU load correction %s: %s", "on" if read_cpu else "off", why,
+                 extra={"event": "cpu_load_correction", "on": read_cpu})
+        contention = CpuContention(threads=runtime.intra_op_threads).start() if read_cpu else None
+        return AdaptiveRuntime(runtime, chosen, options,
                                prefilter=Prefilter(*parsed) if parsed else None,
                                estimates=LinkEstimates(initial_bps=policy.initial_uplink_mbps * 1e6,
                                                        initial_rtt_ms=policy.initial_rtt_ms),
-                               probe_interval_ms=policy.probe_interval_ms)
+                               probe_interval_ms=policy.probe_interval_ms, cpu_contention=contention)
 
     def _metrics(self) -> Any:
         if not self.config.metrics.port:

@@ -88,46 +88,34 @@ class EwmaEstimator:
 
 
 @dataclass
-class DeviceLatencyEstimator:
-    """Head time per action: starts from the profile, follows observed runs, scaled up under CPU load.
-
-    `load_fraction` is the share of the CPU other processes take (psutil on the device, injected here):
-    with the device shared, a compute-bound head takes about 1 / (1 - load) times as long.
-    """
-
-    profile_ms: dict[str, float]
-    alpha: float = 0.2
-    _observed: dict[str, EwmaEstimator] = field(default_factory=dict)
-
-    def observe(self, key: str, head_ms: float, load_fraction: float = 0.0) -> None:
-        unloaded = head_ms * (1.0 - min(max(load_fraction, 0.0), 0.9))
-        self._observed.setdefault(key, EwmaEstimator(alpha=self.alpha)).observe(unloaded)
-
-    def expected_ms(self, key: str, load_fraction: float = 0.0) -> float:
-        base = self._observed[key].value if key in self._observed else self.profile_ms.get(key, 0.0)
-        return base / (1.0 - min(max(load_fraction, 0.0), 0.9))
-
-
-@dataclass
 class DeviceSlowdown:
     """How much slower the device runs now than its options' measured times say: an EWMA of
     ln(observed / typical) over every frame's device part (the action it ran, and a hedge that ran to the end),
     whatever the action. The host's speed moves all actions alike (thermal throttling, other processes, a shared
-    machine), so every frame tells about all of them. Capped at `max_factor` either way."""
+    machine), so every frame tells about all of them. The learnt part is capped at `max_factor` either way.
+
+    `contention` is how much other processes on the device slow a run now (1: not at all; the edge sets it from
+    psutil before each frame, `splitrt.edge.cpu_load`). A frame's observation is taken net of the contention it
+    ran under, and the factor is the learnt part times the contention now: a load that starts or stops counts
+    from the next frame on, not after the frames that follow have shown it."""
 
     alpha: float = 0.1
     max_factor: float = 4.0
+    contention: float = 1.0
     _log: float = 0.0
 
     @property
     def factor(self) -> float:
-        return math.exp(self._log)
+        return math.exp(self._log) * self.contention
 
-    def observe(self, observed_ms: float, typical_ms: float) -> None:
-        if observed_ms <= 0.0 or typical_ms <= 0.0:
+    def observe(self, observed_ms: float, typical_ms: float, contention: float | None = None) -> None:
+        """A run took `observed_ms` where its option says `typical_ms`, under `contention` (None: the current
+        `self.contention`)."""
+        contention = self.contention if contention is None else contention
+        if observed_ms <= 0.0 or typical_ms <= 0.0 or contention <= 0.0:
             return
         cap = math.log(self.max_factor)
-        self._log += self.alpha * (min(max(math.log(observed_ms / typical_ms), -cap), cap) - self._log)
+        self._log += self.alpha * (min(max(math.log(observed_ms / typical_ms / contention), -cap), cap) - self._log)
 
 
 @dataclass
