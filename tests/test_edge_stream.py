@@ -52,6 +52,10 @@ def test_image_folder_waits_for_the_pipeline(runtime: EdgeRuntime, sample_images
     assert len(outcomes) == 2 * len(list(sample_images.iterdir()))
     assert all(o.ok and o.top for o in outcomes)
     assert [o.frame_id for o in outcomes] == list(range(1, len(outcomes) + 1))
+    # a looping folder stops at max_frames ([source] max_frames), across the end of the folder
+    images = len(list(sample_images.iterdir()))
+    looped = collect(runtime, ImageFolderSource(sample_images, repeat=10**9, max_frames=images + 1), budget_ms=5000)
+    assert [o.frame_id for o in looped] == list(range(1, images + 2))
 
 
 def test_video_file_source_on_a_generated_clip(runtime: EdgeRuntime, tmp_path: Path) -> None:

@@ -164,7 +164,7 @@ def open_source(config: SourceConfig) -> Any:
     from splitrt.edge.sources import ImageFolderSource, VideoSource, camera_source
 
     if config.kind == "images":
-        return ImageFolderSource(config.path, repeat=10**9 if config.loop else 1)
+        return ImageFolderSource(config.path, repeat=10**9 if config.loop else 1, max_frames=config.max_frames)
     if config.kind == "video":
         return VideoSource(config.path, realtime=config.realtime, loop=config.loop, max_frames=config.max_frames)
     source = camera_source(config.path or "/dev/video0", config.format, config.fps, config.size)

@@ -75,14 +75,17 @@ class FrameSource(Protocol):
 
 
 class ImageFolderSource:
-    """Every image of a file or folder (in name order), `repeat` times; waits for the pipeline."""
+    """Every image of a file or folder (in name order), `repeat` times, at most `max_frames` frames in all;
+    waits for the pipeline."""
 
     realtime = False
 
-    def __init__(self, path: str | Path, repeat: int = 1, clock_ms: Callable[[], float] = wall_clock_ms) -> None:
+    def __init__(self, path: str | Path, repeat: int = 1, clock_ms: Callable[[], float] = wall_clock_ms,
+                 max_frames: int | None = None) -> None:
         self.path = Path(path)
         self.repeat = repeat
         self.clock_ms = clock_ms
+        self.max_frames = max_frames
         self._closed = False
 
     def close(self) -> None:
@@ -92,9 +95,10 @@ class ImageFolderSource:
         frame_ids = itertools.count(1)
         for _ in range(self.repeat):
             for name, pixels in image_source(self.path):
-                if self._closed:
+                frame_id = next(frame_ids)
+                if self._closed or (self.max_frames is not None and frame_id > self.max_frames):
                     return
-                yield Frame(next(frame_ids), pixels, self.clock_ms(), 0.0, name)
+                yield Frame(frame_id, pixels, self.clock_ms(), 0.0, name)
                 await asyncio.sleep(0)
 
 
