@@ -4,6 +4,7 @@ real service, a silent cloud and a refused request."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -26,7 +27,9 @@ from splitrt.policies.policies import (
     calibrated_chance,
     expected_accuracy,
     hedged,
+    make_policy,
     on_time_probability,
+    teaches_on_time,
     with_best_hedges,
 )
 from splitrt.policies.simulate import SimConfig, simulate, summarize
@@ -377,3 +380,38 @@ def test_the_adaptive_runtime_teaches_the_calibration_whether_hedged_replies_cam
     # Learnt under the remote part's key: replies that came raise its chance above the model's, replies that did
     # not lower it.
     assert learnt[True][split.remote_key].a > 0.01 and learnt[False][split.remote_key].a < -0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticLearningFromUnhedged(StaticPolicy):
+    on_time_from_unhedged: bool = True
+
+
+def test_unhedged_replies_teach_the_calibration_only_for_a_policy_that_asks(service: RunningService,
+                                                                             tiny_bundle: Bundle,
+                                                                             photo: np.ndarray) -> None:
+    """`deadline-tracking` learns the on-time chance from unhedged frames too (`teaches_on_time`); `deadline`
+    only from hedged ones."""
+    from splitrt.edge.adaptive import AdaptiveRuntime
+
+    local = ActionOption(Local(), edge_ms=5.0, accuracy=0.7)
+    split = ActionOption(Split("res", "fp16"), edge_ms=2.0, payload_bytes=4_200, cloud_ms=2.0, accuracy=0.9)
+    assert make_policy("deadline-tracking").on_time_from_unhedged  # type: ignore[attr-defined]
+    assert not teaches_on_time(make_policy("deadline"), split) and teaches_on_time(make_policy("deadline"),
+                                                                                   hedged(split, local))
+    assert teaches_on_time(make_policy("deadline-tracking"), split)
+    assert not teaches_on_time(make_policy("deadline-tracking"), local)
+    learnt = {}
+    for policy in (StaticPolicy(split.key), StaticLearningFromUnhedged(split.key)):
+        with CloudLink(service.endpoint, tiny_bundle.content_hash) as link:
+            runtime = EdgeRuntime(tiny_bundle, link)
+            runtime.infer(photo, Split("res", "fp16"), budget_ms=100.0)  # sessions loaded first
+            # an initial rate at which the model gives the first reply about even odds (33.6 kbit in ~5 s)
+            adaptive = AdaptiveRuntime(runtime, policy, [local, split],
+                                       estimates=LinkEstimates(initial_bps=7e3, initial_rtt_ms=1.0))
+            outcomes = [adaptive.infer(photo, budget_ms=5000.0) for _ in range(3)]
+            assert all(o.ok and o.action == split.key for o in outcomes), [(o.status, o.reason) for o in outcomes]
+            learnt[type(policy)] = adaptive.estimates.on_time.scalings(adaptive.clock_ms())
+            runtime.close()
+    assert split.remote_key not in learnt[StaticPolicy]
+    assert learnt[StaticLearningFromUnhedged][split.remote_key].a > 0.01  # replies that came raise the chance

@@ -43,7 +43,7 @@ from splitrt.devices.timing import time_calls_ms
 from splitrt.edge.commands import DEFAULT_BUNDLE
 from splitrt.imaging import crop_for_model, load_rgb
 from splitrt.policies.policies import (ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy,
-                                       on_slower_device, with_best_hedges)
+                                       make_policy, on_slower_device, with_best_hedges)
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 from splitrt.protocol import TensorSpec
@@ -249,9 +249,8 @@ def run_policy_bench(
     for trace_path in traces:
         trace = UplinkTrace.load(trace_path)
         policies = [StaticPolicy(o.key) for o in options] + [
-            LatencyPolicy(), DeadlinePolicy(), DeadlinePolicy(name="deadline-cautious", rule="cautious"),
-            *([DeadlinePolicy(name="deadline-uncalibrated", calibrated=False)] if hedges else []),
-            DeadlinePolicy(name="deadline-tracking", tracks_device=True),
+            LatencyPolicy(), make_policy("deadline"), DeadlinePolicy(name="deadline-cautious", rule="cautious"),
+            *([make_policy("deadline-uncalibrated")] if hedges else []), make_policy("deadline-tracking"),
             OraclePolicy(), OraclePolicy("past"), OraclePolicy("frame")]
         device = (None if device_slowdown == 1.0 else
                   slowed_device(options, int(trace.duration_s * fps) + 1, device_slowdown))

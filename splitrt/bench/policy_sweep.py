@@ -27,8 +27,8 @@ from splitrt.bench.policy import (DEFAULT_CANDIDATES, cached_options, candidate_
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import EMULATIONS
 from splitrt.devices.profiles import get_profile
-from splitrt.policies.policies import (ActionOption, DeadlinePolicy, LatencyPolicy, OraclePolicy, StaticPolicy,
-                                       hedge_on_time_probability, with_best_hedges)
+from splitrt.policies.policies import (ActionOption, LatencyPolicy, OraclePolicy, StaticPolicy,
+                                       hedge_on_time_probability, make_policy, with_best_hedges)
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 
@@ -77,8 +77,8 @@ def evaluate_setting(
         duration = min(duration_s, trace.duration_s) if duration_s else None
         config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms, duration_s=duration, initial_bps=initial_bps)
         accuracy = {}
-        uncalibrated = [DeadlinePolicy(name="deadline-uncalibrated", calibrated=False)] if hedges else []
-        for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), DeadlinePolicy(), *uncalibrated,
+        uncalibrated = [make_policy("deadline-uncalibrated")] if hedges else []
+        for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), make_policy("deadline"), *uncalibrated,
                        OraclePolicy(), OraclePolicy("past"), OraclePolicy("frame")]:
             records = simulate(policy, options, correctness, trace, config)
             accuracy[policy.name] = float(summarize(policy.name, records)["accuracy_at_deadline"])

@@ -3,8 +3,9 @@
 The estimates (`LinkEstimates`, the simulator's too) learn only from what frames observe: a remote frame's
 `network` stage (round trip minus the cloud's queue and compute), a timeout, a request that could not be sent,
 and the cloud's queue delay that every Result carries; and, over a link that sends heartbeats, their round trip.
-A hedged frame also tells the on-time calibration (`OnTimeCalibration`) whether its reply came in time, against
-the chance the policies' model gave it when the frame was decided.
+A hedged frame (any remote frame, for `deadline-tracking`: `teaches_on_time`) also tells the on-time calibration
+(`OnTimeCalibration`) whether its reply came in time, against the chance the policies' model gave it when the frame
+was decided.
 When no remote frame has measured the link for `probe_interval_ms` (doubling while probes fail, `ProbeSchedule`)
 and the policy keeps a frame local, the frame runs what the policy would choose if the link were as fast as first
 believed, when that is remote (`probe_decision`): this is how a link that came back is noticed, at the risk of one
@@ -25,7 +26,7 @@ from splitrt.edge.runtime import NO_REPLY, EdgeRuntime
 from splitrt.frame import Frame, FrameOutcome, Status
 from splitrt.policies.estimators import LinkEstimates
 from splitrt.policies.policies import (ActionOption, Decision, LinkView, Policy, ProbeSchedule, on_time_probability,
-                                       probe_decision)
+                                       probe_decision, teaches_on_time)
 from splitrt.policies.prefilter import Prefilter
 from splitrt.protocol import RejectReason
 
@@ -153,10 +154,10 @@ class AdaptiveRuntime:
         decision, view = self._decide(budget_ms)
         self.decisions.append(decision)
         option = decision.option
-        # what the policies' model gives a hedged option's reply now (with the device times it judged it by), which
-        # its outcome calibrates
-        model_chance = (on_time_probability(decision.option_as_judged, budget_ms, view)
-                        if option.hedge is not None else 0.0)
+        # what the policies' model gives the option's reply now (with the device times it judged it by), which its
+        # outcome calibrates (a hedged option's; any remote one's for some policies)
+        teaches = teaches_on_time(self.policy, option)
+        model_chance = on_time_probability(decision.option_as_judged, budget_ms, view) if teaches else 0.0
         started_ms = self.clock_ms()
         outcome = self.runtime.infer(pixels, option.action, budget_ms=budget_ms, source=source)
         took_ms = self.clock_ms() - started_ms
@@ -167,7 +168,7 @@ class AdaptiveRuntime:
         reply_in_time = outcome.ok and not outcome.missed_deadline and not outcome.hedge_answered
         if decision.reason.startswith("probe"):
             self.probes.record(reply_in_time)
-        if option.hedge is not None and "network" in outcome.trace_ms:  # the request went out: its reply came or not
+        if teaches and "network" in outcome.trace_ms:  # the request went out: its reply came or not
             self.estimates.on_time.observe(self.clock_ms(), option.remote_key, model_chance, reply_in_time)
         observe_outcome(self.estimates, self.clock_ms(), outcome)
         if outcome.ok:

@@ -120,7 +120,8 @@ class DeviceSlowdown:
 
 @dataclass
 class OnTimeCalibration:
-    """How far to trust the model's on-time chance of a remote action, learnt from its hedged frames' outcomes.
+    """How far to trust the model's on-time chance of a remote action, learnt from its frames' outcomes (hedged
+    ones; every remote one for a policy that asks, `teaches_on_time`).
 
     Platt scaling (`PlattScaling`), fitted online: sigmoid(a + b * logit(p)) with (a, b) per remote part
     (`ActionOption.remote_key`), starting at the identity (0, 1), and one step of stochastic gradient descent on
@@ -169,8 +170,8 @@ class LinkEstimates:
     trips that carry no upload (heartbeats, `observe_rtt`; until there are any, the configured `initial_rtt_ms`)
     and frames' network times: a frame's network time is only an upper bound, since every frame uploads
     something, and taking the least of them alone would make the fastest frame's upload look instantaneous. A
-    frame that timed out bounds the rate from above. Hedged frames also teach the on-time calibration
-    (`OnTimeCalibration`), which the view carries for the deadline policy.
+    frame that timed out bounds the rate from above. Hedged frames (for `deadline-tracking`, every remote frame)
+    also teach the on-time calibration (`OnTimeCalibration`), which the view carries for the deadline policy.
     """
 
     initial_bps: float = 2e6

@@ -319,6 +319,9 @@ class DeadlinePolicy:
     # Scale the options' device times by the view's `device_slowdown` (in steps of DEVICE_STEP, once it is a step
     # away from 1): a device that slowed since its options were measured is taken as it is now.
     tracks_device: bool = False
+    # Learn the on-time calibration from unhedged remote frames too, not only hedged ones (`teaches_on_time`): on
+    # a device that slowed, hedges often no longer fit after an encode, and unhedged frames are all there is.
+    on_time_from_unhedged: bool = False
     _on_device: dict[int, tuple[Sequence[ActionOption], list[ActionOption]]] = field(
         default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -460,9 +463,16 @@ class OraclePolicy:
         return Decision(best, predicted, f"nothing on time: fastest ({self.knows} known)")
 
 
+def teaches_on_time(policy: Policy, option: ActionOption) -> bool:
+    """Whether a frame of `option` teaches the on-time calibration (its reply came in time or not) under
+    `policy`: a hedged remote frame always; an unhedged one for a policy that asks for it."""
+    return option.remote and (option.hedge is not None or getattr(policy, "on_time_from_unhedged", False))
+
+
 def make_policy(name: str) -> Policy:
     """`static:<action key>`, `latency`, `deadline` (`deadline-uncalibrated`: without the on-time calibration of
-    hedged actions; `deadline-tracking`: with the device's times scaled to how fast it runs now), or an oracle
+    hedged actions; `deadline-tracking`: with the device's times scaled to how fast it runs now, and the on-time
+    calibration learnt from unhedged remote frames too), or an oracle
     (`ORACLE_KNOWLEDGE`)."""
     if name.startswith("static:"):
         return StaticPolicy(name.removeprefix("static:"))
@@ -473,7 +483,7 @@ def make_policy(name: str) -> Policy:
     if name == "deadline-uncalibrated":
         return DeadlinePolicy(name=name, calibrated=False)
     if name == "deadline-tracking":
-        return DeadlinePolicy(name=name, tracks_device=True)
+        return DeadlinePolicy(name=name, tracks_device=True, on_time_from_unhedged=True)
     if name in ORACLE_KNOWLEDGE:
         return OraclePolicy(ORACLE_KNOWLEDGE[name])
     raise ValueError(f"unknown policy {name!r}: use static:<action>, latency, deadline, deadline-uncalibrated, "

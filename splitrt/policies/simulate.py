@@ -7,8 +7,8 @@ frame's deadline (it ends `timeout`; a hedged action's frame ends then with its 
 the hedge, begun after the remote part's device work, has finished), but bytes already sent still occupy the
 link. The policy sees the
 edge's own estimates (`LinkEstimates`), fed what the edge would observe: a reply that arrived in time, when it
-arrives, and a timeout (an upper bound on the rate) when the frame gives up; a hedged frame also teaches the on-time
-calibration whether its reply came in time (`OnTimeCalibration`). While no
+arrives, and a timeout (an upper bound on the rate) when the frame gives up; a hedged frame (any remote frame, for
+`deadline-tracking`) also teaches the on-time calibration whether its reply came in time (`OnTimeCalibration`). While no
 transfer has been seen for a while (`ProbeSchedule`) and the policy keeps a frame local, the frame runs the
 action the policy would choose at the link's initial rate, when that is remote (`probe_decision`), as the edge
 does.
@@ -32,7 +32,7 @@ import numpy as np
 
 from splitrt.policies.estimators import LinkEstimates
 from splitrt.policies.policies import (ActionOption, OraclePolicy, Policy, ProbeSchedule, on_time_probability,
-                                       probe_decision)
+                                       probe_decision, teaches_on_time)
 from splitrt.policies.trace import PAYLOAD_BYTES, UplinkTrace
 
 
@@ -205,10 +205,10 @@ def simulate(
                 decision, option, probing = probe, probe.option, True
                 throughput.last_sample_ms = start_ms
         key = option.key
-        # the chance the policies' model gives a hedged option's reply now (with the device times it judged it by),
-        # which its outcome will calibrate
-        model_chance = (on_time_probability(decision.option_as_judged, deadline_ms - start_ms, view)
-                        if option.hedge is not None else 0.0)
+        # the chance the policies' model gives the option's reply now (with the device times it judged it by),
+        # which its outcome will calibrate (a hedged option's; any remote one's for some policies)
+        teaches = teaches_on_time(policy, option)
+        model_chance = on_time_probability(decision.option_as_judged, deadline_ms - start_ms, view) if teaches else 0.0
         edge_ms, cloud_ms = costs.of(option, frame_id)
         seen.estimates.device.observe(edge_ms, option.typical_edge_ms)  # as the edge does at the frame's end
         image = frame_id % images
@@ -238,7 +238,7 @@ def simulate(
                     end_ms = max(deadline_ms, hedge_end_ms)
                     status = "ok" if hedge_end_ms <= deadline_ms else "late"
                     correct, hedge_answered = bool(correctness[option.hedge.key][image]), True
-            if option.hedge is not None:
+            if teaches:
                 seen.at(min(reply_ms, deadline_ms), "on_time", option.remote_key, model_chance,
                         float(reply_ms <= deadline_ms))
         if probing:
