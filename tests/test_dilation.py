@@ -122,13 +122,13 @@ def test_device_costs_are_sampled_dilated_without_a_cgroup(tiny_bundle: Bundle, 
     measured = [ActionOption(Local(), edge_ms=1.0, accuracy=1.0)]
     cache = tmp_path / "costs.json"
     options, model = device_options(tiny_bundle, measured, get_profile("0.02"), image, cache, repeats=3,
-                                    interval_ms=50.0, emulation="dilation")
+                                    interval_ms=200.0, emulation="dilation")
     assert model == "sampled dilated"
     assert len(options[0].edge_samples_ms) == 3
     assert '"emulation": "dilation"' in cache.read_text()
     # The cache answers the same question again without sampling.
     again, _ = device_options(tiny_bundle, measured, get_profile("0.02"), image, cache, repeats=3,
-                              interval_ms=50.0, emulation="dilation")
+                              interval_ms=200.0, emulation="dilation")
     assert again[0].edge_samples_ms == options[0].edge_samples_ms
 
 

@@ -11,7 +11,7 @@ and the policy keeps a frame local, the frame runs what the policy would choose 
 believed, when that is remote (`probe_decision`): this is how a link that came back is noticed, at the risk of one
 frame per probe. The simulator models the same probes.
 Every frame's device part tells `DeviceSlowdown` how fast the device runs now; with `cpu_contention`, the load
-that other processes put on the CPU (psutil) counts at once, before frames have run slow under it.
+that other processes put on the CPU (psutil) counts from the next frame on, before frames have run slow under it.
 """
 from __future__ import annotations
 

@@ -259,9 +259,9 @@ class EdgeDaemon:
         (`calibration_image`, `calibrate_frames`); with `hedges`, each remote option runs hedged by the local one
         most likely right and in time on this device. Runs before the source opens (`calibrate_frames` / 5 s per
         action); `stopped` (SIGTERM) ends the calibration early."""
+        from splitrt.devices.ort import choose_providers
         from splitrt.edge.adaptive import AdaptiveRuntime
         from splitrt.edge.calibration import calibrate, with_samples
-        from splitrt.devices.ort import choose_providers
         from splitrt.edge.cpu_load import CpuContention, applies
         from splitrt.imaging import load_rgb
         from splitrt.policies.estimators import LinkEstimates
