@@ -404,6 +404,7 @@ def test_unhedged_replies_teach_the_calibration_only_for_a_policy_that_asks(serv
     learnt = {}
     for policy in (StaticPolicy(split.key), StaticLearningFromUnhedged(split.key)):
         with CloudLink(service.endpoint, tiny_bundle.content_hash) as link:
+            link.handshake()  # connected before the frames that count
             runtime = EdgeRuntime(tiny_bundle, link)
             runtime.infer(photo, Split("res", "fp16"), budget_ms=100.0)  # sessions loaded first
             # an initial rate at which the model gives the first reply about even odds (33.6 kbit in ~5 s)
