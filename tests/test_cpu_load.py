@@ -2,15 +2,18 @@
 it, its wiring into the edge and the daemon, and the device-load benchmark's parts (its busy processes are real)."""
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from splitrt.actions import Local
 from splitrt.bench.device_load import (ESTIMATES, HOG_CODE, CpuHogs, Estimates, FrameRecord, load_share_contention,
@@ -70,6 +73,44 @@ def test_a_started_sampler_reads_on_its_own_until_closed() -> None:
         sampler.close()
     assert sampler._ticker is None
     assert usable_cpus() and all(isinstance(c, int) for c in usable_cpus())
+
+
+def test_a_past_frame_reads_the_contention_of_the_readings_around_it() -> None:
+    # readings every 100 ms (monotonic s): the others kept 0.2 cores busy from 0.1 to 0.2 s, 1 to 0.3 s, 2 to 0.4 s
+    busy = {0.0: 0.0, 0.1: 0.0, 0.2: 0.02, 0.3: 0.12, 0.4: 0.32, 0.5: 0.32}
+    readings = itertools.chain([CpuReading(b, 0.0, t) for t, b in busy.items()],
+                               itertools.repeat(CpuReading(0.32, 0.0, 0.6)))  # now: 0.6 s
+    sampler = CpuContention(threads=1, cpus=[0, 1], interval_ms=100.0, read=lambda: next(readings))
+    for _ in range(5):
+        sampler._record()
+    epoch_ms = lambda: 1_000_600.0  # noqa: E731  the frames' clock reads 1,000,000.6 s when monotonic reads 0.6 s
+    assert sampler.between_ms(1_000_320.0, 1_000_340.0, epoch_ms) == pytest.approx(2.0)  # from 0.3 to 0.4 s
+    assert sampler.between_ms(1_000_120.0, 1_000_140.0, epoch_ms) == 1.0  # 0.2 cores: noise on a free core
+    assert sampler.between_ms(1_000_250.0, 1_000_350.0, epoch_ms) == pytest.approx(1.5)  # 0.2 to 0.4 s: 1.5 cores
+    assert sampler.between_ms(999_000.0, 999_010.0, epoch_ms) == 1.0  # before the readings kept: unknown
+
+
+def test_calibration_nets_each_frame_of_the_load_it_ran_under(tiny_bundle: Bundle) -> None:
+    from splitrt.clock import wall_clock_ms
+    from splitrt.edge.calibration import calibrate
+    from splitrt.edge.runtime import EdgeRuntime
+
+    windows: list[tuple[float, float]] = []
+
+    def twice_as_slow(start_ms: float, end_ms: float) -> float:
+        windows.append((start_ms, end_ms))
+        return 2.0
+
+    runtime = EdgeRuntime(tiny_bundle, None)
+    began_ms = wall_clock_ms()
+    try:
+        device, _ = calibrate(runtime, [Local()], np.zeros((40, 40, 3), np.uint8), 3, 50.0, 0.0, load=twice_as_slow)
+    finally:
+        runtime.close()
+    assert len(device["local"]) == len(windows) == 3  # asked once per frame kept (the first is left out)
+    assert [w[1] - w[0] for w in windows] == pytest.approx([2.0 * ms for ms in device["local"]])  # netted of 2x
+    assert began_ms <= windows[0][0] and all(a[1] <= b[0] for a, b in zip(windows, windows[1:]))  # frame by frame
+    assert windows[-1][1] <= wall_clock_ms()
 
 
 def test_the_daemon_s_automatic_setting_reads_the_cpu_only_where_the_model_was_measured() -> None:
@@ -195,6 +236,54 @@ def test_the_daemon_reads_the_cpu_for_a_tracking_policy_unless_told_not_to_or_em
                                   cpu_load_correction=True))
 
 
+def test_the_daemon_nets_its_start_up_calibration_of_the_load_when_it_reads_the_cpu(
+        tmp_path: Path, tiny_bundle: Bundle, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from splitrt.edge.config import load_config, policy_options
+    from splitrt.edge.daemon import EdgeDaemon
+    from splitrt.edge.runtime import EdgeRuntime
+    from tests.test_daemon import OPTIONS, policy_config
+
+    image = tmp_path / "calibration.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(image)
+    asked: list[tuple[float, float]] = []
+
+    def under_load(self: CpuContention, start_ms: float, end_ms: float, clock_ms: object = None) -> float:
+        asked.append((start_ms, end_ms))
+        return 2.0  # as if two busy processes ran beside every frame
+
+    monkeypatch.setattr(CpuContention, "between_ms", under_load)
+    monkeypatch.delenv("SPLITRT_THREADS", raising=False)
+
+    def calibrated(setting: str, name: str = "deadline-tracking") -> dict[str, object]:
+        config = load_config(policy_config(tmp_path, str(tiny_bundle.root), OPTIONS, "tcp://127.0.0.1:1",
+                                           name=name, cpu_load_correction=setting,
+                                           calibration_image=str(image), calibrate_frames=2))
+        caplog.clear()
+        with caplog.at_level("INFO", logger="splitrt.edge.daemon"):
+            adaptive = EdgeDaemon(config)._adaptive(runtime, policy_options(config), lambda: False)
+        tracks[name] = adaptive.cpu_contention is not None
+        if isinstance(adaptive.cpu_contention, CpuContention):
+            adaptive.cpu_contention.close()
+        return next(r.__dict__ for r in caplog.records if getattr(r, "event", "") == "calibrated")
+
+    tracks: dict[str, bool] = {}
+    runtime = EdgeRuntime(tiny_bundle, None)  # no cloud: local is measured, the split keeps the file's costs
+    try:
+        on = calibrated("auto")
+        assert on["loaded_frames"] == len(asked) == 2 and tracks["deadline-tracking"]
+        assert "2 of 2 frames ran beside other processes' load (up to 2.00x slower)" in on["msg"] % on["args"]
+        asked.clear()
+        # a policy that does not follow the device's speed keeps its calibration for good: netted all the same,
+        # though the CPU is not read after it
+        fixed = calibrated("auto", name="deadline")
+        assert fixed["loaded_frames"] == len(asked) == 2 and not tracks["deadline"]
+        asked.clear()
+        off = calibrated("off")
+        assert off["loaded_frames"] == 0 and not asked  # without the correction, the CPU is not read
+    finally:
+        runtime.close()
+
+
 def test_busy_processes_start_stop_and_never_outlive_the_benchmark(tmp_path: Path) -> None:
     with CpuHogs() as hogs:
         hogs.set(2)
@@ -270,3 +359,22 @@ def test_the_schedule_runs_real_frames_beside_real_busy_processes(tiny_bundle: B
         runtime.close()
     assert {f.phase for f in frames} == {0, 1} and {f.hogs for f in frames if f.phase == 1} == {1}
     assert all(set(f.predicted_ms) == set(ESTIMATES) and f.took_ms > 0 for f in frames)
+
+
+def test_start_up_calibrations_beside_busy_processes_are_scored_as_measured_and_as_netted() -> None:
+    from splitrt.bench.device_load import startup_calibrations
+
+    with CpuHogs() as hogs:
+        def contention_ms(_start_ms: float, _end_ms: float) -> float:
+            return 1.0 + hogs.count  # as if each busy process slowed a frame by one more run's time
+
+        def calibrate_once(load: Callable[[float, float], float]) -> list[float]:
+            return [ms * (1.0 + hogs.count) / load(0.0, ms) for ms in (9.0, 10.0, 11.0)]  # ran slower, netted
+
+        rows = startup_calibrations(calibrate_once, contention_ms, [0, 1], hogs, settle_s=0.0)
+        assert hogs.count == 0  # stopped after the last calibration
+    assert [(r["hogs"], r["frames"], r["loaded_frames"]) for r in rows] == [(0, 3, 0), (1, 3, 3)]
+    assert rows[1]["measured_ms"] == pytest.approx(20.0) and rows[1]["measured_error"] == pytest.approx(1.0)
+    assert rows[1]["netted_ms"] == pytest.approx(10.0) and rows[1]["netted_error"] == 0.0
+    with pytest.raises(ValueError, match="--startup-hogs: expected"):
+        parse_schedule("one", "--startup-hogs")

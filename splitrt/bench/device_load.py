@@ -11,6 +11,11 @@ estimate predicts the run's time; after it, each learns from the time it took:
   (what a per-core reading of psutil would give: for comparison).
 Rows: each estimate's error over every frame, over the frames just after a phase changed, and how often it
 called the frame's deadline (`--deadline-factor` times the calibrated time) wrongly. No cloud is needed.
+
+Then the daemon's start-up calibration (`splitrt.edge.calibration.calibrate`: paced frames through the SDK) runs
+beside each count of busy processes of `--startup-hogs`: its median as measured, and netted of the contention
+while each frame ran (`CpuContention.between_ms`, what the daemon does when it reads the CPU), against the
+median of a quiet calibration (the first count).
 """
 from __future__ import annotations
 
@@ -69,14 +74,14 @@ class CpuHogs:
         process.wait(timeout=10)
 
 
-def parse_schedule(text: str) -> list[int]:
+def parse_schedule(text: str, flag: str = "--hogs") -> list[int]:
     """"0,2,0,1" -> busy processes per phase."""
     try:
         counts = [int(part) for part in text.split(",")]
     except ValueError:
-        raise ValueError(f"--hogs: expected busy processes per phase such as 0,2,0,1, got {text!r}") from None
+        raise ValueError(f"{flag}: expected busy processes per phase such as 0,2,0,1, got {text!r}") from None
     if not counts or any(c < 0 or c > 64 for c in counts):
-        raise ValueError(f"--hogs: each phase's count must be 0..64, got {text!r}")
+        raise ValueError(f"{flag}: each phase's count must be 0..64, got {text!r}")
     return counts
 
 
@@ -190,17 +195,51 @@ def run_schedule(infer: Callable[[int], float], schedule: Sequence[int], phase_s
     return frames
 
 
+def startup_calibrations(calibrate_once: Callable[[Callable[[float, float], float]], list[float]],
+                         contention_ms: Callable[[float, float], float], counts: Sequence[int], hogs: CpuHogs,
+                         settle_s: float = 0.5) -> list[dict[str, object]]:
+    """A start-up calibration (`calibrate_once(load)`: its device samples, each netted of `load(start_ms, end_ms)`)
+    beside each count of busy processes, the load read by `contention_ms`: the median as measured and as netted,
+    each against the first count's netted median (that of a quiet device, for a first count of 0)."""
+    rows: list[dict[str, object]] = []
+    quiet_ms = 0.0
+    for count in counts:
+        hogs.set(count)
+        time.sleep(settle_s)  # the busy processes running before the first frame
+        factors: list[float] = []
+
+        def load(start_ms: float, end_ms: float) -> float:
+            factors.append(contention_ms(start_ms, end_ms))
+            return factors[-1]
+
+        netted = calibrate_once(load)
+        if not netted:
+            raise RuntimeError(f"the calibration beside {count} busy processes kept no frame")
+        measured = [ms * f for ms, f in zip(netted, factors)]
+        quiet_ms = quiet_ms or p50(netted)
+        rows.append({"hogs": count, "frames": len(netted), "loaded_frames": sum(f > 1.0 for f in factors),
+                     "measured_ms": round(p50(measured), 3), "netted_ms": round(p50(netted), 3),
+                     "measured_error": round(p50(measured) / quiet_ms - 1.0, 4),
+                     "netted_error": round(p50(netted) / quiet_ms - 1.0, 4)})
+    hogs.set(0)
+    return rows
+
+
 def run_device_load_bench(bundle_dir: str | Path, model: str, action_text: str, images: str | None, fps: float,
                           phase_s: float, schedule: Sequence[int], deadline_factor: float, calibration_frames: int,
-                          threads: int, json_out: str | Path, plot_out: str | Path | None) -> list[dict[str, object]]:
+                          threads: int, json_out: str | Path, plot_out: str | Path | None,
+                          startup_hogs: Sequence[int] = (), startup_frames: int = 20) -> list[dict[str, object]]:
     from splitrt.demo import DEFAULT_IMAGE_DIR
+    from splitrt.edge.calibration import calibrate
+    from splitrt.edge.daemon import CALIBRATION_FPS
     from splitrt.edge.runtime import EdgeRuntime
     from splitrt.edge.sources import write_sample_images
     from splitrt.imaging import list_images, load_rgb
     from splitrt.partition.export import load_or_export
 
-    if fps <= 0 or phase_s <= 0 or threads < 1 or calibration_frames < 1 or deadline_factor <= 0:
-        raise ValueError("--fps, --phase-s, --deadline-factor must be > 0, --threads and --calibration-frames >= 1")
+    if fps <= 0 or phase_s <= 0 or threads < 1 or calibration_frames < 1 or deadline_factor <= 0 or startup_frames < 1:
+        raise ValueError("--fps, --phase-s, --deadline-factor must be > 0, --threads, --calibration-frames and "
+                         "--startup-frames >= 1")
     action = parse_action(action_text)
     if not isinstance(action, Local):
         raise ValueError(f"--action: this benchmark runs on the device only (local or local@EXIT), not {action_text!r}")
@@ -230,6 +269,16 @@ def run_device_load_bench(bundle_dir: str | Path, model: str, action_text: str, 
         try:
             with CpuHogs() as hogs:
                 frames = run_schedule(infer, schedule, phase_s, fps, typical_ms, sampler, hogs)
+
+                def calibrate_once(load: Callable[[float, float], float]) -> list[float]:
+                    samples, _ = calibrate(runtime, [action], pictures[0], startup_frames, CALIBRATION_FPS, 0.0,
+                                           load=load)
+                    return samples[action.describe()]
+
+                startup = startup_calibrations(calibrate_once,
+                                               lambda start_ms, end_ms: sampler.between_ms(start_ms, end_ms,
+                                                                                           runtime.clock_ms),
+                                               startup_hogs, hogs)
         finally:
             sampler.close()
     finally:
@@ -242,7 +291,11 @@ def run_device_load_bench(bundle_dir: str | Path, model: str, action_text: str, 
     print(format_table(phases, list(phases[0])))
     print()
     print(format_table(rows, list(rows[0])))
-    write_json(json_out, "device-load", rows, phases=phases, action=action.describe(), fps=fps, phase_s=phase_s,
+    if startup:
+        print()
+        print(format_table(startup, list(startup[0])))
+    write_json(json_out, "device-load", rows, phases=phases, startup_calibration=startup,
+               startup_frames=startup_frames, action=action.describe(), fps=fps, phase_s=phase_s,
                schedule=list(schedule), cores=sampler.cores, threads=threads, typical_ms=round(typical_ms, 3),
                deadline_ms=round(deadline_ms, 3), calibration_frames=calibration_frames,
                frames=[{"t_s": round(f.t_s, 3), "phase": f.phase, "hogs": f.hogs, "took_ms": round(f.took_ms, 3),
@@ -294,7 +347,8 @@ def plot_device_load(frames: Sequence[FrameRecord], typical_ms: float, deadline_
 def _run(args: argparse.Namespace) -> int:
     run_device_load_bench(args.bundle, args.model, args.action, args.images, args.fps, args.phase_s,
                           parse_schedule(args.hogs), args.deadline_factor, args.calibration_frames, args.threads,
-                          args.json, args.plot)
+                          args.json, args.plot, parse_schedule(args.startup_hogs, "--startup-hogs") if args.startup_hogs else [],
+                          args.startup_frames)
     return 0
 
 
@@ -311,6 +365,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="the deadline the calls are judged by, as a multiple of the calibrated time")
     parser.add_argument("--calibration-frames", type=int, default=30, help="quiet frames that set the typical time")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--startup-hogs", default="0,1,2,3",
+                        help="busy processes beside each start-up calibration, the first quiet (\"\": none)")
+    parser.add_argument("--startup-frames", type=int, default=20,
+                        help="frames of each start-up calibration (the daemon's calibrate_frames)")
     parser.add_argument("--json", required=True)
     parser.add_argument("--plot", help="PNG: runs and predictions over time")
     parser.set_defaults(func=_run)

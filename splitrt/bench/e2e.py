@@ -480,7 +480,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_replay_arguments(parser)  # the same options and defaults as bench policy
     add_hedges_argument(parser)
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds of each trace per policy (from its start)")
-    parser.add_argument("--policies", help="comma-separated (static:<action>, latency, deadline); default: static:local, "
+    parser.add_argument("--policies", help="comma-separated (static:<action>, latency, deadline, deadline-tracking, "
+                        "deadline-uncalibrated); default: static:local, "
                         "the best static exit, split and offload by simulation, latency, deadline")
     parser.add_argument("--emulation", choices=MODES, default="auto", help="link emulation (auto: relay)")
     parser.add_argument("--allow-thread-fallback", action="store_true",

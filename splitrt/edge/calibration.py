@@ -44,6 +44,7 @@ class FrameTimes:
     # to its end (local) or to the moment its request left (remote)
     after_send_ms: float | None  # remote frames answered in time: from the request leaving to the frame's end
     hedge_ms: float | None = None  # a hedged frame whose hedge answered: the hedge's own device time
+    start_ms: float = 0.0  # when the device could start the frame (its clock: epoch ms)
 
 
 def frame_times_ms(outcomes: list[dict[str, object]]) -> list[FrameTimes]:
@@ -67,7 +68,7 @@ def frame_times_ms(outcomes: list[dict[str, object]]) -> list[FrameTimes]:
         edge_ms = max(0.0, done_ms - (after_send_ms or 0.0) - start_ms)
         answered = after_send_ms if o["status"] == "ok" and hedge_ms is None else None
         times.append(FrameTimes(int(o["frame_id"]), str(o["action"]), edge_ms, answered,  # type: ignore[arg-type]
-                                hedge_ms))
+                                hedge_ms, start_ms))
     return times
 
 
@@ -84,12 +85,16 @@ def after_send(stages: Mapping[str, float], hedge_answered: bool) -> tuple[float
 
 
 def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, frames: int, fps: float,
-              rtt_ms: float, stopped: Callable[[], bool] = lambda: False
+              rtt_ms: float, stopped: Callable[[], bool] = lambda: False,
+              load: Callable[[float, float], float] | None = None,
               ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Each action `frames` paced frames through `runtime` (the first after a change of action left out):
     (device ms, after-link ms) samples per action; the latter only for remote actions answered in time. A frame
     that ran something else (a remote action's fallback, the cloud being away) is not the action's sample.
-    `stopped` is asked before each action: once it says so, the actions measured so far are returned."""
+    `stopped` is asked before each action: once it says so, the actions measured so far are returned. With `load`
+    (how much other processes slowed a run between two epoch-ms times: `CpuContention.between_ms`), each device
+    sample is netted of it, so that a device calibrated while busy with something else is still measured as it
+    runs unloaded (what `DeviceSlowdown` takes its typical times to be)."""
     device: dict[str, list[float]] = {}
     after_link: dict[str, list[float]] = {}
     for action in actions:
@@ -99,7 +104,8 @@ def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, fr
         outcomes = [o.to_json() for o in ran]
         first = ran[0].frame_id if ran else 0
         times = [t for t in frame_times_ms(outcomes) if t.frame != first and t.action == action.describe()]
-        device[action.describe()] = [t.edge_ms for t in times]
+        device[action.describe()] = [t.edge_ms / (load(t.start_ms, t.start_ms + t.edge_ms) if load else 1.0)
+                                     for t in times]
         after = [max(0.0, t.after_send_ms - rtt_ms) for t in times if t.after_send_ms is not None]
         if after:
             after_link[action.describe()] = after

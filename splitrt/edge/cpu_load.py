@@ -9,7 +9,8 @@ process beside a one-thread run costs nothing and two double it (measured with `
 where the load share alone (1 / (1 - load)) would say 2x and 10x. With more threads than that the model fits
 worse: it takes every thread to be as slow as its slowest, and a run that gains little from its second thread
 (Lite0 on 2 cores) loses less than that; so the daemon applies it by itself to one-thread CPU sessions only
-(`applies`).
+(`applies`). `CpuContention.between_ms` tells what a past frame ran under: the daemon nets its start-up calibration
+with it, so that a device calibrated beside a busy process is still measured as it runs unloaded.
 
 The others' time is what they got, not what they wanted: more runnable processes than cores read as all cores
 busy, so the contention is capped at 2x and the observed runs learn the rest. A device whose own speed is
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import psutil
+
+from splitrt.clock import wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,10 @@ class CpuContention:
     """`contention` now: the others' cores over the time since a reading at least `interval_ms` old (ticks are
     10 ms: a shorter window is mostly rounding), 1 until there is one. Readings come from `sample()` and, once
     `start()`ed, from a thread every `interval_ms`, so that the window is the last 100-200 ms however seldom
-    frames come. A reading that fails keeps the last value (logged once)."""
+    frames come; the last `KEPT_READINGS` of them also tell what a past frame ran under (`between_ms`). A reading
+    that fails keeps the last value (logged once)."""
+
+    KEPT_READINGS = 512  # 51 s of readings at 100 ms: a calibration's frames of one action, however many
 
     def __init__(self, threads: int = 1, cpus: Sequence[int] | None = None, interval_ms: float = 100.0,
                  read: Callable[[], CpuReading] | None = None) -> None:
@@ -113,7 +119,7 @@ class CpuContention:
         self.interval_s = interval_ms / 1000.0
         process = psutil.Process()
         self._read = read or (lambda: read_cpu(process, self.cpus))
-        self._readings: collections.deque[CpuReading] = collections.deque(maxlen=64)
+        self._readings: collections.deque[CpuReading] = collections.deque(maxlen=self.KEPT_READINGS)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -144,6 +150,20 @@ class CpuContention:
             self.others = others_cores(base, now)
             self.value = contention(self.others, self.cores, self.threads)
         return self.value
+
+    def between_ms(self, start_ms: float, end_ms: float, clock_ms: Callable[[], float] = wall_clock_ms) -> float:
+        """`contention` while a past frame ran, from `start_ms` to `end_ms` on `clock_ms`'s time base (a frame's
+        capture time and end): over the readings just before and just after it (a window of the frame and up to one
+        interval either side); 1 where the readings kept do not reach back to it."""
+        now = self._record()
+        shift_s = (now.wall_s if now is not None else time.monotonic()) - clock_ms() / 1000.0
+        start_s, end_s = start_ms / 1000.0 + shift_s, end_ms / 1000.0 + shift_s
+        with self._lock:
+            before = next((r for r in reversed(self._readings) if r.wall_s <= start_s), None)
+            after = next((r for r in self._readings if r.wall_s >= end_s), None)
+        if before is None or after is None:
+            return 1.0
+        return contention(others_cores(before, after), self.cores, self.threads)
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval_s):

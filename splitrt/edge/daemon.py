@@ -23,13 +23,14 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
-from splitrt.actions import Offload, Split
+from splitrt.actions import Action, Offload, Split
 from splitrt.edge.config import DaemonConfig, SourceConfig, curve_keys, parse_prefilter, policy_options
 from splitrt.frame import FrameOutcome
 
 if TYPE_CHECKING:
     from splitrt.bundle import Bundle
     from splitrt.edge.adaptive import AdaptiveRuntime
+    from splitrt.edge.cpu_load import CpuContention
     from splitrt.edge.link import CurveClientKeys
     from splitrt.edge.runtime import EdgeRuntime
     from splitrt.policies.policies import ActionOption
@@ -261,9 +262,7 @@ class EdgeDaemon:
         action); `stopped` (SIGTERM) ends the calibration early."""
         from splitrt.devices.ort import choose_providers
         from splitrt.edge.adaptive import AdaptiveRuntime
-        from splitrt.edge.calibration import calibrate, with_samples
         from splitrt.edge.cpu_load import CpuContention, applies
-        from splitrt.imaging import load_rgb
         from splitrt.policies.estimators import LinkEstimates
         from splitrt.policies.policies import make_policy, with_best_hedges
         from splitrt.policies.prefilter import Prefilter
@@ -278,43 +277,77 @@ class EdgeDaemon:
         runtime.warm_up([*actions.values(), *parts.values()])
         unhedged = [a for a in {**actions, **parts}.values() if getattr(a, "hedge", None) is None]
         remote = [a for a in unhedged if isinstance(a, (Split, Offload))]
-        link = runtime.link
-        if policy.calibrate_frames and policy.calibration_image:
-            if remote and link is not None and not link.is_up:
-                link.wait_up(CALIBRATION_LINK_WAIT_S)  # so that the remote actions are measured too
-            link_up = link is not None and link.is_up
-            measure = [a for a in unhedged if link_up or a not in remote]
-            log.info("calibrating %d actions on this device, %d frames each (about %.0f s)", len(measure),
-                     policy.calibrate_frames, len(measure) * (policy.calibrate_frames + 1) / CALIBRATION_FPS,
-                     extra={"event": "calibrating", "actions": len(measure)})
-            rtt_ms = getattr(link, "heartbeat_rtt_ms", None) or policy.initial_rtt_ms
-            samples, after_link = calibrate(runtime, measure, load_rgb(policy.calibration_image),
-                                            policy.calibrate_frames, CALIBRATION_FPS, rtt_ms, stopped)
-            options = with_samples(options, samples, after_link)
-            kept = "" if link_up or not remote else " (the cloud was away: remote actions keep the file's costs)"
-            log.info("calibrated %d actions on this device%s", len(samples), kept,
-                     extra={"event": "calibrated", "edge_ms": {k: round(float(np.median(v)), 2)
-                                                              for k, v in samples.items() if v}})
-        else:
-            log.warning("device costs are the options file's, not measured on this device (set [policy] "
-                        "calibration_image)", extra={"event": "not_calibrated"})
-        if policy.hedges:
-            options = with_best_hedges(options, pipeline.budget_ms)
-        parsed = parse_prefilter(policy.prefilter)
         chosen = make_policy(policy.name)
         # an emulated device (`self.device`, or `splitrt devices run`, which sets SPLITRT_THREADS) keeps its own
         # speed whatever else runs on this machine
+        emulated, providers = self.device is not None or "SPLITRT_THREADS" in os.environ, choose_providers()
         read_cpu, why = applies(policy.cpu_load_correction, getattr(chosen, "tracks_device", False),
-                                runtime.intra_op_threads,
-                                self.device is not None or "SPLITRT_THREADS" in os.environ, choose_providers())
-        log.info("CPU load correction %s: %s", "on" if read_cpu else "off", why,
-                 extra={"event": "cpu_load_correction", "on": read_cpu})
-        contention = CpuContention(threads=runtime.intra_op_threads).start() if read_cpu else None
+                                runtime.intra_op_threads, emulated, providers)
+        # the start-up calibration is netted of the load for any policy: one that does not follow the device's
+        # speed keeps what it measured for good
+        net_calibration, _ = applies(policy.cpu_load_correction, True, runtime.intra_op_threads, emulated, providers)
+        state = "on" if read_cpu else "on for the start-up calibration only" if net_calibration else "off"
+        log.info("CPU load correction %s: %s", state, why,
+                 extra={"event": "cpu_load_correction", "on": read_cpu, "calibration": net_calibration})
+        contention = CpuContention(threads=runtime.intra_op_threads).start() if net_calibration else None
+        try:
+            options = self._calibrated(runtime, options, unhedged, remote, stopped, contention)
+        except BaseException:
+            if contention is not None:
+                contention.close()
+            raise
+        if contention is not None and not read_cpu:
+            contention.close()
+            contention = None
+        if policy.hedges:
+            options = with_best_hedges(options, pipeline.budget_ms)
+        parsed = parse_prefilter(policy.prefilter)
         return AdaptiveRuntime(runtime, chosen, options,
                                prefilter=Prefilter(*parsed) if parsed else None,
                                estimates=LinkEstimates(initial_bps=policy.initial_uplink_mbps * 1e6,
                                                        initial_rtt_ms=policy.initial_rtt_ms),
                                probe_interval_ms=policy.probe_interval_ms, cpu_contention=contention)
+
+    def _calibrated(self, runtime: "EdgeRuntime", options: "list[ActionOption]", unhedged: list[Action],
+                    remote: list[Action], stopped: Callable[[], bool],
+                    contention: "CpuContention | None") -> "list[ActionOption]":
+        """`options` with the device costs measured here when the config says so (`calibration_image`,
+        `calibrate_frames`): `unhedged` (`remote` among them only while the cloud is up), each frame netted of other
+        processes' load where `contention` reads it."""
+        from splitrt.edge.calibration import calibrate, with_samples
+        from splitrt.imaging import load_rgb
+
+        policy, link = self.config.policy, runtime.link
+        if not (policy.calibrate_frames and policy.calibration_image):
+            log.warning("device costs are the options file's, not measured on this device (set [policy] "
+                        "calibration_image)", extra={"event": "not_calibrated"})
+            return options
+        if remote and link is not None and not link.is_up:
+            link.wait_up(CALIBRATION_LINK_WAIT_S)  # so that the remote actions are measured too
+        link_up = link is not None and link.is_up
+        measure = [a for a in unhedged if link_up or a not in remote]
+        log.info("calibrating %d actions on this device, %d frames each (about %.0f s)", len(measure),
+                 policy.calibrate_frames, len(measure) * (policy.calibrate_frames + 1) / CALIBRATION_FPS,
+                 extra={"event": "calibrating", "actions": len(measure)})
+        rtt_ms = getattr(link, "heartbeat_rtt_ms", None) or policy.initial_rtt_ms
+        loads: list[float] = []  # how much other processes' load slowed each frame (read with the correction on)
+
+        def load(start_ms: float, end_ms: float) -> float:
+            assert contention is not None
+            loads.append(contention.between_ms(start_ms, end_ms, runtime.clock_ms))
+            return loads[-1]
+
+        samples, after_link = calibrate(runtime, measure, load_rgb(policy.calibration_image), policy.calibrate_frames,
+                                        CALIBRATION_FPS, rtt_ms, stopped, load if contention is not None else None)
+        kept = "" if link_up or not remote else " (the cloud was away: remote actions keep the file's costs)"
+        loaded = sum(f > 1.0 for f in loads)
+        if loaded:
+            kept += (f"; {loaded} of {len(loads)} frames ran beside other processes' load (up to {max(loads):.2f}x "
+                     "slower): their times are netted of it")
+        log.info("calibrated %d actions on this device%s", len(samples), kept,
+                 extra={"event": "calibrated", "loaded_frames": loaded,
+                        "edge_ms": {k: round(float(np.median(v)), 2) for k, v in samples.items() if v}})
+        return with_samples(options, samples, after_link)
 
     def _metrics(self) -> Any:
         if not self.config.metrics.port:
