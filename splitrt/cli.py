@@ -40,8 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that start processes of their own (a loopback cloud, an edge, busy processes) and stop them when they
+# end: on SIGTERM they end as on Ctrl-C, so that nothing they started outlives them.
+STOP_CHILDREN_ON_SIGTERM = ("bench", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in STOP_CHILDREN_ON_SIGTERM:
+        from splitrt.processes import exit_on_sigterm
+
+        exit_on_sigterm()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 
 def pid_alive(pid: int) -> bool:
@@ -13,3 +14,14 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does: through its finally blocks and context managers, so that what
+    it started (a loopback cloud, busy processes, an edge) is stopped with it instead of left running. By default
+    SIGTERM (`kill`, `timeout`, a CI job cancelled) ends a Python process at once, cleanup unrun."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)

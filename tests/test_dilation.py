@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import collections
+import json
+import logging
 import threading
 import time
 
@@ -126,10 +128,39 @@ def test_device_costs_are_sampled_dilated_without_a_cgroup(tiny_bundle: Bundle, 
     assert model == "sampled dilated"
     assert len(options[0].edge_samples_ms) == 3
     assert '"emulation": "dilation"' in cache.read_text()
+    recorded = json.loads(cache.read_text())
+    assert recorded["measured_at"].endswith("+00:00") and recorded["others_busy_cores"] >= 0.0
     # The cache answers the same question again without sampling.
     again, _ = device_options(tiny_bundle, measured, get_profile("0.02"), image, cache, repeats=3,
                               interval_ms=200.0, emulation="dilation")
     assert again[0].edge_samples_ms == options[0].edge_samples_ms
+
+
+def test_a_busy_host_is_named_when_device_costs_are_measured(tiny_bundle: Bundle, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from splitrt.bench.device_costs import busy_host_warning, device_options
+    from splitrt.bench.device_load import CpuHogs
+    from splitrt.policies.policies import ActionOption
+
+    assert busy_host_warning(0.3, 2, None) is None
+    message = busy_host_warning(1.2, 2, tmp_path / "costs.json")
+    assert message is not None and "1.2 of 2 cores" in message and str(tmp_path / "costs.json") in message
+
+    image = np.random.default_rng(6).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    measured = [ActionOption(Local(), edge_ms=1.0, accuracy=1.0)]
+    cache = tmp_path / "costs.json"
+    with CpuHogs() as hogs:
+        hogs.set(2)
+        time.sleep(0.3)  # the busy processes are running before the measurement starts
+        with pytest.warns(UserWarning, match="other processes kept .* cores busy while they were measured"):
+            device_options(tiny_bundle, measured, get_profile("0.5"), image, cache, repeats=5, interval_ms=100.0,
+                           emulation="dilation")
+    assert json.loads(cache.read_text())["others_busy_cores"] > 0.5
+    # A cache measured that way says so again each time it is reused, and the log says where and when it is from.
+    with caplog.at_level(logging.INFO, logger="splitrt.bench.device_costs"):
+        with pytest.warns(UserWarning, match="other processes kept"):
+            device_options(tiny_bundle, measured, get_profile("0.5"), image, cache, repeats=5, interval_ms=100.0,
+                           emulation="dilation")
+    assert f"reusing {cache}, measured 20" in caplog.text
 
 
 def test_remote_actions_are_sampled_through_a_loopback_cloud(tiny_bundle: Bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]

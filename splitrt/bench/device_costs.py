@@ -10,25 +10,44 @@ frame's times from these samples instead.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import psutil
 
 from splitrt.actions import Action
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import device_speed, dilates, warmup_runs
 from splitrt.devices.profiles import CgroupUnavailable, DeviceProfile, cpu_limit
 from splitrt.edge.calibration import calibrate, with_samples
+from splitrt.edge.cpu_load import others_cores, read_cpu, usable_cpus
 from splitrt.edge.link import CloudLink, Link
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.policies.policies import ActionOption
 
 
 SAMPLING_METHOD = "paced stream through EdgeRuntime.run, remote actions through a loopback cloud"  # else resampled
+# Other processes keeping more cores than this busy while the costs are measured make the emulated device read
+# slower than it is (under a quota the runtime's share of a period shrinks too): the measurement is flagged.
+BUSY_WARNING_CORES = 0.5
+
+log = logging.getLogger(__name__)
+
+
+def busy_host_warning(busy_cores: float, cores: int, cache: Path | None) -> str | None:
+    """What to tell when other processes kept `busy_cores` of the `cores` busy while device costs were measured
+    (None: few enough to ignore)."""
+    if busy_cores <= BUSY_WARNING_CORES:
+        return None
+    again = f"delete {cache} and measure again" if cache is not None else "measure again"
+    return (f"device costs: other processes kept {busy_cores:.1f} of {cores} cores busy while they were measured, "
+            f"so the emulated device reads slower than it is; {again} on a quiet host")
 
 
 class UnsentLink:
@@ -105,19 +124,32 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
     if valid:
         samples = {k: [float(v) for v in stored[k]] for k in keys}  # type: ignore[index]
         after_link = {k: [float(v) for v in values] for k, values in document["after_link_ms"].items()}  # type: ignore[union-attr]
+        busy = document.get("others_busy_cores")
+        log.info("device costs: reusing %s, measured %s with %s cores kept busy by other processes", cache,
+                 document.get("measured_at", "at an unrecorded time"), "an unrecorded number of" if busy is None else busy)
+        warning = busy_host_warning(float(busy), len(usable_cpus()), cache) if isinstance(busy, (int, float)) else None
     else:
+        cpus, process = usable_cpus(), psutil.Process()
         try:
             with loopback_cloud(bundle) if any(o.remote for o in measured) else contextlib.nullcontext() as link:
+                before = read_cpu(process, cpus)  # once the loopback cloud is up (its tails then count as load)
                 samples, after_link = edge_samples_ms(bundle, [o.action for o in measured], profile, image, repeats,
                                                       interval_ms, emulation, link)
+                busy = round(others_cores(before, read_cpu(process, cpus)), 2)
         except (CgroupUnavailable, OSError) as exc:
             warnings.warn(f"device costs: no CPU quota ({exc}); using CPU ms / share {share}", stacklevel=2)
             return cpu_over_share()
+        warning = busy_host_warning(busy, len(cpus), cache)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"bundle_hash": bundle.content_hash, "profile": profile.name,
                                          "cpu_share": share, "interval_ms": interval_ms, "repeats": repeats,
                                          "method": SAMPLING_METHOD, "emulation": emulation,
+                                         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                                             timespec="seconds"),
+                                         "others_busy_cores": busy,
                                          "samples_ms": samples, "after_link_ms": after_link}), encoding="utf-8")
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     labels = {"quota": "sampled under the quota", "dilation": "sampled dilated", "steady": "sampled dilated, steady"}
     return with_samples(measured, samples, after_link), labels[emulation]
