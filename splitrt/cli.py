@@ -12,6 +12,7 @@ from splitrt.codecs import commands as codecs_commands
 from splitrt.edge import commands as edge_commands
 from splitrt.partition import commands as partition_commands
 from splitrt.partition import train_commands
+from splitrt.processes import exit_on_sigterm
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -47,10 +48,7 @@ STOP_CHILDREN_ON_SIGTERM = ("bench", "demo")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in STOP_CHILDREN_ON_SIGTERM:
-        from splitrt.processes import exit_on_sigterm
-
-        exit_on_sigterm()
+    restore_sigterm = exit_on_sigterm() if args.command in STOP_CHILDREN_ON_SIGTERM else (lambda: None)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -67,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        restore_sigterm()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import splitrt.cli
 from splitrt.processes import pid_alive
 
 PARENT = """
@@ -48,3 +49,26 @@ def test_without_it_sigterm_leaves_the_child_running() -> None:
     finally:
         if pid_alive(child_pid):
             os.kill(child_pid, signal.SIGKILL)
+
+
+def test_bench_and_demo_commands_run_with_it_and_put_the_previous_handler_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    seen: dict[str, object] = {}
+
+    def parser() -> argparse.ArgumentParser:
+        top = argparse.ArgumentParser()
+        top.add_argument("-v", "--verbose", action="store_true")
+        commands = top.add_subparsers(dest="command", required=True)
+        for name in ("bench", "demo", "edge"):
+            commands.add_parser(name).set_defaults(func=lambda args: seen.update({args.command: signal.getsignal(
+                signal.SIGTERM)}))
+        return top
+
+    monkeypatch.setattr(splitrt.cli, "build_parser", parser)
+    before = signal.getsignal(signal.SIGTERM)
+    for name in ("bench", "demo", "edge"):
+        assert splitrt.cli.main([name]) == 0
+        assert signal.getsignal(signal.SIGTERM) is before
+    assert getattr(seen["bench"], "__name__", "") == "stop" and getattr(seen["demo"], "__name__", "") == "stop"
+    assert seen["edge"] is before, "the edge and cloud commands keep their own handling"

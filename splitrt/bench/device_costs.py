@@ -26,7 +26,7 @@ from splitrt.bundle import Bundle
 from splitrt.devices.dilation import device_speed, dilates, warmup_runs
 from splitrt.devices.profiles import CgroupUnavailable, DeviceProfile, cpu_limit
 from splitrt.edge.calibration import calibrate, with_samples
-from splitrt.edge.cpu_load import others_cores, read_cpu, usable_cpus
+from splitrt.edge.cpu_load import CpuReading, others_cores, read_cpu, usable_cpus
 from splitrt.edge.link import CloudLink, Link
 from splitrt.edge.runtime import EdgeRuntime
 from splitrt.policies.policies import ActionOption
@@ -38,6 +38,19 @@ SAMPLING_METHOD = "paced stream through EdgeRuntime.run, remote actions through 
 BUSY_WARNING_CORES = 0.5
 
 log = logging.getLogger(__name__)
+
+
+def host_reading(process: psutil.Process, cpus: Sequence[int], helper_pid: int | None) -> CpuReading | None:
+    """`read_cpu`, with the CPU time of a helper process of ours (the loopback cloud) counted as this process's own;
+    None when psutil cannot read them."""
+    try:
+        reading = read_cpu(process, cpus)
+        if helper_pid is None:
+            return reading
+        times = psutil.Process(helper_pid).cpu_times()
+    except psutil.Error:
+        return None
+    return replace(reading, own_s=reading.own_s + times.user + times.system)
 
 
 def busy_host_warning(busy_cores: float, cores: int, cache: Path | None) -> str | None:
@@ -81,9 +94,9 @@ def edge_samples_ms(bundle: Bundle, actions: Sequence[Action], profile: DevicePr
 
 
 @contextlib.contextmanager
-def loopback_cloud(bundle: Bundle) -> Iterator[CloudLink]:
-    """A `splitrt cloud serve` process for `bundle` on a loopback port (no batching, as the simulator assumes),
-    and a link to it."""
+def loopback_cloud(bundle: Bundle) -> Iterator[tuple[CloudLink, int]]:
+    """A `splitrt cloud serve` process for `bundle` on a loopback port (no batching, as the simulator assumes):
+    a link to it and its pid."""
     from splitrt.bench.failover import CloudProcess, free_tcp_port
 
     cloud = CloudProcess(bundle.root, free_tcp_port(), extra_args=["--no-batching"])
@@ -91,7 +104,7 @@ def loopback_cloud(bundle: Bundle) -> Iterator[CloudLink]:
     link = CloudLink(cloud.endpoint, bundle.content_hash)
     try:
         link.handshake(timeout_ms=30_000)
-        yield link
+        yield link, cloud.process.pid
     finally:
         link.close()
         cloud.stop()
@@ -124,22 +137,29 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
     if valid:
         samples = {k: [float(v) for v in stored[k]] for k in keys}  # type: ignore[index]
         after_link = {k: [float(v) for v in values] for k, values in document["after_link_ms"].items()}  # type: ignore[union-attr]
-        busy = document.get("others_busy_cores")
-        log.info("device costs: reusing %s, measured %s with %s cores kept busy by other processes", cache,
-                 document.get("measured_at", "at an unrecorded time"), "an unrecorded number of" if busy is None else busy)
-        warning = busy_host_warning(float(busy), len(usable_cpus()), cache) if isinstance(busy, (int, float)) else None
+        busy, cores = document.get("others_busy_cores"), document.get("cores")
+        if isinstance(busy, (int, float)) and isinstance(cores, int):
+            log.info("device costs: reusing %s, measured %s while other processes kept %s of %d cores busy", cache,
+                     document.get("measured_at"), busy, cores)
+            warning = busy_host_warning(float(busy), cores, cache)
+        else:
+            log.info("device costs: reusing %s (it does not say when it was measured or beside how much load)", cache)
+            warning = None
     else:
         cpus, process = usable_cpus(), psutil.Process()
+        cores = len(cpus)
         try:
-            with loopback_cloud(bundle) if any(o.remote for o in measured) else contextlib.nullcontext() as link:
-                before = read_cpu(process, cpus)  # once the loopback cloud is up (its tails then count as load)
+            cloud = loopback_cloud(bundle) if any(o.remote for o in measured) else contextlib.nullcontext((None, None))
+            with cloud as (link, cloud_pid):
+                before = host_reading(process, cpus, cloud_pid)  # once the cloud is up: its start is not a load
                 samples, after_link = edge_samples_ms(bundle, [o.action for o in measured], profile, image, repeats,
                                                       interval_ms, emulation, link)
-                busy = round(others_cores(before, read_cpu(process, cpus)), 2)
+                after = host_reading(process, cpus, cloud_pid)
         except (CgroupUnavailable, OSError) as exc:
             warnings.warn(f"device costs: no CPU quota ({exc}); using CPU ms / share {share}", stacklevel=2)
             return cpu_over_share()
-        warning = busy_host_warning(busy, len(cpus), cache)
+        busy = None if before is None or after is None else round(others_cores(before, after), 2)
+        warning = None if busy is None else busy_host_warning(busy, cores, cache)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"bundle_hash": bundle.content_hash, "profile": profile.name,
@@ -147,7 +167,7 @@ def device_options(bundle: Bundle, measured: Sequence[ActionOption], profile: De
                                          "method": SAMPLING_METHOD, "emulation": emulation,
                                          "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                                              timespec="seconds"),
-                                         "others_busy_cores": busy,
+                                         "others_busy_cores": busy, "cores": cores,
                                          "samples_ms": samples, "after_link_ms": after_link}), encoding="utf-8")
     if warning:
         warnings.warn(warning, stacklevel=2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -31,6 +32,7 @@ from splitrt.policies.policies import (ActionOption, LatencyPolicy, OraclePolicy
                                        hedge_on_time_probability, make_policy, with_best_hedges)
 from splitrt.policies.simulate import SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
+from splitrt.processes import default_sigterm
 
 SWEEP_COLUMNS = ("device", "deadline_ms", "fps", "rtt_ms", "trace", "best_static", "best_static_acc", "latency",
                  "deadline", "oracle", "vs_oracle", "met")
@@ -146,9 +148,16 @@ def run_policy_sweep(
             for d, dl, f, r in itertools.product(devices, deadlines_ms, fps, rtts_ms)]
     rows: list[dict[str, object]] = []
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        pool = ProcessPoolExecutor(workers, initializer=default_sigterm)
+        try:
             for result in pool.map(_evaluate, jobs):
                 rows += result
+        except BaseException:  # stopped (Ctrl-C, SIGTERM) or failed: the running jobs too, not only those queued
+            for worker in multiprocessing.active_children():
+                worker.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         for job in jobs:
             rows += _evaluate(job)
