@@ -201,23 +201,20 @@ def startup_calibrations(calibrate_once: Callable[[Callable[[float, float], floa
     """A start-up calibration (`calibrate_once(load)`: its device samples, each netted of `load(start_ms, end_ms)`)
     beside each count of busy processes, the load read by `contention_ms`: the median as measured and as netted,
     each against the first count's netted median (that of a quiet device, for a first count of 0)."""
+    from splitrt.edge.calibration import RecordedLoad
+
     rows: list[dict[str, object]] = []
     quiet_ms = 0.0
     for count in counts:
         hogs.set(count)
         time.sleep(settle_s)  # the busy processes running before the first frame
-        factors: list[float] = []
-
-        def load(start_ms: float, end_ms: float) -> float:
-            factors.append(contention_ms(start_ms, end_ms))
-            return factors[-1]
-
+        load = RecordedLoad(contention_ms)
         netted = calibrate_once(load)
         if not netted:
             raise RuntimeError(f"the calibration beside {count} busy processes kept no frame")
-        measured = [ms * f for ms, f in zip(netted, factors)]
+        measured = [ms * f for ms, f in zip(netted, load.factors)]
         quiet_ms = quiet_ms or p50(netted)
-        rows.append({"hogs": count, "frames": len(netted), "loaded_frames": sum(f > 1.0 for f in factors),
+        rows.append({"hogs": count, "frames": len(netted), "loaded_frames": load.loaded_frames,
                      "measured_ms": round(p50(measured), 3), "netted_ms": round(p50(netted), 3),
                      "measured_error": round(p50(measured) / quiet_ms - 1.0, 4),
                      "netted_error": round(p50(netted) / quiet_ms - 1.0, 4)})

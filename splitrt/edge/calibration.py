@@ -84,6 +84,23 @@ def after_send(stages: Mapping[str, float], hedge_answered: bool) -> tuple[float
     return None, None
 
 
+class RecordedLoad:
+    """A `calibrate` load (how much other processes slowed a run between two epoch-ms times) that keeps each
+    frame's factor, so that the caller can tell how many frames ran loaded and rebuild their times as measured."""
+
+    def __init__(self, read: Callable[[float, float], float]) -> None:
+        self.read = read
+        self.factors: list[float] = []
+
+    def __call__(self, start_ms: float, end_ms: float) -> float:
+        self.factors.append(self.read(start_ms, end_ms))
+        return self.factors[-1]
+
+    @property
+    def loaded_frames(self) -> int:
+        return sum(f > 1.0 for f in self.factors)
+
+
 def calibrate(runtime: EdgeRuntime, actions: list[Action], image: np.ndarray, frames: int, fps: float,
               rtt_ms: float, stopped: Callable[[], bool] = lambda: False,
               load: Callable[[float, float], float] | None = None,

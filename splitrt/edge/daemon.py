@@ -314,7 +314,7 @@ class EdgeDaemon:
         """`options` with the device costs measured here when the config says so (`calibration_image`,
         `calibrate_frames`): `unhedged` (`remote` among them only while the cloud is up), each frame netted of other
         processes' load where `contention` reads it."""
-        from splitrt.edge.calibration import calibrate, with_samples
+        from splitrt.edge.calibration import RecordedLoad, calibrate, with_samples
         from splitrt.imaging import load_rgb
 
         policy, link = self.config.policy, runtime.link
@@ -330,20 +330,15 @@ class EdgeDaemon:
                  policy.calibrate_frames, len(measure) * (policy.calibrate_frames + 1) / CALIBRATION_FPS,
                  extra={"event": "calibrating", "actions": len(measure)})
         rtt_ms = getattr(link, "heartbeat_rtt_ms", None) or policy.initial_rtt_ms
-        loads: list[float] = []  # how much other processes' load slowed each frame (read with the correction on)
-
-        def load(start_ms: float, end_ms: float) -> float:
-            assert contention is not None
-            loads.append(contention.between_ms(start_ms, end_ms, runtime.clock_ms))
-            return loads[-1]
-
+        load = (RecordedLoad(lambda start_ms, end_ms: contention.between_ms(start_ms, end_ms, runtime.clock_ms))
+                if contention is not None else None)
         samples, after_link = calibrate(runtime, measure, load_rgb(policy.calibration_image), policy.calibrate_frames,
-                                        CALIBRATION_FPS, rtt_ms, stopped, load if contention is not None else None)
+                                        CALIBRATION_FPS, rtt_ms, stopped, load)
         kept = "" if link_up or not remote else " (the cloud was away: remote actions keep the file's costs)"
-        loaded = sum(f > 1.0 for f in loads)
-        if loaded:
-            kept += (f"; {loaded} of {len(loads)} frames ran beside other processes' load (up to {max(loads):.2f}x "
-                     "slower): their times are netted of it")
+        loaded = load.loaded_frames if load is not None else 0
+        if load is not None and loaded:
+            kept += (f"; {loaded} of {len(load.factors)} frames ran beside other processes' load (up to "
+                     f"{max(load.factors):.2f}x slower): their times are netted of it")
         log.info("calibrated %d actions on this device%s", len(samples), kept,
                  extra={"event": "calibrated", "loaded_frames": loaded,
                         "edge_ms": {k: round(float(np.median(v)), 2) for k, v in samples.items() if v}})
