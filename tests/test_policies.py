@@ -17,6 +17,7 @@ from splitrt.policies.policies import (
     LinkView,
     OraclePolicy,
     StaticPolicy,
+    hedged,
     make_policy,
     on_time_probability,
     predict_ms,
@@ -289,6 +290,32 @@ def test_short_bursts_of_capacity_do_not_lure_the_expected_rule_into_timeouts() 
     assert accuracy["deadline"] >= accuracy[f"static:{lossy_local.key}"] - 0.015
     assert accuracy["deadline"] > accuracy["cautious"] + 0.02
     assert accuracy["oracle"] >= accuracy["deadline"]
+
+
+def test_a_probe_hopes_for_a_faster_link_than_first_believed_only_with_a_hedged_action(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge first believes 1 Mbit/s, at which a hedged offload falls just short of beating local (it needs a
+    74% chance; a 1 Mbit/s link with the first spread gives it 59%); the link runs at 8 Mbit/s. Probing only at the
+    rate first believed, the policy never sends a frame and never learns that; its second, optimistic hope (two
+    spreads faster) sends a hedged probe, finds the link, and offloads from then on. Without a hedge the optimistic
+    hope sends nothing: a late reply would cost the whole frame."""
+    local = ActionOption(Local("skip4"), edge_ms=100.0, accuracy=0.80)
+    fallback = ActionOption(Local("skip9"), edge_ms=70.0, accuracy=0.60)
+    offload = ActionOption(Offload("jpeg-q75"), edge_ms=10.0, payload_bytes=8_000, cloud_ms=15.0, accuracy=0.87)
+    rng = np.random.default_rng(0)
+    correctness = {o.key: rng.random(500) < o.accuracy for o in (local, fallback, offload)}
+    trace = UplinkTrace.constant("fast", 8e6)
+    config = SimConfig(fps=5, deadline_ms=120, rtt_ms=20, duration_s=20, initial_bps=1e6)
+
+    def remote_share(options: list[ActionOption]) -> float:
+        records = simulate(DeadlinePolicy(), options, correctness, trace, config)
+        return sum(r.bytes_sent > 0 for r in records) / len(records)
+
+    with_hedge = [local, fallback, offload, hedged(offload, fallback)]
+    assert remote_share(with_hedge) > 0.9  # the first frame probes (nothing measured yet) and finds the link
+    assert remote_share([local, fallback, offload]) == 0.0
+    monkeypatch.setattr("splitrt.policies.policies.PROBE_OPTIMISM_SDS", 0.0)  # hope only for the rate first believed
+    assert remote_share(with_hedge) == 0.0
 
 
 def test_latest_frame_wins_when_the_pipeline_is_slower_than_the_source() -> None:

@@ -8,8 +8,9 @@ A hedged frame (any remote frame, for `deadline-tracking`: `teaches_on_time`) al
 was decided.
 When no remote frame has measured the link for `probe_interval_ms` (doubling while probes fail, `ProbeSchedule`)
 and the policy keeps a frame local, the frame runs what the policy would choose if the link were as fast as first
-believed, when that is remote (`probe_decision`): this is how a link that came back is noticed, at the risk of one
-frame per probe. The simulator models the same probes.
+believed, when that is remote, or failing that a hedged action it would choose on a somewhat faster link
+(`probe_decision`): this is how a link that came back is noticed, at the risk of one frame per probe. The
+simulator models the same probes.
 Every frame's device part tells `DeviceSlowdown` how fast the device runs now; with `cpu_contention`, the load
 that other processes put on the CPU (psutil) counts from the next frame on, before frames have run slow under it.
 """
@@ -116,10 +117,12 @@ class AdaptiveRuntime:
             return decision, view
         if not self.probes.due(self.clock_ms(), self.estimates.throughput.last_sample_ms):
             return decision, view
-        probe = probe_decision(self.policy, budget_ms, self.options, view, self.estimates.throughput.initial_bps)
+        throughput = self.estimates.throughput
+        probe = probe_decision(self.policy, budget_ms, self.options, view, throughput.initial_bps,
+                               throughput.initial_log_sd)
         if probe is None:
             return decision, view
-        self.estimates.throughput.last_sample_ms = self.clock_ms()  # one probe per interval
+        throughput.last_sample_ms = self.clock_ms()  # one probe per interval
         return probe, view
 
     def infer(self, pixels: np.ndarray | Frame, budget_ms: float = 1000.0, source: str = "") -> FrameOutcome:

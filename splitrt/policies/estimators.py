@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from splitrt.policies.policies import LinkView, PlattScaling, calibrated_chance, logit
 
 
+# The mean deviation of the log rate believed before any transfer is seen.
+INITIAL_LOG_DEV = 0.3
+
+
 @dataclass
 class ThroughputEstimator:
     """Uplink bits/s from real transfers: bytes over (send-to-reply time minus cloud time minus RTT).
@@ -28,7 +32,7 @@ class ThroughputEstimator:
     max_log_dev: float = 1.0  # caution never asks for less than 1/e of the estimate
     floor_bps: float = 1e3
     _log_rate: float = field(init=False)
-    _log_dev: float = field(init=False, default=0.3)
+    _log_dev: float = field(init=False, default=INITIAL_LOG_DEV)
     samples: int = field(init=False, default=0)
     last_sample_ms: float = field(init=False, default=-math.inf)
 
@@ -43,6 +47,11 @@ class ThroughputEstimator:
     def log_sd(self) -> float:
         """Spread of the log rate as a standard deviation (a normal's is sqrt(pi/2) times its mean deviation)."""
         return math.sqrt(math.pi / 2) * self._log_dev
+
+    @property
+    def initial_log_sd(self) -> float:
+        """The spread believed before any transfer was seen (`log_sd` at the start)."""
+        return math.sqrt(math.pi / 2) * INITIAL_LOG_DEV
 
     def cautious_bps(self, deviations: float = 1.0) -> float:
         """A rate the link reaches most of the time: the estimate minus `deviations` mean deviations (in log)."""

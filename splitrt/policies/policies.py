@@ -377,20 +377,36 @@ class DeadlinePolicy:
         return Decision(best, predicted, "nothing meets the deadline: fastest")
 
 
+# A probe's second hope: the link this many spreads (of its log rate, as first believed) faster than first
+# believed. Optimism in the face of uncertainty: at the rate first believed a remote action may fall just short of
+# paying, and then no probe was ever sent: a link that ran at several times that rate was never measured again.
+PROBE_OPTIMISM_SDS = 2.0
+
+
 def probe_decision(policy: Policy, budget_ms: float, options: Sequence[ActionOption], link: LinkView,
-                   hopeful_bps: float) -> Decision | None:
+                   hopeful_bps: float, hopeful_log_sd: float) -> Decision | None:
     """For a frame that `policy` keeps local while the link has not been measured lately: what the policy
-    would choose if the link were as fast as `hopeful_bps` (the rate believed before it was doubted), when that
-    is remote. Running the frame that way measures the link again, at the risk of that one frame (see
-    `ProbeSchedule` for how often); a remote action no better than local under that hope is never tried."""
+    would choose if the link were as fast as first believed (`hopeful_bps`), when that is remote; failing that,
+    what it would choose if the link were `PROBE_OPTIMISM_SDS` spreads faster (`hopeful_log_sd`: the spread of the
+    log rate first believed), when that is a hedged remote action. Running the frame that way measures the link
+    again, at the risk of that one frame (see `ProbeSchedule` for how often); a remote action no better than
+    local under either hope is never tried.
+
+    The optimistic hope probes only with a hedged action, whose loss when the reply is late is bounded by its
+    hedge's answer: an unhedged probe at that hope lost whole frames to short bursts of capacity. It comes second
+    because it picks larger transfers, and a large transfer that times out pins the rate estimate low."""
     if not link.cloud_up:
         return None
-    hopeful = replace(link, bandwidth_bps=max(hopeful_bps, link.bandwidth_bps),
-                      cautious_bandwidth_bps=max(hopeful_bps, link.cautious_bandwidth_bps))
-    decision = policy.decide(budget_ms, options, hopeful)
-    if not decision.option.remote:
-        return None
-    return replace(decision, reason="probe: the link has not been measured lately")
+    optimistic_bps = hopeful_bps * math.exp(PROBE_OPTIMISM_SDS * hopeful_log_sd)
+    hopes = ((hopeful_bps, False, "probe: the link has not been measured lately"),
+             (optimistic_bps, True, "probe: the link has not been measured lately; hoping it is faster"))
+    for hope_bps, hedged_only, reason in hopes:
+        hopeful = replace(link, bandwidth_bps=max(hope_bps, link.bandwidth_bps),
+                          cautious_bandwidth_bps=max(hope_bps, link.cautious_bandwidth_bps))
+        decision = policy.decide(budget_ms, options, hopeful)
+        if decision.option.remote and (decision.option.hedge is not None or not hedged_only):
+            return replace(decision, reason=reason)
+    return None
 
 
 @dataclass

@@ -10,8 +10,8 @@ edge's own estimates (`LinkEstimates`), fed what the edge would observe: a reply
 arrives, and a timeout (an upper bound on the rate) when the frame gives up; a hedged frame (any remote frame, for
 `deadline-tracking`) also teaches the on-time calibration whether its reply came in time (`OnTimeCalibration`). While no
 transfer has been seen for a while (`ProbeSchedule`) and the policy keeps a frame local, the frame runs the
-action the policy would choose at the link's initial rate, when that is remote (`probe_decision`), as the edge
-does.
+action the policy would choose on a link as fast as first believed, when that is remote, or failing that a hedged
+action it would choose on a somewhat faster link (`probe_decision`), as the edge does.
 An option with measured device times (`edge_samples_ms`) takes a random one of them per frame (seeded, the same
 for every policy: `_FrameCosts`), and one with measured times after the link (`cloud_samples_ms`) likewise for its
 cloud part; a device time is drawn unless `frame_edge_ms` says what that frame's device time was for that action
@@ -200,7 +200,8 @@ def simulate(
         decision, probing = policy.decide(deadline_ms - start_ms, options, view), False
         option = decision.option
         if not option.remote and policy.uses_link_estimates and probes.due(start_ms, throughput.last_sample_ms):
-            probe = probe_decision(policy, deadline_ms - start_ms, options, view, config.initial_bps)
+            probe = probe_decision(policy, deadline_ms - start_ms, options, view, throughput.initial_bps,
+                                   throughput.initial_log_sd)
             if probe is not None:  # as the edge runtime does: this frame measures the link
                 decision, option, probing = probe, probe.option, True
                 throughput.last_sample_ms = start_ms
