@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from splitrt.actions import Local, Offload
-from splitrt.bench.policy_sweep import evaluate_setting, static_candidates, summarize_settings
+from splitrt.bench.policy_sweep import evaluate_setting, scaled_trace, static_candidates, summarize_settings
 from splitrt.policies.policies import ActionOption
 from splitrt.policies.trace import PACKET_BYTES, UplinkTrace
 
@@ -42,3 +44,21 @@ def test_sweep_finds_a_setting_where_the_best_static_differs_between_traces() ->
     # less, on the slow link, the frames it spends probing for the fast link it first believed in (1, 2, 4, 8 s
     # apart: 5 of 150 frames in 30 s).
     assert all(abs(float(r["deadline"]) - float(r["best_static_acc"])) < 0.04 for r in rows)
+
+
+def test_a_scaled_trace_keeps_its_clumps_and_length_at_k_times_the_capacity(tmp_path: Path) -> None:
+    path = tmp_path / "clumps.up"
+    path.write_text("".join(f"{t}\n" for t in [5, 5, 5, 5, 40, 40, 41, 90, 90, 90, 90, 100]))
+    original = UplinkTrace.load(path)
+    for scale in (0.25, 0.5, 1.0, 2.0, 2.5, 4.0):
+        scaled = scaled_trace(path, scale)
+        assert scaled.period_ms == original.period_ms == 100
+        assert scaled.opportunities_ms.size == int(12 * scale)
+        assert set(scaled.opportunities_ms) <= set(original.opportunities_ms)  # packets only where the trace has them
+    assert list(scaled_trace(path, 2.0).opportunities_ms) == sorted(2 * list(original.opportunities_ms))
+    assert list(scaled_trace(path, 0.25).opportunities_ms) == [5, 90, 100]  # the 4th, 8th and 12th: evenly thinned
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            scaled_trace(path, bad)
+    with pytest.raises(ValueError, match="no delivery opportunity"):
+        scaled_trace(path, 0.01)

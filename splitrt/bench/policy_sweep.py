@@ -8,8 +8,8 @@ oracle. Static actions that cannot meet the deadline even on an infinite link, o
 same kind (local or remote) beats on every cost and on accuracy, are left out (they cannot be the best static).
 Options come from the same measured cache as `bench policy`; device times are CPU time / share, or with
 `--edge-cost-samples N` sampled on the emulated device as `bench policy` samples them. Counterfactuals: a device
-given as a bare CPU share (e.g. `0.065`), and `--uplink-scale K` (every delivery opportunity of a trace carries K
-packets: a K times faster uplink).
+given as a bare CPU share (e.g. `0.065`), and `--uplink-scale K` (a K times faster uplink: every delivery
+opportunity of a trace carries K packets; below 1, a slower one: an evenly spread share K of them is kept).
 """
 from __future__ import annotations
 
@@ -38,12 +38,21 @@ SWEEP_COLUMNS = ("device", "deadline_ms", "fps", "rtt_ms", "trace", "best_static
                  "deadline", "oracle", "vs_oracle", "met")
 
 
-def scaled_trace(path: str | Path, scale: int = 1) -> UplinkTrace:
-    """The trace at `path`; with `scale` K > 1, each delivery opportunity carries K packets."""
+def scaled_trace(path: str | Path, scale: float = 1.0) -> UplinkTrace:
+    """The trace at `path` with `scale` times its capacity: opportunity i carries floor((i+1)K) - floor(iK) packets,
+    so an integer K > 1 gives every opportunity K packets, and K < 1 keeps an evenly spread K of them (a slower
+    link with the same clumps and gaps). The period, and so the trace's length, stays the same."""
+    if not scale > 0.0:
+        raise ValueError(f"an uplink scale is a positive factor, not {scale!r}")
     trace = UplinkTrace.load(path)
-    if scale <= 1:
+    if scale == 1.0:
         return trace
-    return UplinkTrace.from_opportunities(trace.name, np.repeat(trace.opportunities_ms, scale))
+    index = np.arange(trace.opportunities_ms.size + 1, dtype=np.float64)
+    packets = np.diff(np.floor(index * scale + 1e-9)).astype(np.int64)
+    kept = np.repeat(trace.opportunities_ms, packets)
+    if kept.size == 0:
+        raise ValueError(f"trace {trace.name}: scaled by {scale} it has no delivery opportunity left")
+    return UplinkTrace(trace.name, kept, trace.period_ms)
 
 
 def _dominated(option: ActionOption, options: Sequence[ActionOption]) -> bool:
@@ -134,7 +143,7 @@ def _evaluate(args: tuple) -> list[dict[str, object]]:  # type: ignore[type-arg]
 def run_policy_sweep(
     traces: Sequence[str | Path], bundle_dir: str | Path, images: str | Path, json_out: str | Path,
     devices: Sequence[str], deadlines_ms: Sequence[float], fps: Sequence[float], rtts_ms: Sequence[float],
-    duration_s: float | None = 300.0, uplink_scale: int = 1, candidates: str | None = None, workers: int = 1,
+    duration_s: float | None = 300.0, uplink_scale: float = 1.0, candidates: str | None = None, workers: int = 1,
     edge_cost_samples: int = 0, device_emulation: str = "quota", hedges: bool = True,
 ) -> list[dict[str, object]]:
     bundle = Bundle.load(bundle_dir)
@@ -199,7 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--fps", default="5")
     parser.add_argument("--rtts-ms", default="20,40")
     parser.add_argument("--duration-s", type=float, default=300.0, help="simulated seconds per trace (0: whole trace)")
-    parser.add_argument("--uplink-scale", type=int, default=1, help="counterfactual: K packets per opportunity")
+    parser.add_argument("--uplink-scale", type=float, default=1.0,
+                        help="counterfactual: K times the trace's capacity (K packets per opportunity; below 1, an "
+                             "evenly spread share of them)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--edge-cost-samples", type=int, default=0,
                         help="device-time samples per action on the emulated device, as bench policy takes them "
