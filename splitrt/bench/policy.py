@@ -229,6 +229,7 @@ def run_policy_bench(
     device_emulation: str = "quota",
     hedges: bool = True,
     device_slowdown: float = 1.0,
+    uplink_scale: float = 1.0,
 ) -> dict[str, list[dict[str, object]]]:
     from splitrt.devices.profiles import get_profile
 
@@ -247,7 +248,7 @@ def run_policy_bench(
     timelines: dict[str, tuple[UplinkTrace, list]] = {}
     oracle_timelines: dict[str, list] = {}
     for trace_path in traces:
-        trace = UplinkTrace.load(trace_path)
+        trace = UplinkTrace.load(trace_path).scaled(uplink_scale)
         policies = [StaticPolicy(o.key) for o in options] + [
             LatencyPolicy(), make_policy("deadline"), DeadlinePolicy(name="deadline-cautious", rule="cautious"),
             *([make_policy("deadline-uncalibrated")] if hedges else []), make_policy("deadline-tracking"),
@@ -277,7 +278,7 @@ def run_policy_bench(
                settings={"candidates": candidates, "device_profile": device_profile, "cpu_share": profile.cpu_share,
                          "dilation_share": profile.dilation_share, "edge_cost_model": cost_model,
                          "device_emulation": device_emulation, "deadline_ms": deadline_ms, "fps": fps,
-                         "rtt_ms": rtt_ms, "hedges": hedges, "device_slowdown": device_slowdown,
+                         "rtt_ms": rtt_ms, "hedges": hedges, "device_slowdown": device_slowdown, "uplink_scale": uplink_scale,
                          "evaluation_images": int(len(next(iter(correctness.values()))))})
     if plot:
         plot_timelines(timelines, options, plot, oracle=oracle_timelines)
@@ -344,7 +345,7 @@ def _run(args: argparse.Namespace) -> int:
     traces = [t for t in args.trace.split(",") if t]
     run_policy_bench(traces, args.bundle, args.images, args.json, args.device_profile, args.deadline_ms, args.fps,
                      args.rtt_ms, args.plot, args.limit, args.candidates, args.edge_cost_samples, args.device_emulation,
-                     args.hedges, args.device_slowdown)
+                     args.hedges, args.device_slowdown, args.uplink_scale)
     return 0
 
 
@@ -353,6 +354,12 @@ def add_hedges_argument(parser: argparse.ArgumentParser) -> None:
                         help="also compare each remote action hedged by the local action most likely to be right "
                              "and in time after it (the device runs it while the request is in flight; its answer "
                              "stands when the reply is late)")
+
+
+def add_uplink_scale_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--uplink-scale", type=float, default=1.0,
+                        help="counterfactual: K times each trace's capacity (K packets per opportunity; below 1, an "
+                             "evenly spread share of them); see UplinkTrace.scaled")
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -389,6 +396,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("policy", help="trace-driven comparison of static actions, latency, deadline, oracle")
     add_replay_arguments(parser)
     parser.add_argument("--plot", help="PNG of the deadline policy's actions over the traces' bandwidth")
+    add_uplink_scale_argument(parser)
     add_hedges_argument(parser)
     parser.set_defaults(func=_run)
     from splitrt.bench.policy_sweep import register as register_sweep

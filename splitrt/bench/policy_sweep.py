@@ -20,8 +20,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-
 from splitrt.bench.common import format_table, write_json
 from splitrt.bench.policy import (DEFAULT_CANDIDATES, cached_options, candidate_set, options_cache_path,
                                   options_on_device)
@@ -39,20 +37,8 @@ SWEEP_COLUMNS = ("device", "deadline_ms", "fps", "rtt_ms", "trace", "best_static
 
 
 def scaled_trace(path: str | Path, scale: float = 1.0) -> UplinkTrace:
-    """The trace at `path` with `scale` times its capacity: opportunity i carries floor((i+1)K) - floor(iK) packets,
-    so an integer K > 1 gives every opportunity K packets, and K < 1 keeps an evenly spread K of them (a slower
-    link with the same clumps and gaps). The period, and so the trace's length, stays the same."""
-    if not scale > 0.0:
-        raise ValueError(f"an uplink scale is a positive factor, not {scale!r}")
-    trace = UplinkTrace.load(path)
-    if scale == 1.0:
-        return trace
-    index = np.arange(trace.opportunities_ms.size + 1, dtype=np.float64)
-    packets = np.diff(np.floor(index * scale + 1e-9)).astype(np.int64)
-    kept = np.repeat(trace.opportunities_ms, packets)
-    if kept.size == 0:
-        raise ValueError(f"trace {trace.name}: scaled by {scale} it has no delivery opportunity left")
-    return UplinkTrace(trace.name, kept, trace.period_ms)
+    """The trace at `path` with `scale` times its capacity (`UplinkTrace.scaled`)."""
+    return UplinkTrace.load(path).scaled(scale)
 
 
 def _dominated(option: ActionOption, options: Sequence[ActionOption]) -> bool:
@@ -195,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from splitrt.bench.policy import CANDIDATE_SETS, add_hedges_argument
+    from splitrt.bench.policy import CANDIDATE_SETS, add_hedges_argument, add_uplink_scale_argument
     from splitrt.edge.commands import DEFAULT_BUNDLE
 
     parser = sub.add_parser("policy-sweep", help="`bench policy` over device x deadline x fps x RTT settings")
@@ -208,9 +194,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--fps", default="5")
     parser.add_argument("--rtts-ms", default="20,40")
     parser.add_argument("--duration-s", type=float, default=300.0, help="simulated seconds per trace (0: whole trace)")
-    parser.add_argument("--uplink-scale", type=float, default=1.0,
-                        help="counterfactual: K times the trace's capacity (K packets per opportunity; below 1, an "
-                             "evenly spread share of them)")
+    add_uplink_scale_argument(parser)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--edge-cost-samples", type=int, default=0,
                         help="device-time samples per action on the emulated device, as bench policy takes them "

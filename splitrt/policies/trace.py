@@ -40,6 +40,21 @@ class UplinkTrace:
             raise ValueError(f"trace {name}: needs at least one non-negative timestamp")
         return cls(name=name, opportunities_ms=values, period_ms=max(int(values[-1]), 1))
 
+    def scaled(self, scale: float) -> "UplinkTrace":
+        """This trace with `scale` times its capacity (a counterfactual link): opportunity i carries
+        floor((i+1)K) - floor(iK) packets, so an integer K > 1 gives every opportunity K packets, and K < 1 keeps an
+        evenly spread K of them (a slower link with the same clumps and gaps). The period, and so the length, stays."""
+        if not scale > 0.0:
+            raise ValueError(f"an uplink scale is a positive factor, not {scale!r}")
+        if scale == 1.0:
+            return self
+        index = np.arange(self.opportunities_ms.size + 1, dtype=np.float64)
+        packets = np.diff(np.floor(index * scale + 1e-9)).astype(np.int64)
+        kept = np.repeat(self.opportunities_ms, packets)
+        if kept.size == 0:
+            raise ValueError(f"trace {self.name}: scaled by {scale} it has no delivery opportunity left")
+        return UplinkTrace(self.name, kept, self.period_ms)
+
     @classmethod
     def constant(cls, name: str, rate_bps: float, period_ms: int = 1000) -> "UplinkTrace":
         """A synthetic trace with a constant rate (for tests and calibration)."""
