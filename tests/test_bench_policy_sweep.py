@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from splitrt.actions import Local, Offload
-from splitrt.bench.policy_sweep import evaluate_setting, scaled_trace, static_candidates, summarize_settings
+from splitrt.bench.policy_sweep import evaluate_setting, static_candidates, summarize_settings
 from splitrt.policies.policies import ActionOption
 from splitrt.policies.trace import PACKET_BYTES, UplinkTrace
 
@@ -51,14 +51,14 @@ def test_a_scaled_trace_keeps_its_clumps_and_length_at_k_times_the_capacity(tmp_
     path.write_text("".join(f"{t}\n" for t in [5, 5, 5, 5, 40, 40, 41, 90, 90, 90, 90, 100]))
     original = UplinkTrace.load(path)
     for scale in (0.25, 0.5, 1.0, 2.0, 2.5, 4.0):
-        scaled = scaled_trace(path, scale)
+        scaled = original.scaled(scale)
         assert scaled.period_ms == original.period_ms == 100
         assert scaled.opportunities_ms.size == int(12 * scale)
         assert set(scaled.opportunities_ms) <= set(original.opportunities_ms)  # packets only where the trace has them
-    assert list(scaled_trace(path, 2.0).opportunities_ms) == sorted(2 * list(original.opportunities_ms))
-    assert list(scaled_trace(path, 0.25).opportunities_ms) == [5, 90, 100]  # the 4th, 8th and 12th: evenly thinned
+    assert list(original.scaled(2.0).opportunities_ms) == sorted(2 * list(original.opportunities_ms))
+    assert list(original.scaled(0.25).opportunities_ms) == [5, 90, 100]  # the 4th, 8th and 12th: evenly thinned
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="positive"):
-            scaled_trace(path, bad)
+            original.scaled(bad)
     with pytest.raises(ValueError, match="no delivery opportunity"):
-        scaled_trace(path, 0.01)
+        original.scaled(0.01)

@@ -278,7 +278,8 @@ def run_policy_bench(
                settings={"candidates": candidates, "device_profile": device_profile, "cpu_share": profile.cpu_share,
                          "dilation_share": profile.dilation_share, "edge_cost_model": cost_model,
                          "device_emulation": device_emulation, "deadline_ms": deadline_ms, "fps": fps,
-                         "rtt_ms": rtt_ms, "hedges": hedges, "device_slowdown": device_slowdown, "uplink_scale": uplink_scale,
+                         "rtt_ms": rtt_ms, "hedges": hedges, "device_slowdown": device_slowdown,
+                         "uplink_scale": uplink_scale,
                          "evaluation_images": int(len(next(iter(correctness.values()))))})
     if plot:
         plot_timelines(timelines, options, plot, oracle=oracle_timelines)

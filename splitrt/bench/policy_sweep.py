@@ -36,11 +36,6 @@ SWEEP_COLUMNS = ("device", "deadline_ms", "fps", "rtt_ms", "trace", "best_static
                  "deadline", "oracle", "vs_oracle", "met")
 
 
-def scaled_trace(path: str | Path, scale: float = 1.0) -> UplinkTrace:
-    """The trace at `path` with `scale` times its capacity (`UplinkTrace.scaled`)."""
-    return UplinkTrace.load(path).scaled(scale)
-
-
 def _dominated(option: ActionOption, options: Sequence[ActionOption]) -> bool:
     return any(
         other is not option and other.remote == option.remote and (other.hedge is None) == (option.hedge is None)
@@ -135,7 +130,7 @@ def run_policy_sweep(
     bundle = Bundle.load(bundle_dir)
     actions = candidate_set(bundle, candidates or DEFAULT_CANDIDATES)
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), None, actions)
-    loaded = [scaled_trace(t, uplink_scale) for t in traces]
+    loaded = [UplinkTrace.load(t).scaled(uplink_scale) for t in traces]
     on_device = {(d, f): options_on_device(bundle, measured, images, get_profile(d), f, edge_cost_samples,
                                            device_emulation)[0]
                  for d, f in itertools.product(devices, fps)}

@@ -13,6 +13,8 @@ from splitrt.policies.policies import LinkView, PlattScaling, calibrated_chance,
 
 # The mean deviation of the log rate believed before any transfer is seen.
 INITIAL_LOG_DEV = 0.3
+# A normal's standard deviation per mean deviation.
+SD_PER_MEAN_DEV = math.sqrt(math.pi / 2)
 
 
 @dataclass
@@ -45,13 +47,13 @@ class ThroughputEstimator:
 
     @property
     def log_sd(self) -> float:
-        """Spread of the log rate as a standard deviation (a normal's is sqrt(pi/2) times its mean deviation)."""
-        return math.sqrt(math.pi / 2) * self._log_dev
+        """Spread of the log rate as a standard deviation."""
+        return SD_PER_MEAN_DEV * self._log_dev
 
     @property
     def initial_log_sd(self) -> float:
         """The spread believed before any transfer was seen (`log_sd` at the start)."""
-        return math.sqrt(math.pi / 2) * INITIAL_LOG_DEV
+        return SD_PER_MEAN_DEV * INITIAL_LOG_DEV
 
     def cautious_bps(self, deviations: float = 1.0) -> float:
         """A rate the link reaches most of the time: the estimate minus `deviations` mean deviations (in log)."""
