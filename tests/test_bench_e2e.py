@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from splitrt.actions import Local, Offload
 from splitrt.bench.e2e import E2ESettings, EdgeRun, actions_for, measured_device_ms, measured_records, run_e2e_bench
@@ -131,6 +132,15 @@ def test_hedged_options_travel_to_the_edge_and_take_their_parts_times() -> None:
     assert option_from_json(json.loads(json.dumps(option_to_json(hedged_jpeg)))) == hedged_jpeg
     # A static hedged policy's edge also gets its remote part and its hedge, by which it is measured.
     assert [o.key for o in actions_for(f"static:{hedged_jpeg.key}", options)] == [skip9.key, jpeg.key, hedged_jpeg.key]
+    # Any hedge among the options may be named, not only the one `with_best_hedges` paired (which follows the
+    # device's measured times, so a command line naming a hedge would otherwise work on one day and not the next).
+    skip6 = ActionOption(Local("skip6"), edge_ms=60.0, accuracy=0.7, edge_samples_ms=(60.0,))
+    named = actions_for("static:offload/jpeg-q25/hedge:local@skip6", with_best_hedges([skip9, skip6, jpeg], 70.0))
+    assert [o.key for o in named] == [skip6.key, jpeg.key, "offload/jpeg-q25/hedge:local@skip6"]
+    assert named[-1].hedge == skip6
+    for unknown in ("offload/jpeg-q25/hedge:local@skip2", "offload/jpeg-q10/hedge:local@skip9", "local@skip2"):
+        with pytest.raises(ValueError, match="no such action"):
+            actions_for(f"static:{unknown}", options)
     # The edge measures the parts (a hedged frame's time mixes the two): the hedged option takes their times.
     [measured] = with_samples([hedged_jpeg], {jpeg.key: [6.0, 8.0], skip9.key: [50.0, 52.0]}, {jpeg.key: [12.0]})
     assert (measured.edge_ms, measured.cloud_ms, measured.edge_samples_ms) == (7.0, 12.0, (6.0, 8.0))

@@ -56,7 +56,7 @@ from splitrt.bundle import Bundle
 from splitrt.devices.dilation import STEADY_RUNS, dilates
 from splitrt.devices.profiles import DeviceProfile, get_profile, profile_environment, profile_quota
 from splitrt.imaging import load_rgb
-from splitrt.policies.policies import ActionOption, make_policy, with_best_hedges
+from splitrt.policies.policies import ActionOption, hedged, make_policy, with_best_hedges
 from splitrt.policies.simulate import FrameRecord, SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
 
@@ -115,18 +115,32 @@ def default_policies(options: Sequence[ActionOption], correctness: dict[str, np.
 
 def actions_for(policy: str, options: Sequence[ActionOption]) -> list[ActionOption]:
     """The options a policy may pick: a static policy only its own (the edge then warms up just that one; a hedged
-    one also its remote part and its hedge, which the edge measures it by)."""
+    one also its remote part and its hedge, which the edge measures it by). A static hedged action need not be one
+    that `with_best_hedges` paired: any remote option hedged by any local one among `options` may be named."""
     if policy.startswith("static:"):
         key = policy.removeprefix("static:")
-        picked = [o for o in options if o.key == key]
-        if not picked:
-            raise ValueError(f"{policy}: no such action among {[o.key for o in options]}")
+        picked = [o for o in options if o.key == key] or [_named_hedged(key, options)]
         if picked[0].hedge is not None:
             parts = {picked[0].remote_key, picked[0].hedge.key}
             picked = [o for o in options if o.key in parts] + picked
         return picked
     make_policy(policy)  # a clear error for an unknown name
     return list(options)
+
+
+def _named_hedged(key: str, options: Sequence[ActionOption]) -> ActionOption:
+    """The hedged option `key` names, from its remote part and its hedge among `options`."""
+    by_key = {o.key: o for o in options}
+    try:
+        action = action_from_key(key)
+    except ValueError:
+        action = None
+    hedge = getattr(action, "hedge", None)
+    remote = None if hedge is None else by_key.get(replace(action, hedge=None).describe())
+    local = None if hedge is None else by_key.get(hedge.describe())
+    if remote is None or local is None:
+        raise ValueError(f"static:{key}: no such action among {[o.key for o in options]}")
+    return hedged(remote, local)
 
 
 # --------------------------------------------------------------------------- one run
