@@ -479,3 +479,35 @@ def test_a_tracking_decision_says_what_device_it_judged_its_option_by() -> None:
     judged = decision.option_as_judged
     assert judged.edge_ms == pytest.approx(12.84, rel=1e-3) and judged.hedge.edge_ms == pytest.approx(51.36, rel=1e-3)
     assert make_policy("deadline").decide(400.0, [option], view).option_as_judged is option
+
+
+def test_a_frame_queued_behind_earlier_bytes_that_times_out_still_bounds_the_rate() -> None:
+    """The edge times a transfer from when it hands the bytes over, waiting behind its own earlier bytes included
+    (the runtime's `network` stage). When the link dies under a large frame, the smaller frames sent after it
+    wait behind it; each that times out bounds the rate as the edge sees it (its bytes in the time since it sent
+    them), so the policy keeps the next frame local. Timed from when the link began carrying them (not before the
+    outage ends), those timeouts bounded nothing, and frames went on being sent until the on-time calibration
+    had learnt from enough of them."""
+    local = ActionOption(Local("skip4"), edge_ms=100.0, accuracy=0.80)
+    fallback = ActionOption(Local("skip9"), edge_ms=70.0, accuracy=0.60)
+    large = ActionOption(Offload("jpeg-q95"), edge_ms=10.0, payload_bytes=24_000, cloud_ms=15.0, accuracy=0.88)
+    small = ActionOption(Offload("jpeg-q50"), edge_ms=10.0, payload_bytes=7_000, cloud_ms=15.0, accuracy=0.85)
+    options = [local, fallback, hedged(large, fallback), hedged(small, fallback)]
+    trace = on_off_trace(20e6, on_ms=3000, off_ms=4000)
+    correctness = {o.key: np.ones(10, dtype=bool) for o in (local, fallback, large, small)}
+    config = SimConfig(fps=5, deadline_ms=120, rtt_ms=20, duration_s=7, initial_bps=20e6)
+    records = simulate(DeadlinePolicy(), options, correctness, trace, config)
+    outage = [r for r in records if 3000 <= r.capture_ms < 7000]
+    # the large frame the link died under and one small frame behind it; then local, but for probes
+    assert [r.bytes_sent > 0 for r in outage[:3]] == [True, True, False], [(r.capture_ms, r.action) for r in outage]
+    probes = [r for r in outage[2:] if r.bytes_sent > 0]
+    assert all(b.capture_ms - a.capture_ms >= config.probe_interval_ms for a, b in zip(probes, probes[1:]))
+
+
+def test_the_runtime_the_daemon_and_the_simulator_start_from_one_prior() -> None:
+    """What the benchmarks simulate is what ships: one uplink rate believed before the first transfer."""
+    from splitrt.edge.config import PolicyConfig
+    from splitrt.policies.estimators import PRIOR_UPLINK_BPS
+
+    assert LinkEstimates().initial_bps == SimConfig().initial_bps == PRIOR_UPLINK_BPS
+    assert PolicyConfig().initial_uplink_mbps * 1e6 == pytest.approx(PRIOR_UPLINK_BPS)

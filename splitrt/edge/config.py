@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from splitrt.actions import Action, Local, Offload, Skip, Split, parse_action
+from splitrt.policies.estimators import PRIOR_UPLINK_BPS
 
 if TYPE_CHECKING:
     from splitrt.edge.link import CurveClientKeys
@@ -54,7 +55,7 @@ class PolicyConfig:
     hedges: bool = True  # a remote action runs with the local one most likely right and in time as its hedge
     prefilter: str = ""  # "" (off) or FEATURE:THRESHOLD, e.g. "histogram:0.017" (`policies.prefilter`)
     probe_interval_ms: float = 1000.0  # while frames stay local, one frame this often tries the link
-    initial_uplink_mbps: float = 2.0  # the link estimates before the first reply
+    initial_uplink_mbps: float = PRIOR_UPLINK_BPS / 1e6  # the link estimates before the first reply
     initial_rtt_ms: float = 40.0
     # count other processes' CPU load (psutil) in the device's times from the next frame on: "auto" (for a policy
     # that follows the device's speed, one inference thread on the CPU, no emulated device), "on" or "off"

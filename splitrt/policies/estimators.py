@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from splitrt.policies.policies import LinkView, PlattScaling, calibrated_chance, logit
 
 
+# The uplink rate believed before any transfer is seen, by the edge runtime, the daemon and the simulator alike
+# (so what the benchmarks measure is what ships).
+PRIOR_UPLINK_BPS = 1e6
 # The mean deviation of the log rate believed before any transfer is seen.
 INITIAL_LOG_DEV = 0.3
 # A normal's standard deviation per mean deviation.
@@ -27,7 +30,7 @@ class ThroughputEstimator:
     the rate from above: `observe_timeout` applies that bound at once.
     """
 
-    initial_bps: float = 2e6
+    initial_bps: float = PRIOR_UPLINK_BPS
     alpha: float = 0.3
     alpha_up: float = 0.6  # for a sample far above the estimate: a link that comes back is believed soon
     drop_ratio: float = 0.5
@@ -185,7 +188,7 @@ class LinkEstimates:
     also teach the on-time calibration (`OnTimeCalibration`), which the view carries for the deadline policy.
     """
 
-    initial_bps: float = 2e6
+    initial_bps: float = PRIOR_UPLINK_BPS
     initial_rtt_ms: float = 40.0
     rtt_window: int = 30
     retry_ms: float = 1000.0  # after a request could not even be sent, the cloud counts as away this long

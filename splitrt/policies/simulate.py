@@ -7,7 +7,8 @@ frame's deadline (it ends `timeout`; a hedged action's frame ends then with its 
 the hedge, begun after the remote part's device work, has finished), but bytes already sent still occupy the
 link. The policy sees the
 edge's own estimates (`LinkEstimates`), fed what the edge would observe: a reply that arrived in time, when it
-arrives, and a timeout (an upper bound on the rate) when the frame gives up; a hedged frame (any remote frame, for
+arrives, and a timeout (an upper bound on the rate) when the frame gives up, each timed from when the edge handed
+the frame's bytes over (behind any of its earlier bytes still on the link); a hedged frame (any remote frame, for
 `deadline-tracking`) also teaches the on-time calibration whether its reply came in time (`OnTimeCalibration`). While no
 transfer has been seen for a while (`ProbeSchedule`) and the policy keeps a frame local, the frame runs the
 action the policy would choose on a link as fast as first believed, when that is remote, or failing that a hedged
@@ -30,7 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from splitrt.policies.estimators import LinkEstimates
+from splitrt.policies.estimators import PRIOR_UPLINK_BPS, LinkEstimates
 from splitrt.policies.policies import (ActionOption, OraclePolicy, Policy, ProbeSchedule, on_time_probability,
                                        probe_decision, teaches_on_time)
 from splitrt.policies.trace import PAYLOAD_BYTES, UplinkTrace
@@ -50,7 +51,7 @@ class SimConfig:
     rtt_ms: float = 40.0
     queue_ms: float = 0.0
     probe_interval_ms: float = 1000.0  # the edge runtime's default
-    initial_bps: float = 1e6
+    initial_bps: float = PRIOR_UPLINK_BPS
     cautious_deviations: float = 1.0
     seed: int = 0  # for the draws of edge times from options' measured samples
     first_frame_ms: float = 0.0  # when the first frame is captured, after the trace's start (frames every 1/fps)
@@ -76,15 +77,16 @@ class _Link:
     free_at_ms: float = 0.0
     _queued: list[tuple[float, float, int]] = field(default_factory=list)  # (begin, end, bytes) of each transfer
 
-    def send(self, start_ms: float, size_bytes: int) -> tuple[float, float]:
-        """Queue a transfer; returns (start of transmission, end of transmission)."""
+    def send(self, start_ms: float, size_bytes: int) -> float:
+        """Queue a transfer handed over at `start_ms` (its transmission begins once earlier ones have ended); returns
+        when its transmission ends."""
         begin = max(start_ms, self.free_at_ms)
         end = self.trace.transfer_end_ms(begin, size_bytes)
         self.free_at_ms = end
         # frames start one after another: a transfer over before this one's frame started concerns no later one
         self._queued = [q for q in self._queued if q[1] > start_ms]
         self._queued.append((begin, end, size_bytes))
-        return begin, end
+        return end
 
     def unsent_bytes(self, now_ms: float) -> int:
         """Bytes queued before `now_ms` that the link has not carried by then (what the sender knows it has
@@ -221,15 +223,19 @@ def simulate(
         else:
             correct = bool(correctness[option.remote_key][image])
             size_bytes = _frame_bytes(option, frame_id, payload_bytes)
-            send_ms, sent_ms = link.send(start_ms + edge_ms, size_bytes)
+            # the edge times a transfer from when it hands the bytes over (`handed_ms`), as the runtime's `network`
+            # stage does: a wait behind its own earlier bytes still on the link counts, and a timeout while they
+            # block the link bounds the rate too
+            handed_ms = start_ms + edge_ms
+            sent_ms = link.send(handed_ms, size_bytes)
             reply_ms = sent_ms + config.rtt_ms + config.queue_ms + cloud_ms
             bytes_sent = size_bytes
             if reply_ms <= deadline_ms:  # a hedge still running is stopped: the reply is the answer
                 end_ms, status = reply_ms, "ok"
                 # what the edge measures: the round trip less the cloud's part (`cloud_ms`, its queue and compute)
-                seen.at(reply_ms, "reply", size_bytes, sent_ms - send_ms + config.rtt_ms, config.queue_ms)
+                seen.at(reply_ms, "reply", size_bytes, sent_ms - handed_ms + config.rtt_ms, config.queue_ms)
             else:
-                seen.at(deadline_ms, "timeout", size_bytes, deadline_ms - send_ms)
+                seen.at(deadline_ms, "timeout", size_bytes, deadline_ms - handed_ms)
                 if option.hedge is None:
                     end_ms, status, correct = deadline_ms, "timeout", False
                 else:  # the hedge ran after the send; its answer is taken once the reply is given up on
