@@ -1,6 +1,7 @@
 """`bench policy-sweep` on synthetic options and traces (no clock, no model)."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from splitrt.actions import Local, Offload
-from splitrt.bench.policy_sweep import evaluate_setting, static_candidates, summarize_settings
+from splitrt.bench.policy_sweep import _seeds, evaluate_setting, static_candidates, summarize_seeds, summarize_settings
 from splitrt.policies.policies import ActionOption
 from splitrt.policies.trace import PACKET_BYTES, UplinkTrace
 
@@ -44,6 +45,37 @@ def test_sweep_finds_a_setting_where_the_best_static_differs_between_traces() ->
     # less, on the slow link, the frames it spends probing for the fast link it first believed in (1, 2, 4, 8 s
     # apart: 5 of 150 frames in 30 s).
     assert all(abs(float(r["deadline"]) - float(r["best_static_acc"])) < 0.04 for r in rows)
+
+
+def test_each_seed_draws_other_device_times_and_the_gain_is_summarised_over_them() -> None:
+    rng = np.random.default_rng(0)
+    # skip2 takes 80 or 95 ms (half its measured runs each): at 90 ms, which frames are late depends on the seed.
+    jittery = replace(SKIP, edge_ms=87.5, edge_samples_ms=(80.0, 95.0))
+    on_device = [jittery, replace(FULL, edge_ms=100.0), replace(JPEG, edge_ms=2.0)]
+    correctness = {o.key: rng.random(400) < o.accuracy for o in on_device}
+    traces = [constant("fast", 20e6), constant("slow", 0.5e6)]
+    rows = [row for seed in (0, 1, 2) for row in
+            evaluate_setting(on_device, correctness, traces, "0.1", 90.0, 5.0, 20.0, duration_s=30, seed=seed)]
+    assert [r["seed"] for r in rows] == [0, 0, 1, 1, 2, 2]
+    slow = [r for r in rows if r["trace"] == "slow"]
+    assert len({r["best_static_acc"] for r in slow}) > 1  # skip2's late frames moved with the seed
+    # one summary per setting and seed; one per setting and trace over the seeds, of each seed's own gain
+    assert [s["seed"] for s in summarize_settings(rows)] == [0, 1, 2]
+    over = {s["trace"]: s for s in summarize_seeds(rows)}
+    gains = [float(r["deadline"]) - float(r["best_static_acc"]) for r in slow]
+    assert over["slow"]["seeds"] == 3
+    assert over["slow"]["mean_deadline_gain"] == pytest.approx(sum(gains) / 3)
+    assert (over["slow"]["min_deadline_gain"], over["slow"]["max_deadline_gain"]) == (min(gains), max(gains))
+    assert over["slow"]["met_seeds"] == sum(bool(r["met"]) for r in slow)
+    assert over["fast"]["mean_vs_oracle"] == pytest.approx(
+        sum(float(r["vs_oracle"]) for r in rows if r["trace"] == "fast") / 3)
+
+
+@pytest.mark.parametrize("text", ["1,a", "0.5", ",", ""])
+def test_seeds_on_the_command_line_are_whole_numbers(text: str) -> None:
+    assert _seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(argparse.ArgumentTypeError):
+        _seeds(text)
 
 
 def test_a_scaled_trace_keeps_its_clumps_and_length_at_k_times_the_capacity(tmp_path: Path) -> None:

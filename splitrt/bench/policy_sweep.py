@@ -10,6 +10,8 @@ Options come from the same measured cache as `bench policy`; device times are CP
 `--edge-cost-samples N` sampled on the emulated device as `bench policy` samples them. Counterfactuals: a device
 given as a bare CPU share (e.g. `0.065`), and `--uplink-scale K` (a K times faster uplink: every delivery
 opportunity of a trace carries K packets; below 1, a slower one: an evenly spread share K of them is kept).
+`--seeds` replays each setting once per seed of the device-time draws and summarises `deadline`'s gain per trace
+over them (`summarize_seeds`).
 """
 from __future__ import annotations
 
@@ -57,17 +59,19 @@ def static_candidates(options: Sequence[ActionOption], deadline_ms: float, rtt_m
 def evaluate_setting(
     options: Sequence[ActionOption], correctness: Mapping[str, np.ndarray], traces: Sequence[UplinkTrace],
     device: str, deadline_ms: float, fps: float, rtt_ms: float, duration_s: float | None = None,
-    initial_bps: float = SimConfig.initial_bps, hedges: bool = True,
+    initial_bps: float = SimConfig.initial_bps, hedges: bool = True, seed: int = 0,
 ) -> list[dict[str, object]]:
     """One row per trace for one setting (`options`: their costs on `device`; with `hedges`, also each remote one
-    hedged by its best local option at this deadline, `with_best_hedges`)."""
+    hedged by its best local option at this deadline, `with_best_hedges`), every policy meeting the device times
+    drawn with `seed` (`SimConfig.seed`)."""
     if hedges:
         options = with_best_hedges(options, deadline_ms)
     statics = static_candidates(options, deadline_ms, rtt_ms)
     rows = []
     for trace in traces:
         duration = min(duration_s, trace.duration_s) if duration_s else None
-        config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms, duration_s=duration, initial_bps=initial_bps)
+        config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms, duration_s=duration, initial_bps=initial_bps,
+                           seed=seed)
         accuracy = {}
         uncalibrated = [make_policy("deadline-uncalibrated")] if hedges else []
         for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), make_policy("deadline"), *uncalibrated,
@@ -79,8 +83,8 @@ def evaluate_setting(
         best_acc = static_rows.get(best, 0.0)
         oracle = accuracy["oracle"]
         rows.append({
-            "device": device, "deadline_ms": deadline_ms, "fps": fps, "rtt_ms": rtt_ms, "trace": trace.name,
-            "best_static": best, "best_static_acc": best_acc, "latency": accuracy["latency"],
+            "device": device, "deadline_ms": deadline_ms, "fps": fps, "rtt_ms": rtt_ms, "seed": seed,
+            "trace": trace.name, "best_static": best, "best_static_acc": best_acc, "latency": accuracy["latency"],
             "deadline": accuracy["deadline"], "deadline_uncalibrated": accuracy.get("deadline-uncalibrated"),
             "oracle": oracle, "oracle_past": accuracy["oracle-past"],
             "oracle_clairvoyant": accuracy["oracle-clairvoyant"],
@@ -96,16 +100,26 @@ def _gains(rows: Sequence[dict[str, object]], column: str) -> list[float]:
     return [float(r[column]) - float(r["best_static_acc"]) for r in rows]  # type: ignore[arg-type]
 
 
+SETTING_KEYS = ("device", "deadline_ms", "fps", "rtt_ms")
+
+
+def _setting(row: Mapping[str, object]) -> tuple[object, ...]:
+    return tuple(row[k] for k in SETTING_KEYS)
+
+
+def _setting_order(key: tuple[object, ...]) -> tuple[object, ...]:
+    return (str(key[0]), *(float(v) for v in key[1:]))  # type: ignore[arg-type]
+
+
 def summarize_settings(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
-    """Per setting: how many distinct best static actions over the traces, the least oracle headroom over the
-    best static, and whether `deadline` met the condition on every trace."""
+    """Per setting and seed of the device-time draws: how many distinct best static actions over the traces, the
+    least oracle headroom over the best static, and whether `deadline` met the condition on every trace."""
     out = []
-    keys = sorted({(r["device"], r["deadline_ms"], r["fps"], r["rtt_ms"]) for r in rows},
-                  key=lambda k: (str(k[0]), float(k[1]), float(k[2]), float(k[3])))  # type: ignore[arg-type]
+    keys = sorted({(*_setting(r), r.get("seed", 0)) for r in rows}, key=_setting_order)
     for key in keys:
-        group = [r for r in rows if (r["device"], r["deadline_ms"], r["fps"], r["rtt_ms"]) == key]
+        group = [r for r in rows if (*_setting(r), r.get("seed", 0)) == key]
         out.append({
-            "device": key[0], "deadline_ms": key[1], "fps": key[2], "rtt_ms": key[3],
+            **dict(zip(SETTING_KEYS, key)), "seed": key[-1],
             "distinct_best_static": len({r["best_static"] for r in group}),
             "best_static": ",".join(sorted({str(r["best_static"]) for r in group})),
             "min_oracle_gain": min(_gains(group, "oracle")),
@@ -113,6 +127,26 @@ def summarize_settings(rows: Sequence[dict[str, object]]) -> list[dict[str, obje
             "min_deadline_gain": min(_gains(group, "deadline")),
             "min_past_gain": min(_gains(group, "oracle_past")),
             "met_all": all(bool(r["met"]) for r in group),
+        })
+    return out
+
+
+def summarize_seeds(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Per setting and trace, over the seeds of the device-time draws (each seed's `deadline` against that seed's
+    best static action, side by side): how many seeds, the mean, least and greatest gain, the mean share of the
+    oracle, and on how many seeds `deadline` met the condition. One frame more or fewer on the time-line moves every
+    later frame's draws, so a single seed's gain of a few frames is not a verdict."""
+    out = []
+    keys = sorted({(*_setting(r), r["trace"]) for r in rows}, key=lambda k: (*_setting_order(k[:-1]), str(k[-1])))
+    for key in keys:
+        group = [r for r in rows if (*_setting(r), r["trace"]) == key]
+        gains = _gains(group, "deadline")
+        out.append({
+            **dict(zip(SETTING_KEYS, key)), "trace": key[-1], "seeds": len(group),
+            "mean_deadline_gain": sum(gains) / len(gains), "min_deadline_gain": min(gains),
+            "max_deadline_gain": max(gains),
+            "mean_vs_oracle": sum(float(r["vs_oracle"]) for r in group) / len(group),  # type: ignore[arg-type]
+            "met_seeds": sum(bool(r["met"]) for r in group),
         })
     return out
 
@@ -125,7 +159,7 @@ def run_policy_sweep(
     traces: Sequence[str | Path], bundle_dir: str | Path, images: str | Path, json_out: str | Path,
     devices: Sequence[str], deadlines_ms: Sequence[float], fps: Sequence[float], rtts_ms: Sequence[float],
     duration_s: float | None = 300.0, uplink_scale: float = 1.0, candidates: str | None = None, workers: int = 1,
-    edge_cost_samples: int = 0, device_emulation: str = "quota", hedges: bool = True,
+    edge_cost_samples: int = 0, device_emulation: str = "quota", hedges: bool = True, seeds: Sequence[int] = (0,),
 ) -> list[dict[str, object]]:
     bundle = Bundle.load(bundle_dir)
     actions = candidate_set(bundle, candidates or DEFAULT_CANDIDATES)
@@ -134,8 +168,8 @@ def run_policy_sweep(
     on_device = {(d, f): options_on_device(bundle, measured, images, get_profile(d), f, edge_cost_samples,
                                            device_emulation)[0]
                  for d, f in itertools.product(devices, fps)}
-    jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s, SimConfig.initial_bps, hedges)
-            for d, dl, f, r in itertools.product(devices, deadlines_ms, fps, rtts_ms)]
+    jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s, SimConfig.initial_bps, hedges, seed)
+            for d, dl, f, r, seed in itertools.product(devices, deadlines_ms, fps, rtts_ms, seeds)]
     rows: list[dict[str, object]] = []
     if workers > 1:
         pool = ProcessPoolExecutor(workers, initializer=default_sigterm)
@@ -152,14 +186,17 @@ def run_policy_sweep(
         for job in jobs:
             rows += _evaluate(job)
     settings = summarize_settings(rows)
-    print(format_table(settings, ("device", "deadline_ms", "fps", "rtt_ms", "distinct_best_static", "best_static",
-                                  "min_oracle_gain", "max_oracle_gain", "min_past_gain", "min_deadline_gain",
-                                  "met_all")))
-    write_json(json_out, "policy-sweep", rows, settings=settings,
+    print(format_table(settings, (*SETTING_KEYS, "seed", "distinct_best_static", "best_static", "min_oracle_gain",
+                                  "max_oracle_gain", "min_past_gain", "min_deadline_gain", "met_all")))
+    over_seeds = summarize_seeds(rows) if len(seeds) > 1 else []
+    if over_seeds:
+        print(format_table(over_seeds, (*SETTING_KEYS, "trace", "seeds", "mean_deadline_gain", "min_deadline_gain",
+                                        "max_deadline_gain", "mean_vs_oracle", "met_seeds")))
+    write_json(json_out, "policy-sweep", rows, settings=settings, over_seeds=over_seeds,
                sweep={"candidates": candidates or DEFAULT_CANDIDATES, "duration_s": duration_s,
                       "uplink_scale": uplink_scale, "traces": [t.name for t in loaded],
                       "edge_cost_model": "cpu/share" if edge_cost_samples <= 0 else f"sampled ({device_emulation})",
-                      "device_emulation": device_emulation, "hedges": hedges})
+                      "device_emulation": device_emulation, "hedges": hedges, "seeds": list(seeds)})
     return rows
 
 
@@ -167,11 +204,22 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
 
+def _seeds(text: str) -> list[int]:
+    """`--seeds`: comma-separated whole numbers, at least one."""
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are whole numbers separated by commas, not {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("at least one seed is needed")
+    return seeds
+
+
 def _run(args: argparse.Namespace) -> int:
     run_policy_sweep([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json,
                      [d for d in args.devices.split(",") if d], _floats(args.deadlines_ms), _floats(args.fps),
                      _floats(args.rtts_ms), args.duration_s or None, args.uplink_scale, args.candidates, args.workers,
-                     args.edge_cost_samples, args.device_emulation, args.hedges)
+                     args.edge_cost_samples, args.device_emulation, args.hedges, args.seeds)
     return 0
 
 
@@ -197,5 +245,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device-emulation", choices=EMULATIONS, default="quota",
                         help="with --edge-cost-samples: quota, dilation or steady (see bench policy)")
     add_hedges_argument(parser)
+    parser.add_argument("--seeds", type=_seeds, default=[0], help="seeds of the device-time draws, comma-separated: each setting "
+                        "is replayed once per seed, and with more than one the JSON and the table also summarise "
+                        "deadline's gain per trace over them")
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)
