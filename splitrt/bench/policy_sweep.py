@@ -103,32 +103,29 @@ def _gains(rows: Sequence[dict[str, object]], column: str) -> list[float]:
 SETTING_KEYS = ("device", "deadline_ms", "fps", "rtt_ms")
 
 
-def _setting(row: Mapping[str, object]) -> tuple[object, ...]:
-    return tuple(row[k] for k in SETTING_KEYS)
-
-
-def _setting_order(key: tuple[object, ...]) -> tuple[object, ...]:
-    return (str(key[0]), *(float(v) for v in key[1:]))  # type: ignore[arg-type]
+def _grouped(rows: Sequence[dict[str, object]], last: str) -> list[tuple[dict[str, object], list[dict[str, object]]]]:
+    """The rows grouped by setting and `last` (a column of one type: seed or trace), in order of the setting's values
+    then `last`'s: each group as (its key columns, its rows)."""
+    groups: dict[tuple[object, ...], list[dict[str, object]]] = {}
+    for row in rows:
+        groups.setdefault((*(row[k] for k in SETTING_KEYS), row[last]), []).append(row)
+    order = sorted(groups, key=lambda k: (str(k[0]), *(float(v) for v in k[1:-1]), k[-1]))  # type: ignore[arg-type]
+    return [(dict(zip((*SETTING_KEYS, last), key)), groups[key]) for key in order]
 
 
 def summarize_settings(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     """Per setting and seed of the device-time draws: how many distinct best static actions over the traces, the
     least oracle headroom over the best static, and whether `deadline` met the condition on every trace."""
-    out = []
-    keys = sorted({(*_setting(r), r.get("seed", 0)) for r in rows}, key=_setting_order)
-    for key in keys:
-        group = [r for r in rows if (*_setting(r), r.get("seed", 0)) == key]
-        out.append({
-            **dict(zip(SETTING_KEYS, key)), "seed": key[-1],
-            "distinct_best_static": len({r["best_static"] for r in group}),
-            "best_static": ",".join(sorted({str(r["best_static"]) for r in group})),
-            "min_oracle_gain": min(_gains(group, "oracle")),
-            "max_oracle_gain": max(_gains(group, "oracle")),
-            "min_deadline_gain": min(_gains(group, "deadline")),
-            "min_past_gain": min(_gains(group, "oracle_past")),
-            "met_all": all(bool(r["met"]) for r in group),
-        })
-    return out
+    return [{
+        **key,
+        "distinct_best_static": len({r["best_static"] for r in group}),
+        "best_static": ",".join(sorted({str(r["best_static"]) for r in group})),
+        "min_oracle_gain": min(_gains(group, "oracle")),
+        "max_oracle_gain": max(_gains(group, "oracle")),
+        "min_deadline_gain": min(_gains(group, "deadline")),
+        "min_past_gain": min(_gains(group, "oracle_past")),
+        "met_all": all(bool(r["met"]) for r in group),
+    } for key, group in _grouped(rows, "seed")]
 
 
 def summarize_seeds(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
@@ -137,12 +134,10 @@ def summarize_seeds(rows: Sequence[dict[str, object]]) -> list[dict[str, object]
     oracle, and on how many seeds `deadline` met the condition. One frame more or fewer on the time-line moves every
     later frame's draws, so a single seed's gain of a few frames is not a verdict."""
     out = []
-    keys = sorted({(*_setting(r), r["trace"]) for r in rows}, key=lambda k: (*_setting_order(k[:-1]), str(k[-1])))
-    for key in keys:
-        group = [r for r in rows if (*_setting(r), r["trace"]) == key]
+    for key, group in _grouped(rows, "trace"):
         gains = _gains(group, "deadline")
         out.append({
-            **dict(zip(SETTING_KEYS, key)), "trace": key[-1], "seeds": len(group),
+            **key, "seeds": len(group),
             "mean_deadline_gain": sum(gains) / len(gains), "min_deadline_gain": min(gains),
             "max_deadline_gain": max(gains),
             "mean_vs_oracle": sum(float(r["vs_oracle"]) for r in group) / len(group),  # type: ignore[arg-type]
