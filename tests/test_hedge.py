@@ -192,6 +192,27 @@ def test_in_the_simulator_calibration_sends_a_hedged_action_that_the_model_under
     assert calibrated["accuracy_at_deadline"] > uncalibrated["accuracy_at_deadline"] + 0.03
 
 
+def test_after_a_short_stop_of_the_link_a_hedged_action_is_sent_again_before_a_probe_is_due() -> None:
+    """8 Mbit/s with one 300 ms stop (delivery on cellular links comes in clumps). The frame that meets the stop
+    times out and pins the rate estimate at its bound, under what the hedged offload needs; the estimate then
+    relaxes towards what the link delivered before, and the hedged offload is sent again before the next probe
+    would be due (a second after the timeout: without the relaxing, only that probe sent it again, 1.2 s later)."""
+    options = HEDGE_TRADE
+    hedged_jpeg = options[-1]
+    correctness = {SKIP.key: np.arange(10) < 5, SKIP6.key: np.arange(10) < 7, JPEG50.key: np.arange(10) < 9}
+    config = SimConfig(fps=5, deadline_ms=70, rtt_ms=20, duration_s=10, initial_bps=4e6)
+    steady = UplinkTrace.constant("8mbps", 8e6, period_ms=10_000).opportunities_ms
+    trace = UplinkTrace.from_opportunities("stop", steady[(steady < 5_000) | (steady >= 5_300)])
+    records = simulate(DeadlinePolicy(), options, correctness, trace, config)
+    stopped = [r for r in records if r.hedge_answered]
+    assert [r.capture_ms for r in stopped] == [5_000.0]
+    assert all(r.action == hedged_jpeg.key for r in records if 1_000 <= r.capture_ms < 5_000)
+    after = [r for r in records if r.capture_ms > 5_000.0]
+    back_ms = next(r.capture_ms for r in after if r.action == hedged_jpeg.key) - 5_000.0
+    assert back_ms < config.probe_interval_ms
+    assert sum(r.action == hedged_jpeg.key for r in after) >= len(after) - 3
+
+
 # -- the runtime ----------------------------------------------------------------------------------------------
 @pytest.fixture()
 def photo(rng: np.random.Generator) -> np.ndarray:

@@ -97,6 +97,46 @@ def test_a_timeout_bounds_the_rate_from_above() -> None:
     assert estimator.estimate_bps == pytest.approx(800e3)
 
 
+def test_a_stale_estimate_relaxes_towards_what_the_link_delivered_before_it_went_quiet() -> None:
+    estimator = ThroughputEstimator(initial_bps=1e6)
+    assert estimator.relaxed(5_000.0) == (estimator.estimate_bps, estimator.log_sd)  # no past yet: nothing to relax to
+    for t in range(10):
+        estimator.observe(t * 100.0, 100_000, 100.0)  # 8 Mbit/s
+    estimator.observe_timeout(1_000.0, 12_500, 200.0)  # then one transfer stuck: at most 500 kbit/s
+    assert estimator.estimate_bps == pytest.approx(500e3)
+    assert estimator.relaxed(1_000.0)[0] == pytest.approx(500e3)  # fresh: the estimate as it is
+    rates = [estimator.relaxed(1_000.0 + ms)[0] for ms in (250, 1_000, 3_000, 60_000, 600_000)]
+    assert rates == sorted(rates) and rates[1] > 2 * rates[0]
+    past_mean = np.exp((10 * np.log(8e6) + np.log(500e3)) / 11)  # of the log rates, the bound counted as one
+    assert rates[-1] == pytest.approx(past_mean, rel=1e-3) and rates[-2] == pytest.approx(past_mean, rel=1e-3)
+    assert estimator.estimate_bps == pytest.approx(500e3)  # relaxing is a view: the estimate itself stays
+    estimator.observe(2_000.0, 100_000, 100.0)
+    assert estimator.relaxed(2_000.0)[0] == estimator.estimate_bps  # a new sample is believed as it is
+
+
+def test_timeouts_in_a_row_slow_the_relaxation_down() -> None:
+    """A dead link: each timeout in a row doubles the time the estimate stays pinned, as the probes back off."""
+    once, thrice = ThroughputEstimator(initial_bps=1e6), ThroughputEstimator(initial_bps=1e6)
+    for estimator in (once, thrice):
+        for t in range(10):
+            estimator.observe(t * 100.0, 100_000, 100.0)
+    once.observe_timeout(1_400.0, 12_500, 200.0)
+    for t in (1_000.0, 1_200.0, 1_400.0):
+        thrice.observe_timeout(t, 12_500, 200.0)
+    assert once.estimate_bps == thrice.estimate_bps
+    assert thrice.relaxed(2_400.0)[0] < 0.6 * once.relaxed(2_400.0)[0]
+
+
+def test_only_a_hedged_action_is_judged_by_the_relaxed_estimate() -> None:
+    """A bet on a stale estimate can lose a whole frame unhedged, only the difference to its hedge's answer hedged."""
+    hedged_split = hedged(SPLIT, LOCAL)
+    pinned = LinkView(0.25e6, 0.15e6, 40.0, 40.0, bandwidth_log_sd=0.5)
+    relaxed = LinkView(0.25e6, 0.15e6, 40.0, 40.0, bandwidth_log_sd=0.5, relaxed_bandwidth_bps=8e6, relaxed_log_sd=0.5)
+    assert on_time_probability(SPLIT, 200.0, relaxed) == on_time_probability(SPLIT, 200.0, pinned) < 0.05
+    assert on_time_probability(hedged_split, 200.0, pinned) < 0.05 < 0.95 < on_time_probability(hedged_split, 200.0,
+                                                                                               relaxed)
+
+
 def test_link_estimates_take_the_rtt_as_the_least_recent_network_time_and_the_rest_as_transfer() -> None:
     link = LinkEstimates(initial_bps=1e6, initial_rtt_ms=50.0)
     assert link.view(True, 0.0).rtt_ms == 50.0  # nothing seen yet: what it was told

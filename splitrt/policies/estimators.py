@@ -28,6 +28,15 @@ class ThroughputEstimator:
     ask for a cautious value. A sample far below the estimate is taken at once (a link that collapses is
     believed immediately); recovery is gradual. A transfer that has not finished after `elapsed_ms` bounds
     the rate from above: `observe_timeout` applies that bound at once.
+
+    An estimate grows stale while nothing is sent: what the link did a second ago says little about now on a
+    cellular uplink. `relaxed(now_ms)` lets it relax towards what the link delivered over the `history_ms` up to the
+    last observation (the mean and mean deviation of the log rates of its samples and timeout bounds), with time constant
+    `relax_ms` since the last observation. A slow sample or a timeout thus pins the estimate only for a while:
+    on a link whose stops are short, the policy sends again once a stop is likely over, as the link's own
+    recent past says; on a link that has been poor all along, that past says so too. Timeouts in a row mean a
+    longer stop: the time constant doubles with each after the first (up to `max_relax_backoff` times), as the
+    probes' interval does (`ProbeSchedule`), so a dead link costs ever fewer frames.
     """
 
     initial_bps: float = PRIOR_UPLINK_BPS
@@ -36,13 +45,21 @@ class ThroughputEstimator:
     drop_ratio: float = 0.5
     max_log_dev: float = 1.0  # caution never asks for less than 1/e of the estimate
     floor_bps: float = 1e3
+    history_ms: float = 60_000.0
+    relax_ms: float = 1_000.0
+    max_relax_backoff: int = 8
+    min_history: int = 3  # fewer samples than this in the window: no relaxation (the past is not known yet)
     _log_rate: float = field(init=False)
     _log_dev: float = field(init=False, default=INITIAL_LOG_DEV)
+    _history: collections.deque[tuple[float, float]] = field(init=False)  # (ms, log rate) of samples and bounds
+    _observed_ms: float = field(init=False, default=-math.inf)  # when the last sample or bound came
+    _timeouts_in_row: int = field(init=False, default=0)
     samples: int = field(init=False, default=0)
-    last_sample_ms: float = field(init=False, default=-math.inf)
+    last_sample_ms: float = field(init=False, default=-math.inf)  # also set by the edge when it sends a probe
 
     def __post_init__(self) -> None:
         self._log_rate = math.log(self.initial_bps)
+        self._history = collections.deque()
 
     @property
     def estimate_bps(self) -> float:
@@ -74,6 +91,8 @@ class ThroughputEstimator:
         self._log_dev = min(self.max_log_dev, self._log_dev + self.alpha * (abs(error) - self._log_dev))
         self.samples += 1
         self.last_sample_ms = now_ms
+        self._timeouts_in_row = 0
+        self._remember(now_ms, sample)
 
     def observe_timeout(self, now_ms: float, size_bytes: int, elapsed_ms: float) -> None:
         """`size_bytes` did not get through in `elapsed_ms`: the rate is at most that."""
@@ -82,6 +101,28 @@ class ThroughputEstimator:
             self._log_rate = math.log(bound)
             self._log_dev = max(self._log_dev, 0.5)
         self.last_sample_ms = now_ms
+        self._timeouts_in_row += 1
+        self._remember(now_ms, math.log(bound))
+
+    def _remember(self, now_ms: float, log_rate: float) -> None:
+        self._observed_ms = now_ms
+        self._history.append((now_ms, log_rate))
+        while self._history[0][0] < now_ms - self.history_ms:
+            self._history.popleft()
+
+    def relaxed(self, now_ms: float) -> tuple[float, float]:
+        """(rate in bits/s, sd of the log rate) believed at `now_ms`: the estimate and its mean deviation, relaxed
+        towards the window's mean and mean deviation (of log rates) by exp(-(time since the last observation) /
+        time constant), the time constant `relax_ms`, doubled for each timeout in a row after the first."""
+        recent = [value for _, value in self._history]  # the `history_ms` up to the last observation
+        if len(recent) < self.min_history:
+            return self.estimate_bps, self.log_sd
+        mean = sum(recent) / len(recent)
+        deviation = sum(abs(value - mean) for value in recent) / len(recent)
+        backoff = min(2 ** max(self._timeouts_in_row - 1, 0), self.max_relax_backoff)
+        kept = math.exp(-max(now_ms - self._observed_ms, 0.0) / (self.relax_ms * backoff))
+        log_dev = min(self.max_log_dev, deviation + kept * (self._log_dev - deviation))
+        return math.exp(mean + kept * (self._log_rate - mean)), SD_PER_MEAN_DEV * log_dev
 
 
 @dataclass
@@ -218,6 +259,7 @@ class LinkEstimates:
         return self.unreachable_since_ms is None or now_ms - self.unreachable_since_ms >= self.retry_ms
 
     def view(self, cloud_up: bool, now_ms: float, deviations: float = 1.0) -> LinkView:
+        relaxed_bps, relaxed_log_sd = self.throughput.relaxed(now_ms)
         return LinkView(
             bandwidth_bps=self.throughput.estimate_bps,
             cautious_bandwidth_bps=self.throughput.cautious_bps(deviations),
@@ -226,6 +268,8 @@ class LinkEstimates:
             queue_ms=self.queue_ms.value,
             cloud_up=cloud_up and self.reachable(now_ms),
             bandwidth_log_sd=self.throughput.log_sd,
+            relaxed_bandwidth_bps=relaxed_bps,
+            relaxed_log_sd=relaxed_log_sd,
             on_time_calibration=self.on_time.scalings(now_ms),
             device_slowdown=self.device.factor,
         )

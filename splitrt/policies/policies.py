@@ -140,6 +140,11 @@ class LinkView:
     queue_ms: float = 0.0
     cloud_up: bool = True
     bandwidth_log_sd: float = 0.0  # spread of ln(bandwidth) around the estimate (0: the estimate is certain)
+    # The estimate and its spread relaxed towards the link's recent past while nothing was observed
+    # (`ThroughputEstimator.relaxed`), when known: what a hedged action is judged by, since its hedge bounds what a
+    # bet on a stale estimate can lose. None: hedged actions are judged by the estimate as the others are.
+    relaxed_bandwidth_bps: float | None = None
+    relaxed_log_sd: float | None = None
     # Per remote part (`ActionOption.remote_key`), its on-time calibration, learnt from its hedged frames
     # (`OnTimeCalibration`); a key not here is taken as the model gives it.
     on_time_calibration: Mapping[str, PlattScaling] = field(default_factory=dict, hash=False)
@@ -165,18 +170,22 @@ def on_time_probability(option: ActionOption, budget_ms: float, link: LinkView) 
     """Probability that `option` ends within `budget_ms`. A local one: the share of its measured device times
     within the budget (or whether its estimate is). A remote one: whether the uplink rate reaches what its bytes
     need in the time left after edge, cautious RTT, queue and cloud, with ln(rate) taken as normal around the
-    estimate with sd `link.bandwidth_log_sd`."""
+    estimate with sd `link.bandwidth_log_sd` (a hedged one: around the relaxed estimate, where the view has one)."""
     if not option.remote:
         return option.share_within_ms(budget_ms)
-    if link.bandwidth_log_sd <= 0.0:
-        return 1.0 if predict_ms(option, link.bandwidth_bps, link.cautious_rtt_ms, link.queue_ms) <= budget_ms else 0.0
+    bandwidth_bps, log_sd = link.bandwidth_bps, link.bandwidth_log_sd
+    if option.hedge is not None and link.relaxed_bandwidth_bps is not None:
+        bandwidth_bps = link.relaxed_bandwidth_bps
+        log_sd = log_sd if link.relaxed_log_sd is None else link.relaxed_log_sd
+    if log_sd <= 0.0:
+        return 1.0 if predict_ms(option, bandwidth_bps, link.cautious_rtt_ms, link.queue_ms) <= budget_ms else 0.0
     slack_ms = budget_ms - option.edge_ms - link.cautious_rtt_ms - link.queue_ms - option.cloud_ms
     if slack_ms <= 0.0:
         return 0.0
     if option.payload_bytes <= 0:
         return 1.0
     needed_bps = option.payload_bytes * 8 / slack_ms * 1000.0
-    z = (math.log(max(link.bandwidth_bps, 1.0)) - math.log(needed_bps)) / link.bandwidth_log_sd
+    z = (math.log(max(bandwidth_bps, 1.0)) - math.log(needed_bps)) / log_sd
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
@@ -402,7 +411,9 @@ def probe_decision(policy: Policy, budget_ms: float, options: Sequence[ActionOpt
              (optimistic_bps, True, "probe: the link has not been measured lately; hoping it is faster"))
     for hope_bps, hedged_only, reason in hopes:
         hopeful = replace(link, bandwidth_bps=max(hope_bps, link.bandwidth_bps),
-                          cautious_bandwidth_bps=max(hope_bps, link.cautious_bandwidth_bps))
+                          cautious_bandwidth_bps=max(hope_bps, link.cautious_bandwidth_bps),
+                          relaxed_bandwidth_bps=None if link.relaxed_bandwidth_bps is None
+                          else max(hope_bps, link.relaxed_bandwidth_bps))
         decision = policy.decide(budget_ms, options, hopeful)
         if decision.option.remote and (decision.option.hedge is not None or not hedged_only):
             return replace(decision, reason=reason)
