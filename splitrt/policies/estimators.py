@@ -30,9 +30,9 @@ class ThroughputEstimator:
     the rate from above: `observe_timeout` applies that bound at once.
 
     An estimate grows stale while nothing is sent: what the link did a second ago says little about now on a
-    cellular uplink. `relaxed(now_ms)` lets it relax towards what the link delivered over the `history_ms` up to the
-    last observation (the mean and mean deviation of the log rates of its samples and timeout bounds), with time constant
-    `relax_ms` since the last observation. A slow sample or a timeout thus pins the estimate only for a while:
+    cellular uplink. `relaxed(now_ms)` lets it relax towards what the link delivered over the `history_ms` up to
+    the last observation (the mean and mean deviation of the log rates of its samples and timeout bounds), with time
+    constant `relax_ms` since the last observation. A slow sample or a timeout thus pins the estimate only for a while:
     on a link whose stops are short, the policy sends again once a stop is likely over, as the link's own
     recent past says; on a link that has been poor all along, that past says so too. Timeouts in a row mean a
     longer stop: the time constant doubles with each after the first (up to `max_relax_backoff` times), as the
@@ -52,6 +52,7 @@ class ThroughputEstimator:
     _log_rate: float = field(init=False)
     _log_dev: float = field(init=False, default=INITIAL_LOG_DEV)
     _history: collections.deque[tuple[float, float]] = field(init=False)  # (ms, log rate) of samples and bounds
+    _past: tuple[float, float] | None = field(init=False, default=None)  # the history's mean and mean deviation
     _observed_ms: float = field(init=False, default=-math.inf)  # when the last sample or bound came
     _timeouts_in_row: int = field(init=False, default=0)
     samples: int = field(init=False, default=0)
@@ -109,16 +110,19 @@ class ThroughputEstimator:
         self._history.append((now_ms, log_rate))
         while self._history[0][0] < now_ms - self.history_ms:
             self._history.popleft()
+        # summarised here, once per observation, rather than in `relaxed`, which every frame's view asks
+        values = [value for _, value in self._history]
+        mean = sum(values) / len(values)
+        deviation = sum(abs(v - mean) for v in values) / len(values)
+        self._past = (mean, deviation) if len(values) >= self.min_history else None
 
     def relaxed(self, now_ms: float) -> tuple[float, float]:
         """(rate in bits/s, sd of the log rate) believed at `now_ms`: the estimate and its mean deviation, relaxed
         towards the window's mean and mean deviation (of log rates) by exp(-(time since the last observation) /
         time constant), the time constant `relax_ms`, doubled for each timeout in a row after the first."""
-        recent = [value for _, value in self._history]  # the `history_ms` up to the last observation
-        if len(recent) < self.min_history:
+        if self._past is None:  # fewer than `min_history` observations in the window
             return self.estimate_bps, self.log_sd
-        mean = sum(recent) / len(recent)
-        deviation = sum(abs(value - mean) for value in recent) / len(recent)
+        mean, deviation = self._past  # of the `history_ms` up to the last observation
         backoff = min(2 ** max(self._timeouts_in_row - 1, 0), self.max_relax_backoff)
         kept = math.exp(-max(now_ms - self._observed_ms, 0.0) / (self.relax_ms * backoff))
         log_dev = min(self.max_log_dev, deviation + kept * (self._log_dev - deviation))
