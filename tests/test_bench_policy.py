@@ -39,6 +39,26 @@ def test_policy_bench_writes_a_row_per_policy(tiny_bundle: Bundle, tmp_path: Pat
     assert action_from_key("split@b4/q8+zstd").describe() == "split@b4/q8+zstd"
 
 
+def test_measurements_kept_in_a_directory_replay_the_same_rows(tiny_bundle: Bundle, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """`--measurements DIR`: the options and the device times are measured once into DIR (nothing under .cache) and
+    a second replay that reads them gives the same rows to the last digit: what makes a committed table
+    reproducible where the host's timings would differ."""
+    monkeypatch.chdir(tmp_path)
+    images = write_labelled_images(tmp_path / "images", 12, 5)
+    trace = tmp_path / "two-mbps.up"
+    trace.write_text("\n".join(str(t) for t in range(1, 3001, 6)) + "\n")
+    bundle = shutil.copytree(tiny_bundle.root, tmp_path / "bundle")
+    kept = tmp_path / "kept"
+    runs = [run_policy_bench([trace], bundle, images, tmp_path / f"run{i}.json", "0.5", deadline_ms=100, fps=5,
+                             rtt_ms=20, candidates="base", edge_cost_samples=3, device_emulation="dilation",
+                             measurements_dir=kept)["two-mbps.up"] for i in range(2)]
+    assert sorted(p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in kept.iterdir()) == [
+        "device-costs", "policy-options"]
+    assert not (tmp_path / ".cache").exists()
+    assert json.dumps(runs[0]) == json.dumps(runs[1])  # (as text: NaN is not equal to itself)
+
+
 def test_a_slowed_device_replays_every_action_s_samples_stretched() -> None:
     from splitrt.actions import Local
     from splitrt.bench.policy import slowed_device

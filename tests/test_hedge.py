@@ -213,6 +213,30 @@ def test_after_a_short_stop_of_the_link_a_hedged_action_is_sent_again_before_a_p
     assert sum(r.action == hedged_jpeg.key for r in after) >= len(after) - 3
 
 
+def test_a_probe_that_timed_out_does_not_keep_the_link_unmeasured() -> None:
+    """A local action nearly as good as the hedged offload; the link carries 4 Mbit/s once its first 400 ms are over.
+    At the rate first believed (1 Mbit/s) the offload does not pay, at the probe's hopeful rate it does, and the first
+    frame probes with it into the stop: the timeout pins the estimate and widens its spread. Judged with that spread,
+    the offload never paid at the hopeful rate again and the link stayed unmeasured (20 s local); the probe hopes for
+    the spread first believed as well, so the next probe goes out once due and finds the link."""
+    local = ActionOption(Local("skip4"), edge_ms=100.0, accuracy=0.82)
+    hedge = ActionOption(Local("skip6"), edge_ms=85.0, accuracy=0.735)
+    jpeg = ActionOption(Offload("jpeg-q75"), edge_ms=12.0, payload_bytes=10_672, cloud_ms=20.0, accuracy=0.84)
+    options = [local, hedge, jpeg, hedged(jpeg, hedge)]
+    correctness = {local.key: np.arange(100) < 82, hedge.key: np.arange(100) < 73, jpeg.key: np.arange(100) < 84}
+    config = SimConfig(fps=5, deadline_ms=120, rtt_ms=20, duration_s=20)
+    assert config.initial_bps == 1e6
+    steady = UplinkTrace.constant("4mbps", 4e6, period_ms=20_000).opportunities_ms
+    trace = UplinkTrace.from_opportunities("late start", steady[steady >= 400])
+    records = simulate(DeadlinePolicy(), options, correctness, trace, config)
+    sent = [r for r in records if r.action == options[-1].key]
+    assert sent[0].capture_ms == 0.0 and sent[0].hedge_answered  # the first probe met the stop
+    assert sent[1].capture_ms <= 2 * config.probe_interval_ms + 200.0  # the next once due (backed off once)
+    later = [r for r in records if r.capture_ms >= 5_000]
+    assert sum(r.action == options[-1].key for r in later) >= 0.9 * len(later)
+    assert summarize("deadline", records)["accuracy_at_deadline"] > local.accuracy
+
+
 # -- the runtime ----------------------------------------------------------------------------------------------
 @pytest.fixture()
 def photo(rng: np.random.Generator) -> np.ndarray:

@@ -50,8 +50,9 @@ from splitrt.bench.failover import CloudProcess, free_tcp_port
 from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.payloads import offload_sizes
 from splitrt.bench.plot import save_figure
-from splitrt.bench.policy import (DEFAULT_CANDIDATES, add_hedges_argument, add_replay_arguments, cached_options,
-                                  candidate_set, device_costs_path, options_cache_path)
+from splitrt.bench.policy import (DEFAULT_CANDIDATES, DEFAULT_MEASUREMENTS_DIR, add_hedges_argument,
+                                  add_replay_arguments, cached_options, candidate_set, device_costs_path,
+                                  options_cache_path)
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import STEADY_RUNS, dilates
 from splitrt.devices.profiles import DeviceProfile, get_profile, profile_environment, profile_quota
@@ -277,16 +278,19 @@ def run_e2e_bench(
     plot: str | Path | None = None,
     limit: int | None = None,
     frames_dir: str | Path | None = None,
+    measurements_dir: str | Path = DEFAULT_MEASUREMENTS_DIR,
 ) -> list[dict[str, object]]:
     """Every policy on every trace, for real and simulated; with `frames_dir`, each run's frames as JSON lines
     (`<trace>-<policy>.jsonl`: the edge's outcome and the simulated record of each frame, side by side)."""
     bundle = Bundle.load(bundle_dir)
     profile = get_profile(settings.device_profile)
     actions = candidate_set(bundle, settings.candidates)
-    measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), limit, actions)
+    measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions, measurements_dir), limit,
+                                           actions)
     items = select_parity(read_labelled_images(images), "odd")[:limit]
     options, cost_model = device_options(bundle, measured, profile, load_rgb(items[0].path),
-                                         device_costs_path(bundle, profile.name, settings.device_emulation),
+                                         device_costs_path(bundle, profile.name, settings.device_emulation,
+                                                           measurements_dir),
                                          repeats=settings.edge_cost_samples, interval_ms=1000.0 / settings.fps,
                                          emulation=settings.device_emulation)
     if settings.hedges:
@@ -485,7 +489,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     policies = [p for p in (args.policies or "").split(",") if p]
     run_e2e_bench([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json, settings,
-                  policies or None, args.plot, args.limit, args.frames_dir)
+                  policies or None, args.plot, args.limit, args.frames_dir, args.measurements)
     return 0
 
 

@@ -12,7 +12,10 @@ payloads. Correctness is each action's real top-1 on every evaluation image (odd
 exits are judged on images they were not trained on). Frames cycle through the images in order.
 
 The actions compared are a named candidate set (`CANDIDATE_SETS`, `--candidates`); the measured options are
-cached per bundle and set (`options_cache_path`), so a cache of another set or bundle is never reused. With
+cached per bundle and set (`options_cache_path`), so a cache of another set or bundle is never reused. Both
+measurements (the options, and the device times) are kept in `--measurements` (default `.cache/`): pointed at a
+committed copy, a replay of the same bundle reproduces a committed table exactly, the host's timing noise included;
+for another bundle (its content hash) they are measured afresh and written there. With
 `--hedges` (the default) each remote action is also compared hedged by the local action most likely to be right
 and in time after it (`with_best_hedges`): built from the measured options, nothing more is measured.
 """
@@ -61,6 +64,7 @@ DEFAULT_DEADLINE_MS = 70.0
 DEFAULT_FPS = 5.0
 DEFAULT_RTT_MS = 40.0
 DEFAULT_CANDIDATES = "wide"
+DEFAULT_MEASUREMENTS_DIR = Path(".cache")  # measured options and device times (`--measurements`)
 
 DEFAULT_SPLITS = ("b4", "b7", "b10", "b14", "pool")
 DEFAULT_OFFLOAD = ("jpeg-q90", "jpeg-q75", "jpeg-q50")
@@ -191,26 +195,30 @@ def cached_options(bundle: Bundle, images: str | Path, cache: Path | None, limit
     return options, correctness
 
 
-def device_costs_path(bundle: Bundle, profile_name: str, emulation: str = "quota") -> Path:
+def device_costs_path(bundle: Bundle, profile_name: str, emulation: str = "quota",
+                      directory: str | Path = DEFAULT_MEASUREMENTS_DIR) -> Path:
     """Where `bench.device_costs` keeps its samples for a bundle, device profile and emulation."""
     suffix = "" if emulation == "quota" else f"-{emulation}"
-    return Path(".cache") / f"device-costs-{bundle.content_hash[7:19]}-{profile_name}{suffix}.json"
+    return Path(directory) / f"device-costs-{bundle.content_hash[7:19]}-{profile_name}{suffix}.json"
 
 
 def options_on_device(bundle: Bundle, measured: Sequence[ActionOption], images: str | Path, profile: DeviceProfile,
-                      fps: float, edge_cost_samples: int, emulation: str) -> tuple[list[ActionOption], str]:
+                      fps: float, edge_cost_samples: int, emulation: str,
+                      measurements_dir: str | Path = DEFAULT_MEASUREMENTS_DIR) -> tuple[list[ActionOption], str]:
     """`measured` as they cost on `profile`'s device: device times sampled on the emulated device at the frames'
     pace, with the first evaluation image (cached by `device_costs_path`), or with `edge_cost_samples` 0 CPU time /
     share; and the cost model used."""
     image = load_rgb(select_parity(read_labelled_images(images), "odd")[0].path)
-    return device_options(bundle, measured, profile, image, device_costs_path(bundle, profile.name, emulation),
+    return device_options(bundle, measured, profile, image,
+                          device_costs_path(bundle, profile.name, emulation, measurements_dir),
                           repeats=edge_cost_samples, interval_ms=1000.0 / fps, emulation=emulation)
 
 
-def options_cache_path(bundle: Bundle, actions: Sequence[Action]) -> Path:
-    """`.cache/policy-options-<bundle>-<actions>.json`: one file per bundle and candidate set."""
+def options_cache_path(bundle: Bundle, actions: Sequence[Action],
+                       directory: str | Path = DEFAULT_MEASUREMENTS_DIR) -> Path:
+    """`<directory>/policy-options-<bundle>-<actions>.json`: one file per bundle and candidate set."""
     digest = hashlib.sha256("\n".join(sorted(a.describe() for a in actions)).encode()).hexdigest()[:8]
-    return Path(".cache") / f"policy-options-{bundle.content_hash[7:19]}-{digest}.json"
+    return Path(directory) / f"policy-options-{bundle.content_hash[7:19]}-{digest}.json"
 
 
 def run_policy_bench(
@@ -230,14 +238,17 @@ def run_policy_bench(
     hedges: bool = True,
     device_slowdown: float = 1.0,
     uplink_scale: float = 1.0,
+    measurements_dir: str | Path = DEFAULT_MEASUREMENTS_DIR,
 ) -> dict[str, list[dict[str, object]]]:
     from splitrt.devices.profiles import get_profile
 
     bundle = Bundle.load(bundle_dir)
     profile = get_profile(device_profile)
     actions = candidate_set(bundle, candidates)
-    measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), limit, actions)
-    options, cost_model = options_on_device(bundle, measured, images, profile, fps, edge_cost_samples, device_emulation)
+    measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions, measurements_dir), limit,
+                                           actions)
+    options, cost_model = options_on_device(bundle, measured, images, profile, fps, edge_cost_samples, device_emulation,
+                                            measurements_dir)
     sizes = offload_sizes(bundle, images, options, limit)
     if hedges:
         options = with_best_hedges(options, deadline_ms)
@@ -346,7 +357,7 @@ def _run(args: argparse.Namespace) -> int:
     traces = [t for t in args.trace.split(",") if t]
     run_policy_bench(traces, args.bundle, args.images, args.json, args.device_profile, args.deadline_ms, args.fps,
                      args.rtt_ms, args.plot, args.limit, args.candidates, args.edge_cost_samples, args.device_emulation,
-                     args.hedges, args.device_slowdown, args.uplink_scale)
+                     args.hedges, args.device_slowdown, args.uplink_scale, args.measurements)
     return 0
 
 
@@ -378,7 +389,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="actions compared: base (local, exits, fp16 splits, JPEG q90/75/50) or wide (also JPEG "
                              "q95/25/10, WebP q90..q10, q8+zstd and q4c+zstd splits, and the bundle's learned "
                              "bottlenecks, if it has any: `splitrt codecs add-bottleneck`); measured once per bundle "
-                             "and set, cached under .cache/")
+                             "and set, kept in --measurements")
     parser.add_argument("--limit", type=int, help="use only the first N evaluation images")
     parser.add_argument("--device-emulation", choices=EMULATIONS, default="quota",
                         help="how the device is made slow: quota (the process under the profile's CPU quota), "
@@ -390,7 +401,14 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-slowdown", type=float, default=1.0,
                         help="counterfactual: the device takes this many times its measured times in the replay "
                              "(the policies' options still say the measured ones; deadline-tracking learns it)")
+    add_measurements_argument(parser)
     parser.add_argument("--json", required=True)
+
+
+def add_measurements_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--measurements", default=str(DEFAULT_MEASUREMENTS_DIR), metavar="DIR",
+                        help="where the measured options and device times are kept and reused, by bundle hash: a "
+                             "committed copy (docs/results/measurements) replays the README's figures exactly")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

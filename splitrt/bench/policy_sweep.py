@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from splitrt.bench.common import format_table, write_json
-from splitrt.bench.policy import (DEFAULT_CANDIDATES, cached_options, candidate_set, options_cache_path,
-                                  options_on_device)
+from splitrt.bench.policy import (DEFAULT_CANDIDATES, DEFAULT_MEASUREMENTS_DIR, cached_options, candidate_set,
+                                  options_cache_path, options_on_device)
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import EMULATIONS
 from splitrt.devices.profiles import get_profile
@@ -155,13 +155,15 @@ def run_policy_sweep(
     devices: Sequence[str], deadlines_ms: Sequence[float], fps: Sequence[float], rtts_ms: Sequence[float],
     duration_s: float | None = 300.0, uplink_scale: float = 1.0, candidates: str | None = None, workers: int = 1,
     edge_cost_samples: int = 0, device_emulation: str = "quota", hedges: bool = True, seeds: Sequence[int] = (0,),
+    measurements_dir: str | Path = DEFAULT_MEASUREMENTS_DIR,
 ) -> list[dict[str, object]]:
     bundle = Bundle.load(bundle_dir)
     actions = candidate_set(bundle, candidates or DEFAULT_CANDIDATES)
-    measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions), None, actions)
+    measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions, measurements_dir), None,
+                                           actions)
     loaded = [UplinkTrace.load(t).scaled(uplink_scale) for t in traces]
     on_device = {(d, f): options_on_device(bundle, measured, images, get_profile(d), f, edge_cost_samples,
-                                           device_emulation)[0]
+                                           device_emulation, measurements_dir)[0]
                  for d, f in itertools.product(devices, fps)}
     jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s, SimConfig.initial_bps, hedges, seed)
             for d, dl, f, r, seed in itertools.product(devices, deadlines_ms, fps, rtts_ms, seeds)]
@@ -214,12 +216,13 @@ def _run(args: argparse.Namespace) -> int:
     run_policy_sweep([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json,
                      [d for d in args.devices.split(",") if d], _floats(args.deadlines_ms), _floats(args.fps),
                      _floats(args.rtts_ms), args.duration_s or None, args.uplink_scale, args.candidates, args.workers,
-                     args.edge_cost_samples, args.device_emulation, args.hedges, args.seeds)
+                     args.edge_cost_samples, args.device_emulation, args.hedges, args.seeds, args.measurements)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from splitrt.bench.policy import CANDIDATE_SETS, add_hedges_argument, add_uplink_scale_argument
+    from splitrt.bench.policy import (CANDIDATE_SETS, add_hedges_argument, add_measurements_argument,
+                                      add_uplink_scale_argument)
     from splitrt.edge.commands import DEFAULT_BUNDLE
 
     parser = sub.add_parser("policy-sweep", help="`bench policy` over device x deadline x fps x RTT settings")
@@ -243,5 +246,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=_seeds, default=[0], help="seeds of the device-time draws, comma-separated: each setting "
                         "is replayed once per seed, and with more than one the JSON and the table also summarise "
                         "deadline's gain per trace over them")
+    add_measurements_argument(parser)
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)
