@@ -26,6 +26,7 @@ from splitrt.policies.policies import (
     StaticPolicy,
     calibrated_chance,
     expected_accuracy,
+    hedge_on_time_probability,
     hedged,
     make_policy,
     on_time_probability,
@@ -74,6 +75,22 @@ def test_expected_accuracy_counts_the_hedge_on_the_frames_whose_reply_is_late() 
     assert expected_accuracy(option, 0.6, 70.0) == pytest.approx(0.6 * 0.75 + 0.4 * 0.50)
     # A hedge that cannot finish after the remote part's device work adds nothing.
     assert expected_accuracy(option, 0.6, 40.0) == pytest.approx(0.6 * 0.75)
+
+
+def test_a_hedge_is_timed_over_the_remote_parts_device_times_not_after_its_median() -> None:
+    """The hedge starts when the encode ends: an encode of 5 or 15 ms and a hedge of 95 or 100 ms end by 110 ms in
+    three pairs of four. After the median encode (10 ms) both hedge times fit, and the hedge read as sure: on a link
+    that could not carry the request, the hedged action then looked better than its hedge run alone, for any
+    chance of a reply, and was late whenever a slow encode met a slow hedge."""
+    encode = dataclasses.replace(JPEG, edge_ms=10.0, edge_samples_ms=(5.0, 15.0))
+    skip = dataclasses.replace(SKIP, edge_ms=97.5, edge_samples_ms=(95.0, 100.0), accuracy=0.8)
+    option = hedged(encode, skip)
+    assert hedge_on_time_probability(option, 110.0) == pytest.approx(0.75)
+    assert hedge_on_time_probability(option, 115.0) == 1.0 and hedge_on_time_probability(option, 99.0) == 0.0
+    dead_link = LinkView(1e3, 1e3, 40.0, 40.0, bandwidth_log_sd=0.5)  # the request's chance: all but zero
+    assert 0.0 < on_time_probability(option, 110.0, dead_link) < 1e-6
+    chosen = DeadlinePolicy(calibrated=False).decide(110.0, [skip, encode, option], dead_link).option
+    assert chosen is skip  # 0.8 x 1 against 0.8 x 0.75
 
 
 def test_best_hedges_pick_the_local_action_most_likely_right_and_in_time() -> None:
