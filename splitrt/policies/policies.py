@@ -57,6 +57,15 @@ class ActionOption:
     def _sorted_edge_samples_ms(self) -> tuple[float, ...]:
         return tuple(sorted(self.edge_samples_ms))
 
+    @functools.cached_property
+    def _sorted_hedge_ready_ms(self) -> tuple[float, ...]:
+        """When a hedge's answer is ready: every sum of a remote-part device time and a hedge device time (their
+        samples, else their estimates), sorted; computed once per option, not per frame."""
+        assert self.hedge is not None
+        first_ms = self.edge_samples_ms or (self.edge_ms,)
+        then_ms = self.hedge.edge_samples_ms or (self.hedge.edge_ms,)
+        return tuple(sorted(a + b for a in first_ms for b in then_ms))
+
     def share_within_ms(self, budget_ms: float) -> float:
         """The share of its device times within `budget_ms` (from the samples; else 1 or 0 by the estimate)."""
         if not self.edge_samples_ms:
@@ -109,11 +118,6 @@ def on_slower_device(option: ActionOption, factor: float) -> ActionOption:
                    hedge=None if option.hedge is None else on_slower_device(option.hedge, factor))
 
 
-@functools.lru_cache(maxsize=4096)
-def _sorted_sums_ms(first_ms: tuple[float, ...], then_ms: tuple[float, ...]) -> tuple[float, ...]:
-    return tuple(sorted(a + b for a in first_ms for b in then_ms))
-
-
 def hedge_on_time_probability(option: ActionOption, budget_ms: float) -> float:
     """Probability that `option`'s hedge has its answer by the deadline: it starts once the remote part's device
     work (head, encode) is done, so over every pair of the two device times (their samples, else their estimates),
@@ -123,9 +127,8 @@ def hedge_on_time_probability(option: ActionOption, budget_ms: float) -> float:
     0 for an option without a hedge."""
     if option.hedge is None:
         return 0.0
-    sums = _sorted_sums_ms(option.edge_samples_ms or (option.edge_ms,),
-                           option.hedge.edge_samples_ms or (option.hedge.edge_ms,))
-    return bisect.bisect_right(sums, budget_ms) / len(sums)
+    ready_ms = option._sorted_hedge_ready_ms
+    return bisect.bisect_right(ready_ms, budget_ms) / len(ready_ms)
 
 
 def expected_accuracy(option: ActionOption, chance: float, budget_ms: float,
@@ -403,6 +406,10 @@ class DeadlinePolicy:
 PROBE_OPTIMISM_SDS = 2.0
 
 
+def _unless_none(pick: Callable[[float, float], float], value: float | None, other: float) -> float | None:
+    return None if value is None else pick(value, other)
+
+
 def probe_decision(policy: Policy, budget_ms: float, options: Sequence[ActionOption], link: LinkView,
                    hopeful_bps: float, hopeful_log_sd: float) -> Decision | None:
     """For a frame that `policy` keeps local while the link has not been measured lately: what the policy
@@ -424,14 +431,12 @@ def probe_decision(policy: Policy, budget_ms: float, options: Sequence[ActionOpt
     hopes = ((hopeful_bps, False, "probe: the link has not been measured lately"),
              (optimistic_bps, True, "probe: the link has not been measured lately; hoping it is faster"))
     for hope_bps, hedged_only, reason in hopes:
+        most_log_sd = hopeful_log_sd if hedged_only else math.inf
         hopeful = replace(link, bandwidth_bps=max(hope_bps, link.bandwidth_bps),
                           cautious_bandwidth_bps=max(hope_bps, link.cautious_bandwidth_bps),
-                          relaxed_bandwidth_bps=None if link.relaxed_bandwidth_bps is None
-                          else max(hope_bps, link.relaxed_bandwidth_bps))
-        if hedged_only:
-            hopeful = replace(hopeful, bandwidth_log_sd=min(link.bandwidth_log_sd, hopeful_log_sd),
-                              relaxed_log_sd=None if link.relaxed_log_sd is None
-                              else min(link.relaxed_log_sd, hopeful_log_sd))
+                          relaxed_bandwidth_bps=_unless_none(max, link.relaxed_bandwidth_bps, hope_bps),
+                          bandwidth_log_sd=min(link.bandwidth_log_sd, most_log_sd),
+                          relaxed_log_sd=_unless_none(min, link.relaxed_log_sd, most_log_sd))
         decision = policy.decide(budget_ms, options, hopeful)
         if decision.option.remote and (decision.option.hedge is not None or not hedged_only):
             return replace(decision, reason=reason)
