@@ -169,10 +169,14 @@ def test_a_realtime_source_faster_than_the_pipeline_drops_the_stale_frames(runti
     assert set(statuses) <= {Status.OK, Status.DROPPED}
     dropped = [o for o in outcomes if o.status is Status.DROPPED]
     assert all("latest frame wins" in o.reason for o in dropped)
-    # No backlog: a result is never older than a frame waiting behind one running (plus a wide margin).
-    done = [o for o in outcomes if o.ok]
-    slowest_ms = max(o.latency_ms for o in done)
-    assert max(o.age_ms for o in done) <= 2 * slowest_ms + 250
+    # No backlog: the frame that runs next was captured after the one before it was taken to run (the slot is
+    # emptied then), so never before that frame started, less the hand-over to the inference thread (at most a
+    # few ms; measured under load, every next frame came after). The bounded FIFO of a source that can wait
+    # puts it about 80 ms before. A relation between the frames' own times, not an age bound that an event loop
+    # starved by a loaded host could trip.
+    done = sorted((o for o in outcomes if o.ok), key=lambda o: o.frame_id)
+    handover_ms = 30.0
+    assert all(b.capture_ms >= (a.done_ms - a.latency_ms) - handover_ms for a, b in zip(done, done[1:]))
 
 
 def test_stop_ends_a_live_stream_after_the_frames_taken(runtime: EdgeRuntime) -> None:
