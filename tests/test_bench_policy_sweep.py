@@ -71,6 +71,21 @@ def test_each_seed_draws_other_device_times_and_the_gain_is_summarised_over_them
         sum(float(r["vs_oracle"]) for r in rows if r["trace"] == "fast") / 3)
 
 
+def test_the_probe_interval_moves_only_the_policies_that_probe() -> None:
+    rng = np.random.default_rng(0)
+    correctness = {o.key: rng.random(400) < o.accuracy for o in OPTIONS}
+    on_device = [replace(o, edge_ms=o.edge_ms * 10) for o in OPTIONS]
+    traces = [constant("slow", 0.5e6)]
+    every_s, rarely = (evaluate_setting(on_device, correctness, traces, "0.1", 90.0, 5.0, 20.0, duration_s=30,
+                                        initial_bps=5e6, hedges=False, probe_interval_ms=interval_ms)[0]
+                       for interval_ms in (1000.0, 10_000.0))
+    # On a link too slow for any offload each (unhedged) probe loses its frame: 5 frames probed 1, 2, 4, 8, 8 s
+    # apart against 1 frame 10 s on.
+    assert float(rarely["deadline"]) > float(every_s["deadline"])
+    unmoved = ("best_static", "best_static_acc", "oracle", "oracle_past", "oracle_clairvoyant")
+    assert {k: rarely[k] for k in unmoved} == {k: every_s[k] for k in unmoved}
+
+
 @pytest.mark.parametrize("text", ["1,a", "0.5", ",", ""])
 def test_seeds_on_the_command_line_are_whole_numbers(text: str) -> None:
     assert _seeds("0, 1,2") == [0, 1, 2]

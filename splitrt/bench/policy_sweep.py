@@ -60,10 +60,12 @@ def evaluate_setting(
     options: Sequence[ActionOption], correctness: Mapping[str, np.ndarray], traces: Sequence[UplinkTrace],
     device: str, deadline_ms: float, fps: float, rtt_ms: float, duration_s: float | None = None,
     initial_bps: float = SimConfig.initial_bps, hedges: bool = True, seed: int = 0,
+    probe_interval_ms: float = SimConfig.probe_interval_ms,
 ) -> list[dict[str, object]]:
     """One row per trace for one setting (`options`: their costs on `device`; with `hedges`, also each remote one
     hedged by its best local option at this deadline, `with_best_hedges`), every policy meeting the device times
-    drawn with `seed` (`SimConfig.seed`)."""
+    drawn with `seed` (`SimConfig.seed`); the policies that estimate the link probe it every `probe_interval_ms`
+    while they stay local (`SimConfig.probe_interval_ms`)."""
     if hedges:
         options = with_best_hedges(options, deadline_ms)
     statics = static_candidates(options, deadline_ms, rtt_ms)
@@ -71,7 +73,7 @@ def evaluate_setting(
     for trace in traces:
         duration = min(duration_s, trace.duration_s) if duration_s else None
         config = SimConfig(fps=fps, deadline_ms=deadline_ms, rtt_ms=rtt_ms, duration_s=duration, initial_bps=initial_bps,
-                           seed=seed)
+                           seed=seed, probe_interval_ms=probe_interval_ms)
         accuracy = {}
         uncalibrated = [make_policy("deadline-uncalibrated")] if hedges else []
         for policy in [*(StaticPolicy(o.key) for o in statics), LatencyPolicy(), make_policy("deadline"), *uncalibrated,
@@ -155,7 +157,7 @@ def run_policy_sweep(
     devices: Sequence[str], deadlines_ms: Sequence[float], fps: Sequence[float], rtts_ms: Sequence[float],
     duration_s: float | None = 300.0, uplink_scale: float = 1.0, candidates: str | None = None, workers: int = 1,
     edge_cost_samples: int = 0, device_emulation: str = "quota", hedges: bool = True, seeds: Sequence[int] = (0,),
-    measurements_dir: str | Path = DEFAULT_MEASUREMENTS_DIR,
+    measurements_dir: str | Path = DEFAULT_MEASUREMENTS_DIR, probe_interval_ms: float = SimConfig.probe_interval_ms,
 ) -> list[dict[str, object]]:
     bundle = Bundle.load(bundle_dir)
     actions = candidate_set(bundle, candidates or DEFAULT_CANDIDATES)
@@ -165,7 +167,8 @@ def run_policy_sweep(
     on_device = {(d, f): options_on_device(bundle, measured, images, get_profile(d), f, edge_cost_samples,
                                            device_emulation, measurements_dir)[0]
                  for d, f in itertools.product(devices, fps)}
-    jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s, SimConfig.initial_bps, hedges, seed)
+    jobs = [(on_device[d, f], correctness, loaded, d, dl, f, r, duration_s, SimConfig.initial_bps, hedges, seed,
+             probe_interval_ms)
             for d, dl, f, r, seed in itertools.product(devices, deadlines_ms, fps, rtts_ms, seeds)]
     rows: list[dict[str, object]] = []
     if workers > 1:
@@ -193,7 +196,8 @@ def run_policy_sweep(
                sweep={"candidates": candidates or DEFAULT_CANDIDATES, "duration_s": duration_s,
                       "uplink_scale": uplink_scale, "traces": [t.name for t in loaded],
                       "edge_cost_model": "cpu/share" if edge_cost_samples <= 0 else f"sampled ({device_emulation})",
-                      "device_emulation": device_emulation, "hedges": hedges, "seeds": list(seeds)})
+                      "device_emulation": device_emulation, "hedges": hedges, "seeds": list(seeds),
+                      "probe_interval_ms": probe_interval_ms})
     return rows
 
 
@@ -212,11 +216,22 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _positive_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of milliseconds, not {text!r}") from None
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"must be > 0 ms, not {text!r}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     run_policy_sweep([t for t in args.trace.split(",") if t], args.bundle, args.images, args.json,
                      [d for d in args.devices.split(",") if d], _floats(args.deadlines_ms), _floats(args.fps),
                      _floats(args.rtts_ms), args.duration_s or None, args.uplink_scale, args.candidates, args.workers,
-                     args.edge_cost_samples, args.device_emulation, args.hedges, args.seeds, args.measurements)
+                     args.edge_cost_samples, args.device_emulation, args.hedges, args.seeds, args.measurements,
+                     args.probe_interval_ms)
     return 0
 
 
@@ -246,6 +261,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=_seeds, default=[0], help="seeds of the device-time draws, comma-separated: each setting "
                         "is replayed once per seed, and with more than one the JSON and the table also summarise "
                         "deadline's gain per trace over them")
+    parser.add_argument("--probe-interval-ms", type=_positive_ms, default=SimConfig.probe_interval_ms,
+                        help="while a policy that estimates the link stays local, one frame this often probes it "
+                        "(doubling while probes fail), as the daemon's [policy] probe_interval_ms")
     add_measurements_argument(parser)
     parser.add_argument("--json", required=True)
     parser.set_defaults(func=_run)
