@@ -43,7 +43,6 @@ from typing import Sequence
 import numpy as np
 
 from splitrt.bench.common import format_table, p50, read_labelled_images, select_parity, write_json
-from splitrt.bench.device_costs import device_options
 from splitrt.edge.calibration import frame_times_ms, measured_options
 from splitrt.policies.options_file import action_from_key, option_to_json
 from splitrt.bench.failover import CloudProcess, free_tcp_port
@@ -51,12 +50,11 @@ from splitrt.bench.netem.emulation import MODES, Emulation
 from splitrt.bench.payloads import offload_sizes
 from splitrt.bench.plot import save_figure
 from splitrt.bench.policy import (DEFAULT_CANDIDATES, DEFAULT_MEASUREMENTS_DIR, add_hedges_argument,
-                                  add_replay_arguments, cached_options, candidate_set, device_costs_path,
-                                  options_cache_path)
+                                  add_replay_arguments, cached_options, candidate_set, options_cache_path,
+                                  options_on_device)
 from splitrt.bundle import Bundle
 from splitrt.devices.dilation import STEADY_RUNS, dilates
 from splitrt.devices.profiles import DeviceProfile, get_profile, profile_environment, profile_quota
-from splitrt.imaging import load_rgb
 from splitrt.policies.policies import ActionOption, hedged, make_policy, with_best_hedges
 from splitrt.policies.simulate import FrameRecord, SimConfig, simulate, summarize
 from splitrt.policies.trace import UplinkTrace
@@ -288,11 +286,8 @@ def run_e2e_bench(
     measured, correctness = cached_options(bundle, images, options_cache_path(bundle, actions, measurements_dir), limit,
                                            actions)
     items = select_parity(read_labelled_images(images), "odd")[:limit]
-    options, cost_model = device_options(bundle, measured, profile, load_rgb(items[0].path),
-                                         device_costs_path(bundle, profile.name, settings.device_emulation,
-                                                           measurements_dir),
-                                         repeats=settings.edge_cost_samples, interval_ms=1000.0 / settings.fps,
-                                         emulation=settings.device_emulation)
+    options, cost_model = options_on_device(bundle, measured, images, profile, settings.fps,
+                                            settings.edge_cost_samples, settings.device_emulation, measurements_dir)
     if settings.hedges:
         options = with_best_hedges(options, settings.deadline_ms)
     labels = [i.class_index for i in items]
